@@ -1,0 +1,22 @@
+"""The emulated processor core: XSAVE, XRSTOR and friends, with the real faults."""
+
+from kvmfpu.core.cpu import Cpu, xcr0_problem
+from kvmfpu.core.faults import (
+    DeviceNotAvailable,
+    Fault,
+    GeneralProtection,
+    InvalidOpcode,
+    PageFault,
+)
+from kvmfpu.core.regfile import REGISTERS
+
+__all__ = [
+    "REGISTERS",
+    "Cpu",
+    "DeviceNotAvailable",
+    "Fault",
+    "GeneralProtection",
+    "InvalidOpcode",
+    "PageFault",
+    "xcr0_problem",
+]

@@ -1,0 +1,77 @@
+"""Host CPU models.
+
+``load(name_or_path)`` accepts a packaged model name (``kvmfpu cpus`` lists them), a
+``cpuid -r`` dump, a libvirt cputestdata XML file, or a kvmfpu JSON host file.
+Packaged models come from real CPUID dumps; each file names its source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from kvmfpu.cpus.dumps import MAX_DUMP_BYTES, Dump, DumpError, parse_json, parse_text
+from kvmfpu.cpus.model import HostModel
+
+__all__ = ["DumpError", "HostModel", "UnknownHost", "load", "names"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+class UnknownHost(LookupError):
+    """Neither a packaged model name nor a readable dump file."""
+
+
+def _data_dir() -> resources.abc.Traversable:
+    return resources.files("kvmfpu.cpus").joinpath("data")
+
+
+@cache
+def names() -> tuple[str, ...]:
+    """Names of the packaged models, sorted."""
+    return tuple(sorted(p.name[:-5] for p in _data_dir().iterdir() if p.name.endswith(".json")))
+
+
+@cache
+def _packaged(name: str) -> HostModel:
+    dump = parse_json(_data_dir().joinpath(f"{name}.json").read_text())
+    return _model(dump, name)
+
+
+def _model(dump: Dump, default_name: str) -> HostModel:
+    return HostModel(dump.table, name=dump.name or default_name, title=dump.title,
+                     source=dump.source, mxcsr_mask=dump.mxcsr_mask)
+
+
+def load(name_or_path: str | os.PathLike[str] | HostModel) -> HostModel:
+    """A host model by packaged name, or from a dump file (``cpuid -r``, libvirt XML, JSON)."""
+    if isinstance(name_or_path, HostModel):
+        return name_or_path
+    text = os.fspath(name_or_path)
+    if _NAME.match(text) and text in names():
+        return _packaged(text)
+    path = Path(text)
+    if not path.exists():
+        raise UnknownHost(
+            f"unknown host {text!r}: not a model name ({', '.join(names())}) and no such file")
+    if path.is_dir():
+        raise UnknownHost(f"{text}: is a directory, not a CPUID dump")
+    try:
+        size = path.stat().st_size
+        if size > MAX_DUMP_BYTES:
+            raise UnknownHost(f"{text}: {size} bytes is too large for a CPUID dump")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_DUMP_BYTES + 1)
+    except OSError as exc:
+        raise UnknownHost(f"{text}: cannot read: {exc.strerror or exc}") from None
+    try:
+        dump = parse_text(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnknownHost(f"{text}: not a text CPUID dump (binary data)") from None
+    except DumpError as exc:
+        raise UnknownHost(f"{text}: {exc}") from None
+    dump.source.setdefault("file", str(path))
+    return _model(dump, path.stem.lower())
