@@ -1,6 +1,6 @@
 """The emulated processor core: XSAVE, XRSTOR and friends, with the real faults."""
 
-from kvmfpu.core.cpu import Cpu, xcr0_problem
+from kvmfpu.core.cpu import Cpu, CpuState, xcr0_problem
 from kvmfpu.core.faults import (
     DeviceNotAvailable,
     Fault,
@@ -13,6 +13,7 @@ from kvmfpu.core.regfile import REGISTERS
 __all__ = [
     "REGISTERS",
     "Cpu",
+    "CpuState",
     "DeviceNotAvailable",
     "Fault",
     "GeneralProtection",

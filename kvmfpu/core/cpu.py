@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from kvmfpu import cpus
@@ -57,6 +58,30 @@ def _sext(value: int, width: int) -> int:
     if value >> (width - 1):
         value |= M64 ^ ((1 << width) - 1)
     return value
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """Everything architectural the core holds, as one comparable value."""
+
+    regs: bytes
+    fcs: int
+    fds: int
+    xcr0: int
+    xss: int
+    xfd: int
+    xfd_err: int
+    s_cet: int
+    int_ssp_tab: int
+    xinuse: int
+    xmodified: int
+    xrstor_info: tuple[int, bool, int, int] | None
+    cpl: int
+    cr0_ts: bool
+    cr0_em: bool
+    cr4_osxsave: bool
+    cr4_osfxsr: bool
+    vmx_nonroot: bool
 
 
 class Cpu:
@@ -129,6 +154,27 @@ class Cpu:
         self._osxsave = False
         self.cr0_ts = False
         self.cr0_em = False
+
+    def snapshot(self) -> CpuState:
+        """The full architectural state (compare two snapshots to see what changed)."""
+        return CpuState(bytes(self._regs), self._fcs, self._fds, self._xcr0, self._xss,
+                        self._xfd, self._xfd_err, self._s_cet, self._int_ssp_tab,
+                        self._xinuse, self._xmodified, self._xrstor_info, self.cpl,
+                        self.cr0_ts, self.cr0_em, self._osxsave, self.cr4_osfxsr,
+                        self.vmx_nonroot)
+
+    def restore_snapshot(self, state: CpuState) -> None:
+        """Put back a state taken with :meth:`snapshot` on a Cpu of the same host."""
+        if len(state.regs) != len(self._regs):
+            raise ValueError("the snapshot comes from a different host model")
+        self._regs[:] = state.regs
+        (self._fcs, self._fds, self._xcr0, self._xss, self._xfd, self._xfd_err, self._s_cet,
+         self._int_ssp_tab, self._xinuse, self._xmodified, self._xrstor_info, self.cpl,
+         self.cr0_ts, self.cr0_em, self._osxsave, self.cr4_osfxsr, self.vmx_nonroot) = (
+            state.fcs, state.fds, state.xcr0, state.xss, state.xfd, state.xfd_err,
+            state.s_cet, state.int_ssp_tab, state.xinuse, state.xmodified, state.xrstor_info,
+            state.cpl, state.cr0_ts, state.cr0_em, state.cr4_osxsave, state.cr4_osfxsr,
+            state.vmx_nonroot)
 
     @property
     def cr4_osxsave(self) -> bool:
@@ -587,7 +633,9 @@ class Cpu:
 
     # -- XCR0 ------------------------------------------------------------------------------
     def xgetbv(self, ecx: int) -> int:
-        """XGETBV: XCR0 for ECX=0; XCR0 & XINUSE for ECX=1 where XGETBV1 is enumerated."""
+        """XGETBV: XCR0 for ECX=0; XCR0 & XINUSE for ECX=1 where XGETBV1 is enumerated.
+        RCX[63:32] are ignored (kvm-unit-tests x86/xsave.c test_write_xcr0)."""
+        ecx &= 0xFFFFFFFF
         if not self._has_xsave:
             raise InvalidOpcode("XGETBV", "CPUID.1:ECX.XSAVE[bit 26]=0")
         if not self._osxsave:
@@ -608,6 +656,7 @@ class Cpu:
         """XSETBV: write XCR0 (SDM Vol. 2 XSETBV exceptions, plus the AMX pair rule
         XCR0[17] = XCR0[18] that Bochs and Xen enforce)."""
         mn = "XSETBV"
+        ecx &= 0xFFFFFFFF   # RCX[63:32] are ignored
         if not self._has_xsave:
             raise InvalidOpcode(mn, "CPUID.1:ECX.XSAVE[bit 26]=0")
         if not self._osxsave:
@@ -798,6 +847,20 @@ class Cpu:
         except KeyError:
             raise KeyError(f"component {name_of(bit)} is not on {self.host.name}") from None
         return bytes(self._regs[s:e])
+
+    def set_component(self, bit: int, data: bytes) -> None:
+        """Write a whole extended component (bit >= 2) in its standard layout, as
+        instructions writing its registers would (XINUSE/XMODIFIED as for set_reg)."""
+        if bit < 2:
+            raise ValueError("x87 and SSE live in the legacy region: use set_reg")
+        try:
+            s, e = self._rf.ranges[bit][0]
+        except KeyError:
+            raise KeyError(f"component {name_of(bit)} is not on {self.host.name}") from None
+        if len(data) != e - s:
+            raise ValueError(f"{name_of(bit)} is {e - s} bytes, got {len(data)}")
+        self._regs[s:e] = data
+        self._touch(1 << bit)
 
     def use(self, mask: int, mnemonic: str = "instruction") -> None:
         """Execute an instruction that uses components ``mask`` (e.g. TILELOADD: XTILEDATA).

@@ -11,6 +11,7 @@ import os
 import re
 from functools import cache
 from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 
 from kvmfpu.cpus.dumps import MAX_DUMP_BYTES, Dump, DumpError, parse_json, parse_text
@@ -25,7 +26,7 @@ class UnknownHost(LookupError):
     """Neither a packaged model name nor a readable dump file."""
 
 
-def _data_dir() -> resources.abc.Traversable:
+def _data_dir() -> Traversable:
     return resources.files("kvmfpu.cpus").joinpath("data")
 
 

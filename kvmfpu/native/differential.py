@@ -78,7 +78,7 @@ def run_real(real: RealCpu, case: Case, size: int) -> Outcome:
     if res.fault is not None:
         fault = (res.fault.index, res.fault.vector)
         state = comparable_state(res.fault.state, size)
-    results = tuple(r if op.kind == "XGETBV" else 0 for r, op in zip(res.results, case.ops))
+    results = tuple(r if op.kind == "XGETBV" else 0 for r, op in zip(res.results, case.ops, strict=True))
     return Outcome(fault, results, bytes(real.memory[:n]), state)
 
 
@@ -173,7 +173,7 @@ def differences(real: Outcome, model: Outcome, case: Case) -> list[str]:
         out.append("XGETBV: real " + ", ".join(f"{r:#x}" for r in real.results)
                    + " model " + ", ".join(f"{r:#x}" for r in model.results))
     if real.memory != model.memory:
-        diff = [i for i, (a, b) in enumerate(zip(real.memory, model.memory)) if a != b]
+        diff = [i for i, (a, b) in enumerate(zip(real.memory, model.memory, strict=True)) if a != b]
         out.append(f"memory: {len(diff)} bytes differ, first at {diff[0]:#x} "
                    f"(real {real.memory[diff[0]]:#04x} model {model.memory[diff[0]]:#04x})")
     if real.state != model.state and not (

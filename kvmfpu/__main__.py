@@ -1,0 +1,3 @@
+from kvmfpu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Executable reproductions of the seed bugs (../shared/seeds in the project history)."""

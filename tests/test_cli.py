@@ -1,0 +1,57 @@
+"""The command line: listings, the demo, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kvmfpu.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvmfpu", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cpus_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpus", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    names = [m["name"] for m in models]
+    assert names == sorted(names) and "sapphirerapids" in names and "zen2" in names
+    spr = next(m for m in models if m["name"] == "sapphirerapids")
+    assert spr["components"]["18"] == {"size": 8192, "offset": 2816, "supervisor": False,
+                                       "align64": True, "xfd": True}
+
+
+def test_cpus_describes_a_dump_file(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "host.txt"
+    f.write_text("CPU:\n   0x00000000 0x00: eax=0x0000000d ebx=0x756e6547 ecx=0x6c65746e edx=0x49656e69\n"
+                 "   0x00000001 0x00: eax=0x000206a7 ebx=0x0 ecx=0x1c000000 edx=0x0\n"
+                 "   0x0000000d 0x00: eax=0x00000007 ebx=0x00000340 ecx=0x00000340 edx=0x0\n"
+                 "   0x0000000d 0x02: eax=0x00000100 ebx=0x00000240 ecx=0x00000000 edx=0x0\n")
+    assert main(["cpus", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "XCR0 supported 0x7 (x87|sse|ymm)" in out and "0x240" in out
+
+
+def test_demo_runs() -> None:
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "<- corrupted" in r.stdout and "#GP(0): XCOMP_BV sets 0x100 (pt)" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cpus", "no-such-host"], "unknown host 'no-such-host'"),
+    (["frobnicate"], "invalid choice"),
+    (["cpus", "--bogus"], "unrecognized arguments"),
+    (["demo", "--src", "/"], "is a directory"),
+    ([], "required"),
+])
+def test_bad_input_one_line_exit_2(args: list[str], message: str) -> None:
+    r = run(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
