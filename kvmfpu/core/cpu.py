@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from typing_extensions import Buffer
+
 from kvmfpu import cpus
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
@@ -49,7 +51,6 @@ _PKRU_BIT: Final = 9
 # (copy-from-memory ranges, init ranges, bytes of memory read, MXCSR handling)
 _MX_NONE, _MX_LOAD, _MX_INIT = 0, 1, 2
 
-Buffer = Any  # anything memoryview() accepts and that is writable
 
 
 def _sext(value: int, width: int) -> int:
@@ -82,6 +83,16 @@ class CpuState:
     cr4_osxsave: bool
     cr4_osfxsr: bool
     vmx_nonroot: bool
+
+
+#: CpuState field -> Cpu attribute, in CpuState order after ``regs``.
+_STATE_ATTRS: Final = (
+    ("fcs", "_fcs"), ("fds", "_fds"), ("xcr0", "_xcr0"), ("xss", "_xss"), ("xfd", "_xfd"),
+    ("xfd_err", "_xfd_err"), ("s_cet", "_s_cet"), ("int_ssp_tab", "_int_ssp_tab"),
+    ("xinuse", "_xinuse"), ("xmodified", "_xmodified"), ("xrstor_info", "_xrstor_info"),
+    ("cpl", "cpl"), ("cr0_ts", "cr0_ts"), ("cr0_em", "cr0_em"), ("cr4_osxsave", "_osxsave"),
+    ("cr4_osfxsr", "cr4_osfxsr"), ("vmx_nonroot", "vmx_nonroot"),
+)
 
 
 class Cpu:
@@ -157,24 +168,15 @@ class Cpu:
 
     def snapshot(self) -> CpuState:
         """The full architectural state (compare two snapshots to see what changed)."""
-        return CpuState(bytes(self._regs), self._fcs, self._fds, self._xcr0, self._xss,
-                        self._xfd, self._xfd_err, self._s_cet, self._int_ssp_tab,
-                        self._xinuse, self._xmodified, self._xrstor_info, self.cpl,
-                        self.cr0_ts, self.cr0_em, self._osxsave, self.cr4_osfxsr,
-                        self.vmx_nonroot)
+        return CpuState(bytes(self._regs), *(getattr(self, a) for _, a in _STATE_ATTRS))
 
     def restore_snapshot(self, state: CpuState) -> None:
         """Put back a state taken with :meth:`snapshot` on a Cpu of the same host."""
         if len(state.regs) != len(self._regs):
             raise ValueError("the snapshot comes from a different host model")
         self._regs[:] = state.regs
-        (self._fcs, self._fds, self._xcr0, self._xss, self._xfd, self._xfd_err, self._s_cet,
-         self._int_ssp_tab, self._xinuse, self._xmodified, self._xrstor_info, self.cpl,
-         self.cr0_ts, self.cr0_em, self._osxsave, self.cr4_osfxsr, self.vmx_nonroot) = (
-            state.fcs, state.fds, state.xcr0, state.xss, state.xfd, state.xfd_err,
-            state.s_cet, state.int_ssp_tab, state.xinuse, state.xmodified, state.xrstor_info,
-            state.cpl, state.cr0_ts, state.cr0_em, state.cr4_osxsave, state.cr4_osfxsr,
-            state.vmx_nonroot)
+        for field_name, attr in _STATE_ATTRS:
+            setattr(self, attr, getattr(state, field_name))
 
     @property
     def cr4_osxsave(self) -> bool:

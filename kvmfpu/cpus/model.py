@@ -112,6 +112,15 @@ class HostModel:
             "family": fam,
             "model": mod,
             "stepping": step,
+            "feature_words": {
+                "leaf1": {"ecx": f"{self.cpuid(1)[2]:#010x}", "edx": f"{self.cpuid(1)[3]:#010x}"},
+                "leaf7.0": {r: f"{v:#010x}" for r, v in zip(("ebx", "ecx", "edx"),
+                                                             self.cpuid(7, 0)[1:], strict=True)},
+                "leaf7.1": {"eax": f"{self.cpuid(7, 1)[0]:#010x}", "edx": f"{self.cpuid(7, 1)[3]:#010x}"},
+                "leaf0xd.1": {"eax": f"{self.cpuid(0xD, 1)[0]:#010x}"},
+            },
+            "leaf_0xd": {str(sub): [f"{v:#010x}" for v in self.cpuid(0xD, sub)]
+                         for (leaf, sub) in sorted(self._table) if leaf == 0xD},
             "xsave": self.has("xsave"),
             "supported_xcr0": f"{self.supported_xcr0:#x}",
             "supported_xss": f"{self.supported_xss:#x}",

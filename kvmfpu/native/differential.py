@@ -90,26 +90,20 @@ def model_cpu(host: HostModel, xcr0: int, window: int) -> Cpu:
     return cpu
 
 
+# Probe mnemonic (without the 64 suffix) -> Cpu method taking (address, rfbm, rex_w=).
+_XSAVE_FAMILY = {"XRSTOR": "xrstor", "XSAVE": "xsave", "XSAVEOPT": "xsaveopt",
+                 "XSAVEC": "xsavec", "XSAVES": "xsaves", "XRSTORS": "xrstors"}
+_FX = {"FXSAVE": "fxsave", "FXRSTOR": "fxrstor"}
+
+
 def _apply(cpu: Cpu, op: Op) -> int:
     k = op.kind
     rex_w = k.endswith("64")
     base = k[:-2] if rex_w else k
-    if base == "XRSTOR":
-        cpu.xrstor(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "XSAVE":
-        cpu.xsave(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "XSAVEOPT":
-        cpu.xsaveopt(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "XSAVEC":
-        cpu.xsavec(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "XSAVES":
-        cpu.xsaves(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "XRSTORS":
-        cpu.xrstors(op.offset, op.rfbm, rex_w=rex_w)
-    elif base == "FXSAVE":
-        cpu.fxsave(op.offset, rex_w=rex_w)
-    elif base == "FXRSTOR":
-        cpu.fxrstor(op.offset, rex_w=rex_w)
+    if base in _XSAVE_FAMILY:
+        getattr(cpu, _XSAVE_FAMILY[base])(op.offset, op.rfbm, rex_w=rex_w)
+    elif base in _FX:
+        getattr(cpu, _FX[base])(op.offset, rex_w=rex_w)
     elif k == "XGETBV":
         return cpu.xgetbv(op.ecx)
     elif k == "XSETBV":

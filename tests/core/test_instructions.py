@@ -10,6 +10,7 @@ from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED
 from kvmfpu.core import Cpu, DeviceNotAvailable, InvalidOpcode
+from kvmfpu.cpus.model import HostModel
 from kvmfpu.testing import booted, standard_area
 from kvmfpu.testing.areas import component_data
 
@@ -269,3 +270,45 @@ def test_cpuid_sizes_follow_xcr0_and_xss() -> None:
 def test_memory_must_be_writable() -> None:
     with pytest.raises(TypeError):
         Cpu("skylake-sp", bytes(4096))
+
+
+def test_snapshot_round_trip() -> None:
+    cpu = booted("sapphirerapids", xss=xf.CET)
+    cpu.set_reg("zmm30", 99)
+    cpu.wrmsr(0x6A7, 0x7FFF_0000_1000)
+    snap = cpu.snapshot()
+    cpu.set_reg("zmm30", 1)
+    cpu.xsetbv(0, 0x3)
+    cpu.wrmsr(0xDA0, 0)
+    assert cpu.snapshot() != snap
+    cpu.restore_snapshot(snap)
+    assert cpu.snapshot() == snap and cpu.reg("zmm30") == 99 and cpu.xcr0 == 0x602E7
+
+
+def apx_host() -> HostModel:
+    """Synthetic: Granite Rapids' real dump plus APX (XCR0[19]; CPUID.(0DH,19) = 128 bytes at
+    960, SDM table 13-1; CPUID.(7,1):EDX[21]). No APX dump was available; test only."""
+    from kvmfpu import cpus
+    from kvmfpu.cpus.model import HostModel
+    real = cpus.load("graniterapids")
+    table = dict(real.table)
+    a, b, c, d = table[(0xD, 0)]
+    table[(0xD, 0)] = (a | xf.APX, b, c, d)
+    table[(0xD, 19)] = (128, 960, 0, 0)
+    a, b, c, d = table.get((7, 1), (0, 0, 0, 0))
+    table[(7, 1)] = (a, b, c, d | 1 << 21)
+    return HostModel(table, name="synthetic-apx")
+
+
+def test_apx_registers_save_and_restore() -> None:
+    host = apx_host()
+    cpu = booted(host)
+    assert cpu.xcr0 & xf.APX
+    cpu.set_reg("r31", 0xFEED)
+    cpu.xsave(A, ALL)
+    assert struct.unpack_from("<Q", cpu.memory, A + 960 + 15 * 8)[0] == 0xFEED
+    cpu.set_reg("r31", 0)
+    cpu.xrstor(A, ALL)
+    assert cpu.reg("r31") == 0xFEED
+    cpu.xsavec(B, xf.APX | 3)
+    assert struct.unpack_from("<Q", cpu.memory, B + 576 + 15 * 8)[0] == 0xFEED
