@@ -1,0 +1,226 @@
+"""Kernel-version profiles: which xstate-related KVM/FPU behaviours a kernel has.
+
+A profile is a Linux version. Each behaviour switch names the commit that introduced it,
+its first mainline release and the stable releases it was backported to; a version has
+the switch when it is at or past the first release, or on a stable branch at or past the
+backport. Named profiles are mainline releases ("6.1" is v6.1 as released); "6.1.60"
+selects that stable release, "6.1.y" the newest 6.1 stable kvmfpu knows of.
+
+Sources: the commits themselves (arch/x86/kvm/{x86,cpuid}.c, arch/x86/kernel/fpu/*),
+read in Debian linux-source 6.1.192, 6.12.117 and 7.3.4, and the kernel mailing-list
+and stable-review mails for ids, release and backport numbers. Where a stable number could
+not be confirmed the switch says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Final
+
+Version = tuple[int, int, int]
+
+
+class UnknownKernel(ValueError):
+    """Not a version kvmfpu can model."""
+
+
+def parse_version(text: str) -> Version:
+    """``"6.1"`` -> (6, 1, 0); ``"6.1.60"`` -> (6, 1, 60); ``"6.1.y"`` -> (6, 1, 9999)."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+|y))?", text.strip())
+    if not m:
+        raise UnknownKernel(f"{text!r} is not a kernel version (want e.g. 6.1, 6.1.60, 6.1.y)")
+    sub = m.group(3)
+    return int(m.group(1)), int(m.group(2)), (9999 if sub == "y" else int(sub or 0))
+
+
+def format_version(v: Version) -> str:
+    if v[2] == 9999:
+        return f"{v[0]}.{v[1]}.y"
+    return f"{v[0]}.{v[1]}" + (f".{v[2]}" if v[2] else "")
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One behaviour change, with where it comes from."""
+
+    name: str
+    commit: str
+    title: str
+    since: tuple[int, int]                       # first mainline release
+    backports: tuple[Version, ...] = ()          # stable releases that carry it
+    description: str = ""
+    until: tuple[int, int] | None = None         # first mainline release without it (bugs)
+    fixed_in: tuple[Version, ...] = ()           # stable releases where a bug was fixed
+    note: str = ""
+
+    def active(self, v: Version) -> bool:
+        if self.until is not None:
+            # A bug: present from ``since`` until ``until`` or its stable fixes.
+            if v[:2] < self.since or v[:2] >= self.until:
+                return False
+            return not any(v[:2] == f[:2] and v[2] >= f[2] for f in self.fixed_in)
+        if v[:2] >= self.since:
+            return True
+        return any(v[:2] == b[:2] and v[2] >= b[2] for b in self.backports)
+
+    def describe(self) -> str:
+        bp = ", ".join(format_version(b) for b in self.backports)
+        span = f"{self.since[0]}.{self.since[1]}"
+        if self.until:
+            span += f" until {self.until[0]}.{self.until[1]}"
+            if self.fixed_in:
+                span += " (fixed in " + ", ".join(format_version(f) for f in self.fixed_in) + ")"
+        return f"{self.commit} {self.title} [{span}{'; backports ' + bp if bp else ''}]"
+
+
+S = Switch
+SWITCHES: Final[tuple[Switch, ...]] = (
+    S("fpu_guest", "69f6ed1d14c6", "x86/fpu: Provide infrastructure for KVM FPU cleanup", (5, 16),
+      description="guest FPU as a struct fpu_guest/fpstate; KVM_GET/SET_XSAVE go through "
+                  "fpu_copy_guest_fpstate_to_uabi/fpu_copy_uabi_to_guest_fpstate (before: KVM's "
+                  "fill_xsave/load_xsave: raw legacy area, no header checks, MXCSR always checked)"),
+    S("kernel_xsavec", "8ad7e8f69695", "x86/fpu/xsave: Support XSAVEC in the kernel", (6, 1),
+      description="without XSAVES the kernel saves with XSAVEC into compacted buffers (before: "
+                  "XSAVEOPT/XSAVE, standard format)"),
+    S("xsave2", "be50b2065dfa",
+      "kvm: x86: Add support for getting/setting expanded xstate buffer", (5, 17),
+      description="KVM_CAP_XSAVE2 and KVM_GET_XSAVE2; KVM_GET_XSAVE -EINVAL when uabi_size > 4096"),
+    S("amx", "86aff7a47992", "kvm: x86: Add XCR0 support for Intel AMX", (5, 17),
+      description="XTILE in KVM_SUPPORTED_XCR0 and the XTILE pair check in __kvm_set_xcr; AMX "
+                  "CPUID (690a757d610e), IA32_XFD/XFD_ERR emulation (820a6ee944e7, 548e83650a51), "
+                  "guest permissions ARCH_REQ_XCOMP_GUEST_PERM (980fe2fddcff), dynamic fpstate "
+                  "at KVM_SET_CPUID2 (5ab2f45bba48), XFD in CPUID.(0DH,1).EAX"),
+    S("uabi_size_default_bug", "d187ba531230",
+      "x86/fpu: KVM: Set the base guest FPU uABI size to sizeof(struct kvm_xsave)", (5, 17),
+      until=(5, 19), fixed_in=((5, 17, 13), (5, 18, 2)),
+      description="bug: guest uabi_size starts at fpu_user_cfg.default_size instead of 4096 "
+                  "(CVE-2022-49557)"),
+    S("perm_overwrite_bug", "063452fd94d1",
+      "x86/fpu/xstate: Fix the ARCH_REQ_XCOMP_PERM implementation", (5, 17), until=(5, 18),
+      description="bug: a granted guest permission replaces the permitted set instead of adding "
+                  "to it", note="5.17.y stable fix release not confirmed"),
+    S("user_xfeatures_from_cpuid", "ad856280ddea",
+      "x86/kvm/fpu: Limit guest user_xfeatures to supported bits of XCR0", (5, 17),
+      backports=((5, 16, 15),), until=(6, 6), fixed_in=((6, 5, 9), (6, 1, 60)),
+      description="KVM_SET_CPUID2 sets fpstate->user_xfeatures to the guest-supported XCR0, so "
+                  "KVM_SET_XSAVE rejects features outside guest CPUID (validate_user_xstate_header); "
+                  "ended by 8647c52e9504"),
+    S("xcr0_valid_from_user_xfeatures", "988896bb6182",
+      "x86/kvm/fpu: Remove kvm_vcpu_arch.guest_supported_xcr0", (5, 17), until=(6, 0),
+      fixed_in=((5, 19, 12),),
+      description="__kvm_set_xcr checks against user_xfeatures (host defaults before "
+                  "KVM_SET_CPUID2); reverted by ee519b3a2ae3"),
+    S("fpsse_always", "a1020a25e697",
+      "KVM: x86: Always enable legacy FP/SSE in allowed user XFEATURES", (6, 0),
+      backports=((5, 19, 12),),
+      description="user_xfeatures = guest_supported_xcr0 | FP | SSE (fixes the bz 2079311 "
+                  "Nehalem migration, seed 002)"),
+    S("get_masks_guest_xcr0", "8647c52e9504",
+      "KVM: x86: Constrain guest-supported xfeatures only at KVM_GET_XSAVE{2}", (6, 6),
+      backports=((6, 5, 9), (6, 1, 60)),
+      description="user_xfeatures stays the host's; KVM_GET_XSAVE{2} masks XSTATE_BV with "
+                  "guest_supported_xcr0 | FP | SSE (with 18164f66e6c5)"),
+    S("pkru_always_written_bug", "b15888840207",
+      "x86/fpu/xstate: Prevent false-positive warning in __copy_xstate_uabi_buf()", (5, 16),
+      until=(6, 3), fixed_in=((6, 1, 22),),
+      description="KVM_GET_XSAVE writes vcpu->arch.pkru into the PKRU component even when "
+                  "XSTATE_BV[9]=0"),
+    S("get_xsave2_amx_oops_bug", "471f0aa7fa64",
+      "x86/fpu: Fix copy_xstate_to_uabi() to copy init states correctly", (6, 0), until=(6, 1),
+      fixed_in=((6, 0, 7),),
+      description="bug: KVM_GET_XSAVE2 of an AMX guest whose XSTATE_BV[18]=0 dereferences a NULL "
+                  "init address (host oops)"),
+    S("xfd_clears_xstate_bv", "b45f72177594",
+      "x86/fpu: Clear XSTATE_BV[i] in guest XSAVE state whenever XFD[i]=1", (6, 19),
+      backports=((6, 18, 7), (6, 12, 67), (6, 6, 122), (6, 1, 162)),
+      description="KVM_SET_XSAVE clears XSTATE_BV bits armed in the guest XFD; "
+                  "fpu_update_guest_xfd clears them in a saved guest state (seed 003)"),
+    S("xss_keep_on_init", "be4f3b3f8227", "KVM: x86: Keep MSR_IA32_XSS unchanged for INIT",
+      (5, 17), backports=((5, 16, 5), (5, 15, 19)),
+      description="INIT leaves IA32_XSS alone (before: zeroed on INIT and RESET)",
+      note="5.15.y/5.16.y stable numbers not confirmed"),
+    S("xstate_reset_on_init_only", "c26675447faf",
+      "KVM: x86: Zero XSTATE components on INIT by iterating over supported features", (6, 18),
+      description="kvm_xstate_reset: INIT zeroes MPX and CET components supported by KVM "
+                  "(41f6710f99f4, 69cc3e886582); RESET clears nothing (zero-allocated); "
+                  "KVM_GET_MP_STATE no longer loads the FPU (8819a49f9ff8). Before: MPX cleared "
+                  "on INIT and RESET when KVM supported MPX (seed 004)"),
+    S("cet", "69cc3e886582", "KVM: x86: Add XSS support for CET_KERNEL and CET_USER", (6, 18),
+      description="kvm_caps.supported_xss = host XSS & CET when XSAVES and SHSTK|IBT and both "
+                  "CET bits; CET MSRs; IA32_XSS checked against guest CPUID (338543cbe033) and "
+                  "listed for save/restore (c0a5f2989122)"),
+    S("zen_xsaves_erratum", "b0563468eeac",
+      "x86/CPU/AMD: Disable XSAVES on AMD family 0x17", (6, 3),
+      backports=((6, 2, 7), (6, 1, 20), (5, 15, 103)),
+      description="the kernel stops using XSAVES on Zen 1/2 (erratum 1386): KVM no longer "
+                  "offers XSAVES (XSAVEC stays); seed 001",
+      note="stable point releases 6.2.7/6.1.20/5.15.103 inferred from the 2023-03-15 reviews"),
+    S("set_cpuid_after_run_identical", "c6617c61e8fe",
+      "KVM: x86: Partially allow KVM_SET_CPUID{,2} after KVM_RUN", (5, 17),
+      description="after KVM_RUN, KVM_SET_CPUID2 succeeds only with identical entries (-EINVAL "
+                  "otherwise); 5.15 allows any change"),
+    S("filter_xtilecfg_without_perm", "55cd57b596e8",
+      "KVM: x86: Filter out XTILE_CFG if XTILE_DATA isn't permitted", (6, 4),
+      description="KVM_GET_SUPPORTED_CPUID and KVM_CAP_XSAVE2 drop XTILE_CFG without permission"),
+    S("mp_state_validation", "22c6a0ef6b26",
+      "KVM: x86: check validity of argument to KVM_SET_MP_STATE", (6, 0),
+      description="KVM_SET_MP_STATE accepts only defined x86 states (-EINVAL otherwise)"),
+    S("msr_host_zero_write_advertised", "kvm_do_msr_access",
+      "KVM: x86: host writes of 0 to advertised-but-unsupported MSRs succeed", (6, 12),
+      description="a host-initiated read, or write of 0, to an MSR KVM lists but the guest "
+                  "lacks succeeds (matters for IA32_XSS from 6.18)",
+      note="commit id not confirmed; present in 6.12.117"),
+)
+
+BY_NAME: Final = {s.name: s for s in SWITCHES}
+
+#: The named profiles (mainline releases) and the newest release kvmfpu confirmed.
+NAMED: Final = ("5.15", "5.17", "6.0", "6.1", "6.6", "6.12", "6.18", "7.3")
+NEWEST: Final = "7.3"
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    version: Version
+    switches: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def name(self) -> str:
+        return format_version(self.version)
+
+    def has(self, switch: str) -> bool:
+        if switch not in BY_NAME:
+            raise KeyError(f"unknown switch {switch!r}")
+        return switch in self.switches
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return self.version[:2] >= (major, minor)
+
+    def source(self, switch: str) -> str:
+        s = BY_NAME[switch]
+        return f"{s.commit}, {s.since[0]}.{s.since[1]}"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "switches": {s.name: s.name in self.switches for s in SWITCHES},
+        }
+
+
+@cache
+def profile(name: str | Version) -> KernelProfile:
+    """The profile of a kernel version ("6.6", "6.1.60", "6.1.y" or a tuple)."""
+    v = name if isinstance(name, tuple) else parse_version(name)
+    if v[:2] < (5, 15):
+        raise UnknownKernel(f"{format_version(v)}: kvmfpu models Linux 5.15 and later")
+    newest = parse_version(NEWEST)
+    if v[:2] > newest[:2]:
+        raise UnknownKernel(f"{format_version(v)} is newer than the newest release kvmfpu "
+                            f"knows ({NEWEST})")
+    return KernelProfile(v, frozenset(s.name for s in SWITCHES if s.active(v)))
+
+
+def named_profiles() -> list[KernelProfile]:
+    return [profile(n) for n in NAMED]
