@@ -27,17 +27,23 @@ class UnknownKernel(ValueError):
 
 
 def parse_version(text: str) -> Version:
-    """``"6.1"`` -> (6, 1, 0); ``"6.1.60"`` -> (6, 1, 60); ``"6.1.y"`` -> (6, 1, 9999)."""
-    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+|y))?", text.strip())
+    """``"6.1"`` -> (6, 1, 0); ``"6.1.60"`` -> (6, 1, 60); ``"6.1.y"`` -> (6, 1, 9999);
+    ``"6.18-rc5"`` -> (6, 18, -95) (release candidates sort before the release)."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+|y)|-rc(\d+))?", text.strip())
     if not m:
-        raise UnknownKernel(f"{text!r} is not a kernel version (want e.g. 6.1, 6.1.60, 6.1.y)")
-    sub = m.group(3)
+        raise UnknownKernel(f"{text!r} is not a kernel version (want e.g. 6.1, 6.1.60, 6.1.y, "
+                            "6.18-rc5)")
+    sub, rc = m.group(3), m.group(4)
+    if rc is not None:
+        return int(m.group(1)), int(m.group(2)), -100 + int(rc)
     return int(m.group(1)), int(m.group(2)), (9999 if sub == "y" else int(sub or 0))
 
 
 def format_version(v: Version) -> str:
     if v[2] == 9999:
         return f"{v[0]}.{v[1]}.y"
+    if v[2] < 0:
+        return f"{v[0]}.{v[1]}-rc{v[2] + 100}"
     return f"{v[0]}.{v[1]}" + (f".{v[2]}" if v[2] else "")
 
 
@@ -54,8 +60,12 @@ class Switch:
     until: tuple[int, int] | None = None         # first mainline release without it (bugs)
     fixed_in: tuple[Version, ...] = ()           # stable releases where a bug was fixed
     note: str = ""
+    rc_window: tuple[int, int] | None = None     # a bug only in release candidates [a, b)
 
     def active(self, v: Version) -> bool:
+        if self.rc_window is not None:
+            first, fixed = self.rc_window
+            return v[:2] == self.since and v[2] < 0 and first <= v[2] + 100 < fixed
         if self.until is not None:
             # A bug: present from ``since`` until ``until`` or its stable fixes.
             if v[:2] < self.since or v[:2] >= self.until:
@@ -147,6 +157,13 @@ SWITCHES: Final[tuple[Switch, ...]] = (
                   "(41f6710f99f4, 69cc3e886582); RESET clears nothing (zero-allocated); "
                   "KVM_GET_MP_STATE no longer loads the FPU (8819a49f9ff8). Before: MPX cleared "
                   "on INIT and RESET when KVM supported MPX (seed 004)"),
+    S("init_fpu_put_imbalance_bug", "8819a49f9ff8",
+      "KVM: x86: Unload \"FPU\" state on INIT if and only if its currently in-use", (6, 18),
+      rc_window=(1, 6),
+      description="bug in 6.18-rc1..rc5: kvm_xstate_reset puts and reloads the guest FPU "
+                  "unconditionally while KVM_GET_MP_STATE loads it only when MPX is supported, "
+                  "so an INIT via KVM_GET_MP_STATE on a CET host without MPX puts an FPU that "
+                  "was never loaded (syzkaller/KASAN crash); fixed in 6.18-rc6"),
     S("cet", "69cc3e886582", "KVM: x86: Add XSS support for CET_KERNEL and CET_USER", (6, 18),
       description="kvm_caps.supported_xss = host XSS & CET when XSAVES and SHSTK|IBT and both "
                   "CET bits; CET MSRs; IA32_XSS checked against guest CPUID (338543cbe033) and "

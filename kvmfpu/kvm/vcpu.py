@@ -515,7 +515,10 @@ class Vcpu:
         """KVM_GET_MP_STATE: runs kvm_apic_accept_events, so a pending INIT is emulated."""
         self._not_running("KVM_GET_MP_STATE")
         p = self.kvm.kernel
-        load = not p.has("xstate_reset_on_init_only") and self.kvm.caps.mpx
+        # Before 6.18 (and until 8819a49f9ff8 in 6.18-rc6) KVM_GET_MP_STATE loads the guest
+        # FPU when MPX is supported, for the INIT path's sake.
+        load = self.kvm.caps.mpx and (not p.has("xstate_reset_on_init_only")
+                                      or p.has("init_fpu_put_imbalance_bug"))
         if load:     # "All paths that lead to INIT are required to load the guest's FPU"
             self._load_guest_fpu(["kvm_arch_vcpu_ioctl_get_mpstate", "kvm_load_guest_fpu"])
         try:
@@ -553,7 +556,8 @@ class Vcpu:
         if p.has("xstate_reset_on_init_only"):
             mask = (kvm.caps.supported_xcr0 | kvm.caps.supported_xss) & (xf.MPX | xf.CET)
             if init_event and mask:
-                in_use = fps.in_use
+                # 6.18-rc1..rc5 put/load unconditionally; 8819a49f9ff8 only if in use.
+                in_use = fps.in_use or p.has("init_fpu_put_imbalance_bug")
                 if in_use:
                     self._put_guest_fpu(["kvm_xstate_reset", "kvm_put_guest_fpu"])
                 for b in bits(mask):
@@ -864,6 +868,11 @@ class Guest:
         self._mem_insn("xrstors", gpa, rfbm, self._area())
 
     def _require_xsaves(self, mnemonic: str) -> None:
+        kvm = self.vcpu.kvm
+        if kvm.flavor == "svm":
+            # SVM cannot hide XSAVES: the hardware runs it whatever the guest CPUID says
+            # (svm_vcpu_after_set_cpuid); the core raises #UD only without hardware XSAVES.
+            return
         if not self._xsaves_enabled():
             raise InvalidOpcode(mnemonic, "XSAVES not enabled for the guest (VMX secondary "
                                           "control ENABLE_XSAVES clear)")

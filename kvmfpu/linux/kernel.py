@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED
-from kvmfpu.core import Cpu, Fault
+from kvmfpu.core import Cpu, Fault, PageFault
 from kvmfpu.core.msrs import IA32_XFD, IA32_XSS
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm.errors import HostOops
@@ -267,6 +267,11 @@ class HostKernel:
         if not thread.need_fpu_load:
             self.save_fpregs_to_fpstate(cur, chain)
         guest = gfpu.fpstate
+        if not enter_guest and thread.task_fpstate is None:
+            # fpu->__task_fpstate is NULL: the guest FPU was never loaded (6.18-rc1..rc5).
+            raise HostOops(PageFault("fpu_swap_kvm_fpstate",
+                                     "fpu->__task_fpstate is NULL: putting a guest FPU that "
+                                     "was never loaded"), chain, "8819a49f9ff8 (6.18-rc6)")
         if enter_guest:
             thread.task_fpstate = cur
             thread.fpstate = guest
