@@ -162,3 +162,20 @@ def _build_registers() -> dict[str, Register]:
 
 
 REGISTERS: Final = _build_registers()
+
+
+def area_register(area: bytes | bytearray | memoryview, layout: XsaveLayout, name: str) -> int:
+    """A register's value in a standard-format XSAVE area (a KVM_GET_XSAVE buffer) as
+    XRSTOR would load it: a component whose XSTATE_BV bit is clear reads as its initial
+    configuration (SDM §13.8.1), except MXCSR, which XRSTOR takes from memory."""
+    reg = REGISTERS[name.lower()]
+    bv = int.from_bytes(area[legacy.XSTATE_BV:legacy.XSTATE_BV + 8], "little")
+    out = bytearray()
+    for p in reg.pieces:
+        if not bv >> p.bit & 1 and reg.name != "mxcsr":
+            init = legacy.FCW_INIT if reg.name == "fcw" else 0
+            out += init.to_bytes(p.size, "little")
+            continue
+        base = 0 if p.bit <= XFeature.SSE else layout.components[p.bit].offset
+        out += area[base + p.offset:base + p.offset + p.size]
+    return int.from_bytes(out, "little")

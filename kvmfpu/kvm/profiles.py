@@ -66,14 +66,14 @@ class Switch:
         if self.rc_window is not None:
             first, fixed = self.rc_window
             return v[:2] == self.since and v[2] < 0 and first <= v[2] + 100 < fixed
+        started = v[:2] >= self.since or any(v[:2] == b[:2] and v[2] >= b[2]
+                                             for b in self.backports)
         if self.until is not None:
-            # A bug: present from ``since`` until ``until`` or its stable fixes.
-            if v[:2] < self.since or v[:2] >= self.until:
+            # A bug: present from ``since`` (or a backport) until ``until`` or a stable fix.
+            if not started or v[:2] >= self.until:
                 return False
             return not any(v[:2] == f[:2] and v[2] >= f[2] for f in self.fixed_in)
-        if v[:2] >= self.since:
-            return True
-        return any(v[:2] == b[:2] and v[2] >= b[2] for b in self.backports)
+        return started
 
     def describe(self) -> str:
         bp = ", ".join(format_version(b) for b in self.backports)

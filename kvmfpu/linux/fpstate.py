@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: init_pkru_value (arch/x86/mm/pkeys.c): access disabled for every key but 0; a task gets
+#: it at exec (pkru_write_default) when the kernel runs with protection keys.
+INIT_PKRU_VALUE = 0x5555_5554
+
 #: FPU_GUEST_PERM_LOCKED (bit 63 of guest_perm.__state_perm): set at first vCPU creation.
 PERM_LOCKED = 1 << 63
 
@@ -67,5 +71,6 @@ class Thread:
     fpstate: FpState | None = None
     task_fpstate: FpState | None = None
     need_fpu_load: bool = True          # a new thread has no registers loaded
+    pkru: int = INIT_PKRU_VALUE         # thread.pkru: the task's PKRU outside the xstate
     name: str = "vcpu"
     events: list[str] = field(default_factory=list)

@@ -29,8 +29,10 @@ from kvmfpu.linux.fpstate import PERM_LOCKED, FpState, FpuGuest, Permission, Pro
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 ALL = (1 << 64) - 1
-#: XFEATURE_MASK_FPSTATE: everything restore_fpregs_from_fpstate may touch.
-FPSTATE_MASK = ALL
+#: XFEATURE_MASK_FPSTATE: what restore_fpregs_from_fpstate restores for tasks and KVM. PKRU
+#: is not in it (XFEATURE_MASK_USER_RESTORE, 5.14): the register keeps the current task's
+#: value (switch_to's x86_pkru_load) and KVM switches the guest's at VM entry/exit.
+FPSTATE_MASK = ALL & ~xf.PKRU
 
 
 class HostKernel:
@@ -306,6 +308,8 @@ class HostKernel:
     @contextmanager
     def running(self, thread: Thread) -> Iterator[None]:
         prev, self.current = self.current, thread
+        if self.cfg.xcr0 & xf.PKRU and self.cpu.reg("pkru") != thread.pkru:
+            self.cpu.set_reg("pkru", thread.pkru)      # switch_to: x86_pkru_load
         try:
             yield
         finally:

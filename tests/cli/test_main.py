@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from kvmfpu.cli import main
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kvmfpu", *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_cpus_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,10 +30,13 @@ def test_cpus_describes_a_dump_file(tmp_path, capsys) -> None:  # type: ignore[n
     assert "XCR0 supported 0x7 (x87|sse|ymm)" in out and "0x240" in out
 
 
-def test_demo_runs() -> None:
-    r = run("demo")
+def test_demo_runs(kvmfpu_cmd) -> None:  # type: ignore[no-untyped-def]
+    r = kvmfpu_cmd("demo")
     assert r.returncode == 0, r.stderr
     assert "<- corrupted" in r.stdout and "#GP(0): XCOMP_BV sets 0x100 (pt)" in r.stdout
+    replays = [line.split() for line in r.stdout.splitlines() if line.startswith("   ") and
+               ("BUG" in line or "no bug" in line)]
+    assert len(replays) == 10 and sum(row[2] == "BUG" for row in replays) == 5
 
 
 @pytest.mark.parametrize("args, message", [
@@ -50,8 +46,8 @@ def test_demo_runs() -> None:
     (["demo", "--src", "/"], "is a directory"),
     ([], "required"),
 ])
-def test_bad_input_one_line_exit_2(args: list[str], message: str) -> None:
-    r = run(*args)
+def test_bad_input_one_line_exit_2(kvmfpu_cmd, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    r = kvmfpu_cmd(*args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr

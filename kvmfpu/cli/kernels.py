@@ -1,0 +1,55 @@
+"""``kvmfpu kernels``: the kernel-version profiles and their behaviour switches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kvmfpu.cli.common import UsageError
+from kvmfpu.kvm.profiles import NAMED, SWITCHES, UnknownKernel, format_version, profile
+
+
+def add_parser(sub: Any) -> None:
+    k = sub.add_parser("kernels", help="list the kernel profiles and behaviour switches")
+    k.add_argument("version", nargs="*", help="versions to show (default: the named profiles; "
+                                              "any release such as 6.1.60 or 6.18-rc5 works)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_kernels)
+
+
+def _switch_json(name: str) -> dict[str, Any]:
+    s = next(s for s in SWITCHES if s.name == name)
+    return {"name": s.name, "commit": s.commit, "title": s.title,
+            "since": f"{s.since[0]}.{s.since[1]}",
+            "until": f"{s.until[0]}.{s.until[1]}" if s.until else None,
+            "backports": [format_version(b) for b in s.backports],
+            "fixed_in": [format_version(f) for f in s.fixed_in],
+            "rc_window": list(s.rc_window) if s.rc_window else None,
+            "description": s.description, "note": s.note}
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    try:
+        profiles = [profile(v) for v in (args.version or NAMED)]
+    except UnknownKernel as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps({
+            "profiles": [{"name": p.name, "switches": sorted(p.switches)} for p in profiles],
+            "switches": [_switch_json(s.name) for s in SWITCHES],
+        }, indent=2))
+        return 0
+    width = max(len(s.name) for s in SWITCHES)
+    print(f"{'switch':{width}}  " + " ".join(f"{p.name:>8}" for p in profiles))
+    for s in SWITCHES:
+        marks = " ".join(f"{'x' if s.name in p.switches else '.':>8}" for p in profiles)
+        print(f"{s.name:{width}}  {marks}")
+    print()
+    for s in SWITCHES:
+        print(f"{s.name}: {s.describe()}")
+        if s.description:
+            print(f"    {s.description}")
+        if s.note:
+            print(f"    note: {s.note}")
+    return 0

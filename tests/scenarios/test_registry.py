@@ -1,0 +1,48 @@
+"""The scenario registry: every seed reproduced before its fix and not after."""
+
+import pathlib
+
+import pytest
+
+from kvmfpu import scenarios
+from kvmfpu.kvm.profiles import parse_version
+
+SEEDS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "seeds"
+
+
+@pytest.mark.parametrize("s", scenarios.SCENARIOS, ids=lambda s: s.name)
+def test_bug_on_last_affected_not_after(s: scenarios.Scenario) -> None:
+    assert scenarios.replay(s.name).bug                      # default: last affected
+    clean = s.first_fixed or s.last_unaffected
+    assert clean is not None
+    assert not scenarios.replay(s.name, clean).bug
+
+
+@pytest.mark.parametrize("s", [s for s in scenarios.SCENARIOS if s.versions == "linux"],
+                         ids=lambda s: s.name)
+def test_linux_versions_are_ordered(s: scenarios.Scenario) -> None:
+    assert s.first_affected is not None
+    assert parse_version(s.first_affected) <= parse_version(s.last_affected)
+    if s.first_fixed:
+        assert parse_version(s.last_affected) < parse_version(s.first_fixed)
+        for stable in s.stable_fixes:
+            assert scenarios.replay(s.name, stable).bug is False
+
+
+def test_every_seed_file_has_a_scenario() -> None:
+    names = {s.seed for s in scenarios.SCENARIOS}
+    assert len(names) == len(scenarios.SCENARIOS) == 5
+    if SEEDS.is_dir():
+        assert names == {p.name for p in SEEDS.iterdir()}
+
+
+def test_unknown_scenario() -> None:
+    with pytest.raises(scenarios.UnknownScenario, match="one of acrn-xss"):
+        scenarios.get("nope")
+
+
+def test_json_round_trip() -> None:
+    import json
+    r = scenarios.replay("fpsse-migration")
+    data = json.loads(json.dumps(r.to_json()))
+    assert data["bug"] is True and data["events"][3]["errno"] == "EINVAL"
