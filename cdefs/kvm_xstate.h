@@ -60,3 +60,10 @@ struct kvm_msr_list {
 struct kvm_mp_state {
     uint32_t mp_state;
 };
+
+struct kvm_device_attr {
+    uint32_t flags;
+    uint32_t group;
+    uint64_t attr;
+    uint64_t addr;
+};

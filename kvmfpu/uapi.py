@@ -83,4 +83,6 @@ def requests() -> dict[str, int]:
         "KVM_GET_XCRS": _ior(0xA6, "kvm_xcrs"),
         "KVM_SET_XCRS": _iow(0xA7, "kvm_xcrs"),
         "KVM_GET_XSAVE2": _ior(0xCF, "kvm_xsave"),
+        "KVM_GET_DEVICE_ATTR": _iow(0xE2, "kvm_device_attr"),
+        "KVM_HAS_DEVICE_ATTR": _iow(0xE3, "kvm_device_attr"),
     }

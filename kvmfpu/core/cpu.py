@@ -881,6 +881,15 @@ class Cpu:
                                                f"IA32_XFD_ERR <- {armed:#x}")
         self._xmodified |= mask
 
+    def tilerelease(self) -> None:
+        """TILERELEASE: TILECFG and TILEDATA return to their initial configuration
+        (XINUSE[18:17] = 0). #UD/#NM as for the other AMX instructions (``use``)."""
+        self.use(xf.XTILE, "TILERELEASE")
+        for bit in (int(xf.XFeature.XTILECFG), int(xf.XFeature.XTILEDATA)):
+            s, e = self._rf.ranges[bit][0]
+            self._regs[s:e] = bytes(e - s)
+        self._xinuse &= ~xf.XTILE
+
 
 _CET_MSR_REGS: Final = {
     msrs.IA32_U_CET: "u_cet",

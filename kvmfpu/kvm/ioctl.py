@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import struct
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ _U32 = struct.Struct("<I")
 _HDR = struct.Struct("<II")
 _XCR = struct.Struct("<IIQ")
 _MSR = struct.Struct("<IIQ")
+_ATTR = struct.Struct("<IIQQ")
 
 
 def fileno(obj: object) -> int:
@@ -128,9 +130,35 @@ def system_ioctl(kvm: Kvm, request: int, arg: Any = 0) -> int:
         for i, idx in enumerate(indices):
             _U32.pack_into(out, 4 + 4 * i, idx)
         return 0
+    if request in (r["KVM_GET_DEVICE_ATTR"], r["KVM_HAS_DEVICE_ATTR"]):
+        view = _need(arg, uapi.sizeof("kvm_device_attr"), "KVM_GET/HAS_DEVICE_ATTR")
+        _flags, group, attr, addr = _ATTR.unpack_from(view, 0)
+        if request == r["KVM_HAS_DEVICE_ATTR"]:
+            kvm.has_device_attr(group, attr)
+            return 0
+        _put_user(addr, struct.pack("<Q", kvm.get_device_attr(group, attr)),
+                  "kvm_x86_dev_get_attr")
+        return 0
     if request in r.values():
         raise _not_modelled(request)
     raise KvmError(errno.EINVAL, "kvm_dev_ioctl", f"unknown /dev/kvm ioctl {request:#x}")
+
+
+def _put_user(addr: int, data: bytes, function: str) -> None:
+    """put_user to a user address inside this process, as the kernel would: an address
+    that is not mapped writable gives -EFAULT (written through /proc/self/mem, which
+    reports bad addresses instead of crashing the interpreter)."""
+    try:
+        fd = os.open("/proc/self/mem", os.O_RDWR)
+    except OSError as exc:
+        raise KvmError(errno.EFAULT, function, f"cannot reach user memory: {exc}") from None
+    try:
+        if addr == 0 or os.pwrite(fd, data, addr) != len(data):
+            raise KvmError(errno.EFAULT, function, f"address {addr:#x} is not writable")
+    except OSError:
+        raise KvmError(errno.EFAULT, function, f"address {addr:#x} is not writable") from None
+    finally:
+        os.close(fd)
 
 
 def vm_ioctl(vm: Vm, request: int, arg: Any = 0) -> int:

@@ -145,11 +145,24 @@ class Kvm:
     def lock_guest_permissions(self) -> None:
         self.process.guest_perm.state_perm |= PERM_LOCKED
 
+    def has_device_attr(self, group: int, attr: int) -> None:
+        """KVM_HAS_DEVICE_ATTR on /dev/kvm (kvm_x86_dev_has_attr; dd6e6312335d, 5.17)."""
+        self._device_attr("kvm_x86_dev_has_attr", group, attr)
+
     def get_device_attr(self, group: int, attr: int) -> int:
-        """KVM_GET_DEVICE_ATTR on /dev/kvm: KVM_X86_XCOMP_GUEST_SUPP = supported XCR0."""
-        if not self.kernel.has("amx") or group != 0 or attr != KVM_X86_XCOMP_GUEST_SUPP:
-            raise KvmError(errno.ENXIO, "kvm_x86_dev_get_attr", f"group {group} attr {attr}")
+        """KVM_GET_DEVICE_ATTR on /dev/kvm: KVM_X86_XCOMP_GUEST_SUPP is kvm_caps.supported_xcr0
+        (not limited by the process's guest permission)."""
+        self._device_attr("kvm_x86_dev_get_attr", group, attr)
         return self.caps.supported_xcr0
+
+    def _device_attr(self, fn: str, group: int, attr: int) -> None:
+        if not self.kernel.has("amx"):
+            raise KvmError(errno.EINVAL, "kvm_arch_dev_ioctl",
+                           "no /dev/kvm device attributes before 5.17 (dd6e6312335d)")
+        if group != 0:
+            raise KvmError(errno.ENXIO, fn, f"group {group}: no vendor attributes")
+        if attr != KVM_X86_XCOMP_GUEST_SUPP:
+            raise KvmError(errno.ENXIO, fn, f"attr {attr} is not KVM_X86_XCOMP_GUEST_SUPP (0)")
 
     def fileno(self) -> int:
         from kvmfpu.kvm.ioctl import fileno

@@ -292,7 +292,10 @@ class Vcpu:
                                f"nent {len(entries)} > KVM_MAX_CPUID_ENTRIES (256)")
             table = intern(pack_entries(entries), len(entries))
         if self.has_run and p.has("set_cpuid_after_run_identical"):
-            if table.entries != self.cpuid.entries:
+            # Compared after the runtime update of both (kvm_set_cpuid's
+            # __kvm_update_cpuid_runtime), so KVM_GET_CPUID2 output is accepted back.
+            if ([self._runtime(e) for e in table.entries]
+                    != [self._runtime(e) for e in self.cpuid.entries]):
                 raise einval("kvm_set_cpuid", "the vCPU has run and the new CPUID differs "
                                               "(kvm_cpuid_check_equal)", "c6617c61e8fe")
             return
@@ -302,8 +305,9 @@ class Vcpu:
             raise einval("kvm_check_cpuid", f"CPUID.0x80000008 reports {e.eax >> 8 & 0xFF} "
                                             "virtual-address bits (only 0, 48 or 57)")
         if p.has("amx"):
-            dynamic = table.gsx_raw & xf.DYNAMIC_MASK & kvm.caps.supported_xcr0
-            self._enable_guest_xfd_features(dynamic)
+            # CPUID.(0xD,0) & XFEATURE_MASK_USER_DYNAMIC, not limited to what KVM supports:
+            # asking for XTILEDATA where it cannot be permitted fails with -EPERM too.
+            self._enable_guest_xfd_features(table.gsx_raw & xf.DYNAMIC_MASK)
         self.cpuid = table
         self.gsx = table.gsx_raw & kvm.caps.supported_xcr0
         self.gss = table.gss_raw & kvm.caps.supported_xss if p.has("cet") else 0
@@ -842,6 +846,9 @@ class Guest:
     def use(self, mask: int, mnemonic: str = "instruction") -> None:
         """An instruction using components ``mask`` (TILELOADD: XTILEDATA): #NM when armed."""
         self._native(lambda: self._hk.cpu.use(mask, mnemonic))
+
+    def tilerelease(self) -> None:
+        self._native(self._hk.cpu.tilerelease)
 
     def _mem_insn(self, name: str, gpa: int, rfbm: int, size: int) -> None:
         addr = self._gpa(gpa, size)

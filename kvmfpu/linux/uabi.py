@@ -22,6 +22,7 @@ from kvmfpu.linux.kernel import HostKernel
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 _I = struct.Struct("<I")
+_II = struct.Struct("<II")
 _Z48 = bytes(48)
 FPSSE = xf.FPSSE
 LEGACY_MXCSR = xf.FP | xf.SSE | xf.YMM
@@ -97,7 +98,7 @@ def copy_guest_fpstate_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int, xfeatur
     write_pkru = bv & xf.PKRU or (prof.has("pkru_always_written_bug")
                                   and fps.user_xfeatures & xfeatures & xf.PKRU)
     if write_pkru:
-        _QQ.pack_into(out, _pkru_offset(k), pkru, 0)  # pkru_state {pkru, pad}
+        _II.pack_into(out, _pkru_offset(k), pkru, 0)  # struct pkru_state {u32 pkru, pad}
     if len(out) > size:       # membuf_write stops at the buffer's end
         del out[size:]
     return out
