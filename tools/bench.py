@@ -6,6 +6,12 @@
 * core-pair: the emulated core's XRSTOR + XSAVE of every user component (standard format,
   Skylake-SP model, all components in use) against one KVM_SET_XSAVE + KVM_GET_XSAVE round
   trip through /dev/kvm from Python (fcntl.ioctl). Target: ratio <= 1.
+* kvm-pair: the model's Vcpu.set_xsave + Vcpu.get_xsave (Skylake-SP, newest profile, the
+  guest's AVX-512 state in use) against the same real round trip. Target: ratio <= 1.
+* spr-10k-amx: 10,000 Sapphire Rapids vCPUs with AMX enabled (guest permission, KVM_SET_CPUID2
+  with XTILEDATA, so each has the 11 KB dynamic fpstate), then a full AMX KVM_SET_XSAVE into
+  every one so that all their state pages are touched; the peak RSS of that process (a
+  child, interpreter included). Target: <= 300 MB.
 
 Timings are the best of several repeats of a timed loop (time.perf_counter); the ratio is
 what matters, since both sides run on this machine in the same process.
@@ -97,18 +103,92 @@ def core_pair(loops: int, repeats: int) -> float:
     return best_of(once, loops, repeats)
 
 
+def kvm_pair(loops: int, repeats: int) -> float:
+    from kvmfpu.kvm import Kvm
+    kvm = Kvm("skylake-sp")
+    v = kvm.create_vm().create_vcpu()
+    v.set_cpuid2(kvm.get_supported_cpuid())
+    v.set_sregs(cr4_osxsave=True)
+    v.set_xcrs([(0, v.gsx)])
+    with v.guest() as g:
+        g.set_reg("zmm3", (1 << 511) | 5)
+        g.set_reg("k2", 0xFF)
+        g.set_reg("st1", 1 << 63)
+    buf = bytearray(v.get_xsave())
+    set_xsave, get_xsave = v.set_xsave, v.get_xsave
+
+    def once() -> None:
+        set_xsave(buf)
+        get_xsave()
+    return best_of(once, loops, repeats)
+
+
+def amx_child(count: int) -> dict[str, float]:
+    """Runs in a child process: build ``count`` AMX vCPUs and report memory."""
+    import resource
+    import struct
+
+    from kvmfpu.arch import xfeatures as xf
+    from kvmfpu.kvm import Kvm
+    from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM
+
+    t0 = time.perf_counter()
+    kvm = Kvm("sapphirerapids", "6.6")
+    kvm.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, 18)
+    supported = kvm.get_supported_cpuid()
+    vcpus = []
+    vm = kvm.create_vm()
+    for i in range(count):
+        if i and i % 4096 == 0:
+            vm = kvm.create_vm()
+        v = vm.create_vcpu(i % 4096)
+        v.set_cpuid2(supported)
+        vcpus.append(v)
+    built = time.perf_counter() - t0
+    layout = kvm.host.layout
+    blob = bytearray(vcpus[0].get_xsave2())
+    for b in (17, 18):
+        c = layout.components[b]
+        blob[c.offset:c.offset + c.size] = component_data(b, c.size)
+    struct.pack_into("<Q", blob, 512, xf.FPSSE | xf.XTILE)
+    for v in vcpus:
+        v.set_xsave(blob)
+    assert vcpus[-1].get_xsave2()[layout.components[18].offset + 5] == blob[layout.components[18].offset + 5]
+    return {"vcpus": count, "uabi_size": vcpus[0].gfpu.uabi_size,
+            "kernel_fpstate": vcpus[0].gfpu.fpstate.size,
+            "arena_mb": kvm.hk.arena.used / 2**20, "build_s": built,
+            "total_s": time.perf_counter() - t0,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def amx_fleet(count: int) -> dict[str, float]:
+    import subprocess
+    out = subprocess.run([sys.executable, __file__, "--amx-child", str(count)],
+                         capture_output=True, text=True, check=True)
+    data: dict[str, float] = json.loads(out.stdout)
+    return data
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer loops (noisier)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--amx-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.amx_child:
+        print(json.dumps(amx_child(args.amx_child)))
+        return 0
     loops, repeats = (2000, 3) if args.quick else (20000, 7)
 
     real = real_round_trip(loops, repeats)
     results = [Result("core-pair: XRSTOR+XSAVE, all user components, skylake-sp",
-                      core_pair(loops, repeats), real, "ratio <= 1 vs KVM_SET+GET_XSAVE")]
+                      core_pair(loops, repeats), real, "ratio <= 1 vs KVM_SET+GET_XSAVE"),
+               Result("kvm-pair: Vcpu.set_xsave+get_xsave, skylake-sp, newest profile",
+                      kvm_pair(loops, repeats), real, "ratio <= 1 vs KVM_SET+GET_XSAVE")]
+    fleet = amx_fleet(10_000)
     if args.json:
-        json.dump([dict(asdict(r), ratio=r.ratio) for r in results], sys.stdout, indent=2)
+        json.dump({"timings": [dict(asdict(r), ratio=r.ratio) for r in results],
+                   "spr_10k_amx": fleet}, sys.stdout, indent=2)
         print()
         return 0
     print(f"real KVM_SET_XSAVE+KVM_GET_XSAVE round trip: "
@@ -116,6 +196,11 @@ def main() -> int:
     for r in results:
         ratio = "" if r.ratio is None else f"  ratio {r.ratio:.2f} ({'ok' if r.ratio <= 1 else 'SLOWER'})"
         print(f"{r.name}: {r.model_us * 1e6:.2f} us{ratio}   [target: {r.target}]")
+    ok = "ok" if fleet["max_rss_mb"] <= 300 else "OVER"
+    print(f"spr-10k-amx: {fleet['vcpus']:.0f} vCPUs, uabi_size {fleet['uabi_size']:.0f}, "
+          f"fpstate {fleet['kernel_fpstate']:.0f} B each; arena {fleet['arena_mb']:.1f} MB; "
+          f"peak RSS {fleet['max_rss_mb']:.1f} MB ({ok}) [target: <= 300 MB]; "
+          f"built in {fleet['build_s']:.2f} s, filled in {fleet['total_s']:.2f} s")
     return 0
 
 

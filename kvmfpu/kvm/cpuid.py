@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final
 
@@ -46,7 +46,7 @@ class CpuidEntry:
     edx: int
 
     def values(self) -> tuple[int, int, int, int, int, int, int]:
-        return astuple(self)
+        return (self.function, self.index, self.flags, self.eax, self.ebx, self.ecx, self.edx)
 
     def _replace(self, **changes: int) -> CpuidEntry:
         return replace(self, **changes)

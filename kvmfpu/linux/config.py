@@ -4,7 +4,7 @@ Source: Linux arch/x86/kernel/fpu/init.c and xstate.c (fpu__init_system_xstate,
 xsave_cpuid_features): the kernel enables each user component it knows and the CPU has
 (PKRU only with PKU, AMX from 5.16 with AMX_TILE), supervisor components it supports
 (CET_USER from 6.6 for user shadow stacks, CET_KERNEL as a guest-only feature from 6.18,
-PASID with ENQCMD), uses XSAVES (compacted buffers) when the CPU has it and no erratum
+PASID with ENQCMD from 5.18), uses XSAVES (compacted buffers) when the CPU has it and no erratum
 clears it, otherwise XSAVEOPT/XSAVE with standard-format buffers.
 """
 
@@ -61,8 +61,8 @@ def fpu_config(host: HostModel, kernel: KernelProfile) -> FpuConfig:
             sup |= xf.CET_U
         if host.has("shstk") and kernel.at_least(6, 18):
             sup |= xf.CET_S
-        if host.has("enqcmd"):
-            sup |= xf.PASID
+        if host.has("enqcmd") and kernel.at_least(5, 18):
+            sup |= xf.PASID        # ENQCMD force-disabled 5.13-5.17 (7c1ef59145f1 re-enables)
     xss = host.supported_xss & sup
     kernel_max = xcr0 | xss
     guest_only = xf.CET_S if kernel.at_least(6, 18) else 0
