@@ -173,7 +173,9 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       backports=((6, 2, 7), (6, 1, 20), (5, 15, 103)),
       description="the kernel stops using XSAVES on Zen 1/2 (erratum 1386): KVM no longer "
                   "offers XSAVES (XSAVEC stays); seed 001",
-      note="stable point releases 6.2.7/6.1.20/5.15.103 inferred from the 2023-03-15 reviews"),
+      note="stable: the 2023-03-15 review batch (4.14.310 ... 6.2.7); the 5.15 stable "
+           "revlist has it after \"Linux 5.15.102\" (released 2023-03-13), so 5.15.103, not "
+           "the 5.15.102 the spec gives"),
     S("set_cpuid_after_run_identical", "c6617c61e8fe",
       "KVM: x86: Partially allow KVM_SET_CPUID{,2} after KVM_RUN", (5, 17),
       description="after KVM_RUN, KVM_SET_CPUID2 succeeds only with identical entries (-EINVAL "
