@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import CpuidEntry, pack_entries, unpack_entries
 from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.origins import cite
 
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
@@ -125,7 +126,8 @@ def system_ioctl(kvm: Kvm, request: int, arg: Any = 0) -> int:
         _U32.pack_into(view, 0, len(indices))
         if n < len(indices):
             raise KvmError(errno.E2BIG, "kvm_get_msr_index_list",
-                           f"nmsrs {n} < {len(indices)} (nmsrs updated)")
+                           f"nmsrs {n} < {len(indices)} (nmsrs updated)",
+                           commit=cite("msr_index_list"))
         out = _need(arg, 4 + 4 * len(indices), "KVM_GET_MSR_INDEX_LIST")
         for i, idx in enumerate(indices):
             _U32.pack_into(out, 4 + 4 * i, idx)
@@ -205,7 +207,8 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
         view = _need(arg, 8, "KVM_GET/SET_MSRS")
         n = _U32.unpack_from(view, 0)[0]
         if n >= 256:
-            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {n} >= MAX_IO_MSRS (256)")
+            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {n} >= MAX_IO_MSRS (256)",
+                           commit=cite("msr_io"))
         view = _need(arg, 8 + 16 * n, "KVM_GET/SET_MSRS")
         pairs = [(_MSR.unpack_from(view, 8 + 16 * i)[0], _MSR.unpack_from(view, 8 + 16 * i)[2])
                  for i in range(n)]
@@ -219,7 +222,8 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
         view = _need(arg, 8, "KVM_SET_CPUID2")
         nent = _U32.unpack_from(view, 0)[0]
         if nent > 256:
-            raise KvmError(errno.E2BIG, "kvm_vcpu_ioctl_set_cpuid2", f"nent {nent} > 256")
+            raise KvmError(errno.E2BIG, "kvm_vcpu_ioctl_set_cpuid2", f"nent {nent} > 256",
+                           commit=cite("cpuid2"))
         view = _need(arg, 8 + 40 * nent, "KVM_SET_CPUID2")
         vcpu.set_cpuid2(list(unpack_entries(view[8:], nent)))
         return 0

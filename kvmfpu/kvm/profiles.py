@@ -180,6 +180,11 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       "KVM: x86: Partially allow KVM_SET_CPUID{,2} after KVM_RUN", (5, 17),
       description="after KVM_RUN, KVM_SET_CPUID2 succeeds only with identical entries (-EINVAL "
                   "otherwise); 5.15 allows any change"),
+    S("set_cpuid_after_run_forbidden", "feb627e8d6f6",
+      "KVM: x86: Forbid KVM_SET_CPUID{,2} after KVM_RUN", (5, 16), until=(5, 17),
+      description="bug-like window: 5.16 refused any KVM_SET_CPUID2 after KVM_RUN (QEMU CPU "
+                  "hotplug broke); c6617c61e8fe relaxed it to identical entries",
+      note="c6617c61e8fe reached 5.16.y stable; the release number is not confirmed"),
     S("filter_xtilecfg_without_perm", "55cd57b596e8",
       "KVM: x86: Filter out XTILE_CFG if XTILE_DATA isn't permitted", (6, 4),
       description="KVM_GET_SUPPORTED_CPUID and KVM_CAP_XSAVE2 drop XTILE_CFG without permission"),

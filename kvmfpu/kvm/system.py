@@ -15,6 +15,7 @@ from kvmfpu.kvm import uapi_caps as caps_ids
 from kvmfpu.kvm.caps import FLAVORS, KvmCaps, default_flavor, kvm_caps
 from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate_required_size
 from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.profiles import NEWEST, KernelProfile, profile
 from kvmfpu.kvm.vm import Vm
 from kvmfpu.linux.arena import Arena
@@ -83,7 +84,8 @@ class Kvm:
                                   self.process.guest_perm.state_perm)
         if nent < 1 or nent < len(entries):
             raise KvmError(errno.E2BIG, "kvm_dev_ioctl_get_cpuid",
-                           f"nent {nent} < the {len(entries)} entries KVM returns")
+                           f"nent {nent} < the {len(entries)} entries KVM returns",
+                           commit=cite("cpuid2"))
         return entries
 
     @cached_property
@@ -116,24 +118,29 @@ class Kvm:
         fn = "fpu_xstate_prctl"
         if not self.kernel.has("amx") or option not in (ARCH_GET_XCOMP_GUEST_PERM,
                                                         ARCH_REQ_XCOMP_GUEST_PERM):
-            raise KvmError(errno.EINVAL, fn, f"unknown option {option:#x}")
+            raise KvmError(errno.EINVAL, fn, f"unknown option {option:#x}",
+                           commit=cite("guest_perm"))
         gperm = self.process.guest_perm
         if option == ARCH_GET_XCOMP_GUEST_PERM:
             return gperm.state_perm & xf.USER_MASK
         fn = "xstate_request_perm"
         if not 0 <= arg < 64 or arg >= int(max(xf.XFeature)) + 1:
-            raise KvmError(errno.EINVAL, fn, f"index {arg} >= XFEATURE_MAX")
+            raise KvmError(errno.EINVAL, fn, f"index {arg} >= XFEATURE_MAX",
+                           commit=cite("xcomp_perm"))
         if arg != int(xf.XFeature.XTILEDATA):
             raise KvmError(errno.EOPNOTSUPP, fn, f"no permission to request for feature {arg} "
-                                                 "(only XTILEDATA, 18, is dynamic)")
+                                                 "(only XTILEDATA, 18, is dynamic)",
+                           commit=cite("xcomp_perm"))
         requested = xf.XTILEDATA
         if self.hk.cfg.user_max & requested != requested:
-            raise KvmError(errno.EOPNOTSUPP, fn, "the host does not support XTILEDATA")
+            raise KvmError(errno.EOPNOTSUPP, fn, "the host does not support XTILEDATA",
+                           commit=cite("xcomp_perm"))
         if gperm.state_perm & requested == requested:
             return 0
         if gperm.state_perm & PERM_LOCKED:
             raise KvmError(errno.EBUSY, fn, "guest permissions are locked: a vCPU exists "
-                                            "(fpu_init_guest_permissions)")
+                                            "(fpu_init_guest_permissions)",
+                           commit=cite("guest_perm"))
         mask = (gperm.state_perm & ~PERM_LOCKED) | requested
         if self.kernel.has("perm_overwrite_bug"):
             mask = requested          # 5.17.0: WRITE_ONCE(perm, requested) (063452fd94d1)
@@ -158,11 +165,14 @@ class Kvm:
     def _device_attr(self, fn: str, group: int, attr: int) -> None:
         if not self.kernel.has("amx"):
             raise KvmError(errno.EINVAL, "kvm_arch_dev_ioctl",
-                           "no /dev/kvm device attributes before 5.17 (dd6e6312335d)")
+                           "no /dev/kvm device attributes before 5.17",
+                           commit=cite("device_attr"))
         if group != 0:
-            raise KvmError(errno.ENXIO, fn, f"group {group}: no vendor attributes")
+            raise KvmError(errno.ENXIO, fn, f"group {group}: no vendor attributes",
+                           commit=cite("device_attr"))
         if attr != KVM_X86_XCOMP_GUEST_SUPP:
-            raise KvmError(errno.ENXIO, fn, f"attr {attr} is not KVM_X86_XCOMP_GUEST_SUPP (0)")
+            raise KvmError(errno.ENXIO, fn, f"attr {attr} is not KVM_X86_XCOMP_GUEST_SUPP (0)",
+                           commit=cite("device_attr"))
 
     def fileno(self) -> int:
         from kvmfpu.kvm.ioctl import fileno

@@ -30,6 +30,7 @@ from kvmfpu.kvm.cpuid import (
     xstate_required_size,
 )
 from kvmfpu.kvm.errors import KvmError, einval
+from kvmfpu.kvm.origins import cite
 from kvmfpu.linux import uabi
 from kvmfpu.linux.fpstate import FpuGuest, Thread
 
@@ -160,13 +161,14 @@ class Vcpu:
         if self._running:
             raise RuntimeError(f"{what}: the vCPU is in KVM_RUN (leave the guest() block first)")
 
-    def _user_xfeatures_origin(self) -> str:
+    def _user_xfeatures_origin(self) -> tuple[str, str]:
+        """Where fpstate->user_xfeatures came from, and the origin key to cite."""
         p = self.kvm.kernel
         if p.has("user_xfeatures_from_cpuid") and self.cpuid is not EMPTY:
             extra = " | FP | SSE (a1020a25e697)" if p.has("fpsse_always") else \
-                " without FP/SSE (ad856280ddea, before a1020a25e697)"
-            return f"set from guest CPUID.(0xD,0){extra}"
-        return "the host's default user features"
+                " without FP/SSE (before a1020a25e697)"
+            return f"set from guest CPUID.(0xD,0){extra}", "user_xfeatures_cpuid"
+        return "the host's default user features", "uabi_header"
 
     # -- KVM_GET_XSAVE / KVM_GET_XSAVE2 / KVM_SET_XSAVE ---------------------------------------
     def get_xsave(self) -> bytes:
@@ -179,14 +181,16 @@ class Vcpu:
         if p.has("xsave2") and self.gfpu.uabi_size > KVM_XSAVE_SIZE:
             raise einval("kvm_vcpu_ioctl_x86_get_xsave",
                          f"guest_fpu.uabi_size {self.gfpu.uabi_size} > sizeof(struct kvm_xsave) "
-                         "4096 (dynamic features enabled): use KVM_GET_XSAVE2", "be50b2065dfa")
+                         "4096 (dynamic features enabled): use KVM_GET_XSAVE2",
+                         cite("get_xsave_uabi"))
         return self._copy_out(KVM_XSAVE_SIZE)
 
     def get_xsave2(self) -> bytes:
         """KVM_GET_XSAVE2: guest_fpu.uabi_size bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2))."""
         self._not_running("KVM_GET_XSAVE2")
         if not self.kvm.kernel.has("xsave2"):
-            raise einval("kvm_arch_vcpu_ioctl", "KVM_GET_XSAVE2 does not exist before 5.17")
+            raise einval("kvm_arch_vcpu_ioctl", "KVM_GET_XSAVE2 does not exist before 5.17",
+                         cite("get_xsave_uabi"))
         return self._copy_out(self.gfpu.uabi_size)
 
     def _copy_out(self, size: int) -> bytes:
@@ -213,7 +217,7 @@ class Vcpu:
                 struct.pack_into("<Q", data, legacy.XSTATE_BV, bv & ~self.gfpu.fpstate.xfd)
             pkru = uabi.copy_uabi_to_guest_fpstate(kvm.hk, self.gfpu, memoryview(data),
                                                    kvm.caps.supported_xcr0,
-                                                   self._user_xfeatures_origin())
+                                                   *self._user_xfeatures_origin())
         if pkru is not None:
             self.pkru = pkru
 
@@ -228,27 +232,33 @@ class Vcpu:
         return self.gsx, "guest_supported_xcr0 = CPUID.(0xD,0) & KVM's supported XCR0"
 
     def xcr_problem(self, index: int, xcr0: int) -> str | None:
-        """Why __kvm_set_xcr(vcpu, index, xcr0) fails, or None."""
+        """Why __kvm_set_xcr(vcpu, index, xcr0) fails (with where the check came from), or
+        None."""
+        found = self._xcr_check(index, xcr0)
+        return None if found is None else f"{found[0]} [{cite(found[1])}]"
+
+    def _xcr_check(self, index: int, xcr0: int) -> tuple[str, str] | None:
+        """(condition, origin key) of the first __kvm_set_xcr check ``xcr0`` fails."""
         if index != 0:
-            return f"index {index} != XCR_XFEATURE_ENABLED_MASK"
+            return f"index {index} != XCR_XFEATURE_ENABLED_MASK", "xsetbv"
         if not xcr0 & xf.FP:
-            return f"XCR0 {xcr0:#x}: x87 (bit 0) must be set"
+            return f"XCR0 {xcr0:#x}: x87 (bit 0) must be set", "xsetbv"
         if xcr0 & xf.YMM and not xcr0 & xf.SSE:
-            return f"XCR0 {xcr0:#x}: YMM without SSE"
+            return f"XCR0 {xcr0:#x}: YMM without SSE", "xsetbv"
         valid, what = self._xcr_valid_bits()
         valid |= xf.FP
         if xcr0 & ~valid:
             return (f"XCR0 {xcr0:#x} sets {describe_mask(xcr0 & ~valid)} outside the valid bits "
-                    f"{valid:#x} ({what})")
+                    f"{valid:#x} ({what})", "xcr0_supported")
         if bool(xcr0 & xf.BNDREGS) != bool(xcr0 & xf.BNDCSR):
-            return f"XCR0 {xcr0:#x}: BNDREGS and BNDCSR must be set together"
+            return f"XCR0 {xcr0:#x}: BNDREGS and BNDCSR must be set together", "xcr0_mpx"
         if xcr0 & xf.AVX512:
             if not xcr0 & xf.YMM:
-                return f"XCR0 {xcr0:#x}: AVX-512 without YMM"
+                return f"XCR0 {xcr0:#x}: AVX-512 without YMM", "xcr0_avx512"
             if xcr0 & xf.AVX512 != xf.AVX512:
-                return f"XCR0 {xcr0:#x}: AVX-512 bits 7:5 must be all set"
+                return f"XCR0 {xcr0:#x}: AVX-512 bits 7:5 must be all set", "xcr0_avx512"
         if self.kvm.kernel.has("amx") and xcr0 & xf.XTILE and xcr0 & xf.XTILE != xf.XTILE:
-            return f"XCR0 {xcr0:#x}: XTILECFG and XTILEDATA must be set together (86aff7a47992)"
+            return f"XCR0 {xcr0:#x}: XTILECFG and XTILEDATA must be set together", "xcr0_amx"
         return None
 
     def get_xcrs(self) -> list[tuple[int, int]]:
@@ -265,16 +275,16 @@ class Vcpu:
         fn = "kvm_vcpu_ioctl_x86_set_xcrs"
         nr = len(xcrs) if nr_xcrs is None else nr_xcrs
         if not self.kvm.hk.cfg.has_xsave:
-            raise einval(fn, "the host has no XSAVE")
+            raise einval(fn, "the host has no XSAVE", cite("xcrs"))
         if nr > KVM_MAX_XCRS:
-            raise einval(fn, f"nr_xcrs {nr} > KVM_MAX_XCRS (16)")
+            raise einval(fn, f"nr_xcrs {nr} > KVM_MAX_XCRS (16)", cite("xcrs"))
         if flags:
-            raise einval(fn, f"flags {flags:#x} != 0")
+            raise einval(fn, f"flags {flags:#x} != 0", cite("xcrs"))
         for index, value in list(xcrs)[:nr]:
             if index == 0:
-                problem = self.xcr_problem(0, value)
-                if problem:
-                    raise einval("__kvm_set_xcr", problem)
+                found = self._xcr_check(0, value)
+                if found:
+                    raise einval("__kvm_set_xcr", found[0], cite(found[1]))
                 self.xcr0 = value
                 break
 
@@ -289,7 +299,8 @@ class Vcpu:
         else:
             if len(entries) > KVM_MAX_CPUID_ENTRIES:
                 raise KvmError(errno.E2BIG, "kvm_vcpu_ioctl_set_cpuid2",
-                               f"nent {len(entries)} > KVM_MAX_CPUID_ENTRIES (256)")
+                               f"nent {len(entries)} > KVM_MAX_CPUID_ENTRIES (256)",
+                               commit=cite("cpuid2"))
             table = intern(pack_entries(entries), len(entries))
         if self.has_run and p.has("set_cpuid_after_run_identical"):
             # Compared after the runtime update of both (kvm_set_cpuid's
@@ -297,13 +308,18 @@ class Vcpu:
             if ([self._runtime(e) for e in table.entries]
                     != [self._runtime(e) for e in self.cpuid.entries]):
                 raise einval("kvm_set_cpuid", "the vCPU has run and the new CPUID differs "
-                                              "(kvm_cpuid_check_equal)", "c6617c61e8fe")
+                                              "(kvm_cpuid_check_equal)",
+                             cite("cpuid_after_run_equal"))
             return
+        if self.has_run and p.has("set_cpuid_after_run_forbidden"):
+            raise einval("kvm_vcpu_ioctl_set_cpuid2", "KVM_SET_CPUID2 after KVM_RUN",
+                         cite("cpuid_after_run_forbidden"))
         # kvm_check_cpuid: CPUID.0x80000008 virtual-address width, dynamic xfeatures.
         e = table.find(0x8000_0008, 0)
         if e is not None and (e.eax >> 8 & 0xFF) not in (0, 48, 57):
             raise einval("kvm_check_cpuid", f"CPUID.0x80000008 reports {e.eax >> 8 & 0xFF} "
-                                            "virtual-address bits (only 0, 48 or 57)")
+                                            "virtual-address bits (only 0, 48 or 57)",
+                         cite("check_cpuid_vaddr"))
         if p.has("amx"):
             # CPUID.(0xD,0) & XFEATURE_MASK_USER_DYNAMIC, not limited to what KVM supports:
             # asking for XTILEDATA where it cannot be permitted fails with -EPERM too.
@@ -325,7 +341,7 @@ class Vcpu:
         if perm.state_perm & xfeatures != xfeatures:
             raise KvmError(errno.EPERM, "__xfd_enable_feature",
                            f"guest CPUID enables {describe_mask(xfeatures)} without "
-                           "ARCH_REQ_XCOMP_GUEST_PERM", commit="5ab2f45bba48")
+                           "ARCH_REQ_XCOMP_GUEST_PERM", commit=cite("xfd_enable"))
         p = kvm.kernel
         kvm.hk.fpstate_realloc(self.gfpu, xfeatures, perm.state_size, perm.user_state_size,
                                user_xfeatures_too=not p.has("user_xfeatures_from_cpuid"),
@@ -335,7 +351,7 @@ class Vcpu:
         """KVM_GET_CPUID2, with KVM's runtime bits (OSXSAVE, XSAVE sizes) applied."""
         if nent < len(self.cpuid):
             raise KvmError(errno.E2BIG, "kvm_vcpu_ioctl_get_cpuid2",
-                           f"nent {nent} < {len(self.cpuid)} entries")
+                           f"nent {nent} < {len(self.cpuid)} entries", commit=cite("cpuid2"))
         return [self._runtime(e) for e in self.cpuid.entries]
 
     def _runtime(self, e: CpuidEntry) -> CpuidEntry:
@@ -488,7 +504,8 @@ class Vcpu:
         self._not_running("KVM_GET_MSRS")
         idx = list(indices)
         if len(idx) >= MAX_IO_MSRS:
-            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(idx)} >= MAX_IO_MSRS (256)")
+            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(idx)} >= MAX_IO_MSRS (256)",
+                           commit=cite("msr_io"))
         out: list[tuple[int, int]] = []
         self.last_msr_failure = None
         for index in idx:
@@ -504,7 +521,8 @@ class Vcpu:
         self._not_running("KVM_SET_MSRS")
         pairs = list(entries)
         if len(pairs) >= MAX_IO_MSRS:
-            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(pairs)} >= MAX_IO_MSRS (256)")
+            raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(pairs)} >= MAX_IO_MSRS (256)",
+                           commit=cite("msr_io"))
         self.last_msr_failure = None
         for n, (index, value) in enumerate(pairs):
             try:
@@ -537,7 +555,7 @@ class Vcpu:
         p = self.kvm.kernel
         if p.has("mp_state_validation") and state not in _X86_MP_STATES:
             raise einval("kvm_arch_vcpu_ioctl_set_mpstate",
-                         f"mp_state {state} is not an x86 state", "22c6a0ef6b26")
+                         f"mp_state {state} is not an x86 state", cite("mp_state"))
         self.mp_state = state
 
     def send_init(self) -> None:
@@ -612,7 +630,8 @@ class Vcpu:
                 raise TypeError(f"unknown sreg {k}")
             setattr(new, k, v)
         if new.cr4_osxsave and not self.kvm.hk.cfg.has_xsave:
-            raise einval("kvm_set_cr4", "CR4.OSXSAVE without XSAVE (kvm_is_valid_cr4)")
+            raise einval("kvm_set_cr4", "CR4.OSXSAVE without XSAVE (kvm_is_valid_cr4)",
+                         cite("cr4_osxsave"))
         self.sregs = new
 
     # -- injected host events ----------------------------------------------------------------

@@ -6,6 +6,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ class Vm:
     def __init__(self, kvm: Kvm, vm_type: int = 0, memory_size: int = DEFAULT_MEMORY):
         if vm_type != 0:
             raise KvmError(errno.EINVAL, "kvm_arch_init_vm",
-                           f"VM type {vm_type}: kvmfpu models the default VM type (0) only")
+                           f"VM type {vm_type}: kvmfpu models the default VM type (0) only",
+                           commit=cite("vm_type"))
         self.kvm = kvm
         self.vcpus: dict[int, Vcpu] = {}
         self.memory_size = memory_size
@@ -46,9 +48,10 @@ class Vm:
         vid = len(self.vcpus) if vcpu_id is None else vcpu_id
         if not 0 <= vid < KVM_MAX_VCPUS:
             raise KvmError(errno.EINVAL, "kvm_vm_ioctl_create_vcpu",
-                           f"vcpu id {vid} outside [0, KVM_MAX_VCPU_IDS)")
+                           f"vcpu id {vid} outside [0, KVM_MAX_VCPU_IDS)", commit=cite("vcpu_id"))
         if vid in self.vcpus:
-            raise KvmError(errno.EEXIST, "kvm_vm_ioctl_create_vcpu", f"vcpu {vid} exists")
+            raise KvmError(errno.EEXIST, "kvm_vm_ioctl_create_vcpu", f"vcpu {vid} exists",
+                           commit=cite("vcpu_exists"))
         vcpu = Vcpu(self, vid)
         self.vcpus[vid] = vcpu
         return vcpu

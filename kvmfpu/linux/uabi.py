@@ -16,6 +16,7 @@ from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, describe_mask
 from kvmfpu.core.faults import PageFault
 from kvmfpu.kvm.errors import HostOops, KvmError, einval
+from kvmfpu.kvm.origins import cite
 from kvmfpu.linux.fpstate import FpuGuest
 from kvmfpu.linux.kernel import HostKernel
 
@@ -128,16 +129,19 @@ def fill_xsave_5_15(k: HostKernel, gfpu: FpuGuest, guest_supported_xcr0: int,
 
 # -- KVM_SET_XSAVE ----------------------------------------------------------------------------
 
-def _mxcsr_check(k: HostKernel, ubuf: memoryview, function: str, why: str) -> None:
+def _mxcsr_check(k: HostKernel, ubuf: memoryview, function: str, why: str,
+                 origin: str) -> None:
     mxcsr = int(_I.unpack_from(ubuf, legacy.MXCSR)[0])
     bad = mxcsr & ~k.cfg.mxcsr_feature_mask
     if bad:
         raise einval(function, f"MXCSR {mxcsr:#x} sets reserved bits {bad:#x} "
-                               f"(mxcsr_feature_mask {k.cfg.mxcsr_feature_mask:#x}){why}")
+                               f"(mxcsr_feature_mask {k.cfg.mxcsr_feature_mask:#x}){why}",
+                     cite(origin))
 
 
 def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
-                               user_xfeatures_origin: str) -> int | None:
+                               user_xfeatures_origin: str,
+                               user_xfeatures_commit: str = "uabi_header") -> int | None:
     """fpu_copy_uabi_to_guest_fpstate (5.16+). Returns the new PKRU when XSTATE_BV[9] is set
     (KVM then updates vcpu->arch.pkru), None to leave it untouched; raises KvmError."""
     fps = gfpu.fpstate
@@ -146,32 +150,36 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, 
         bv = int(_Q.unpack_from(ubuf, legacy.XSTATE_BV)[0])
         if bv & ~FPSSE:
             raise einval("fpu_copy_uabi_to_guest_fpstate",
-                         f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE")
-        _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "")
+                         f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE",
+                         cite("uabi_copy"))
+        _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "", "uabi_copy")
         mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
         return None
     bv, cb = _QQ.unpack_from(ubuf, legacy.XSTATE_BV)
     if bv & ~xcr0:
         raise einval("fpu_copy_uabi_to_guest_fpstate",
                      f"XSTATE_BV sets {describe_mask(bv & ~xcr0)} outside KVM's supported XCR0 "
-                     f"{xcr0:#x}")
+                     f"{xcr0:#x}", cite("uabi_copy"))
     if k.kernel.has("xfd_clears_xstate_bv") and bv & fps.xfd:
         raise einval("fpu_copy_uabi_to_guest_fpstate",
                      f"WARN_ON_ONCE: XSTATE_BV {bv:#x} has XFD-disabled {fps.xfd & bv:#x}",
-                     "b45f72177594")
+                     cite("xfd_warn"))
     # validate_user_xstate_header
     if bv & ~fps.user_xfeatures:
         raise einval("validate_user_xstate_header",
                      f"XSTATE_BV sets {describe_mask(bv & ~fps.user_xfeatures)} outside "
-                     f"fpstate->user_xfeatures {fps.user_xfeatures:#x} ({user_xfeatures_origin})")
+                     f"fpstate->user_xfeatures {fps.user_xfeatures:#x} ({user_xfeatures_origin})",
+                     cite(user_xfeatures_commit))
     if cb:
         raise einval("validate_user_xstate_header",
-                     f"XCOMP_BV is {cb:#x}: userspace must use the uncompacted format")
+                     f"XCOMP_BV is {cb:#x}: userspace must use the uncompacted format",
+                     cite("uabi_xcomp_bv"))
     if ubuf[legacy.HEADER_RESERVED:legacy.EXTENDED] != _Z48:
-        raise einval("validate_user_xstate_header", "reserved header bytes 16-63 are not zero")
+        raise einval("validate_user_xstate_header", "reserved header bytes 16-63 are not zero",
+                     cite("uabi_header"))
     if bv & LEGACY_MXCSR:
         _mxcsr_check(k, ubuf, "copy_uabi_to_xstate",
-                     " (checked because XSTATE_BV has FP, SSE or YMM)")
+                     " (checked because XSTATE_BV has FP, SSE or YMM)", "uabi_mxcsr")
         if not bv & xf.FP:
             mem[base + 24:base + 32] = ubuf[24:32]
     if bv & xf.FP:
@@ -202,15 +210,17 @@ def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
     if not k.cfg.has_xsave:
         if bv & ~FPSSE:
             raise einval("kvm_vcpu_ioctl_x86_set_xsave",
-                         f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE")
-        _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", "")
+                         f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE",
+                         cite("set_xsave_no_xsave"))
+        _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", "", "set_xsave_5_15_mxcsr")
         mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
         return None
     if bv & ~supported_xcr0:
         raise einval("kvm_vcpu_ioctl_x86_set_xsave",
                      f"XSTATE_BV sets {describe_mask(bv & ~supported_xcr0)} outside supported "
-                     f"XCR0 {supported_xcr0:#x}")
-    _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", " (5.15 always checks MXCSR)")
+                     f"XCR0 {supported_xcr0:#x}", cite("set_xsave_5_15_xcr0"))
+    _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", " (5.15 always checks MXCSR)",
+                 "set_xsave_5_15_mxcsr")
     mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
     xcomp = (k.cfg.xcr0 | XCOMP_COMPACTED) if k.compacted else 0
     _QQ.pack_into(mem, base + legacy.XSTATE_BV, bv, xcomp)
