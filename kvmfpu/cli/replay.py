@@ -57,7 +57,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         options["guest_kernel"] = args.guest_kernel
     try:
         result = scenario.run(args.kernel or scenario.last_affected, **options)
-    except ValueError as exc:       # unknown kernel or version text
+    except ValueError as exc:       # unknown kernel, bad version text, not applicable here
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -35,6 +35,8 @@ def parse_version(text: str) -> Version:
                             "6.18-rc5)")
     sub, rc = m.group(3), m.group(4)
     if rc is not None:
+        if not 1 <= int(rc) <= 10:
+            raise UnknownKernel(f"{text!r}: release candidates run from -rc1 to -rc10")
         return int(m.group(1)), int(m.group(2)), -100 + int(rc)
     return int(m.group(1)), int(m.group(2)), (9999 if sub == "y" else int(sub or 0))
 

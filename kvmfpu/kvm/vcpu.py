@@ -117,7 +117,7 @@ class Vcpu:
         fps = hk.guest_fpstate()
         p = kvm.kernel
         if p.has("fpu_guest"):
-            uabi_size = (hk.cfg.user_default and hk.user_size(hk.cfg.user_default)
+            uabi_size = (hk.user_size(hk.cfg.user_default)
                          if p.has("uabi_size_default_bug") else KVM_XSAVE_SIZE)
         else:
             uabi_size = KVM_XSAVE_SIZE
@@ -208,6 +208,10 @@ class Vcpu:
         if len(view) < need:
             raise uabi.short_buffer(len(view), need, "kvm_vcpu_ioctl_x86_set_xsave (memdup_user)")
         data = bytearray(view[:need])
+        if len(data) < legacy.EXTENDED:
+            # 5.17's short uabi_size (d187ba531230): the kernel read the header beyond the
+            # copied bytes; the model reads zeros there.
+            data += bytes(legacy.EXTENDED - len(data))
         if not p.has("fpu_guest"):
             pkru = uabi.load_xsave_5_15(kvm.hk, self.gfpu, memoryview(data),
                                         kvm.caps.supported_xcr0)

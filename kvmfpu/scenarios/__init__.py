@@ -14,9 +14,10 @@ from typing import Any
 
 from kvmfpu.kvm.profiles import NEWEST
 from kvmfpu.scenarios import acrn_xss, fpsse_migration, init_xstate, xfd_xstate_bv, zen_xsaves
-from kvmfpu.scenarios.replay import Event, Replay
+from kvmfpu.scenarios.replay import Event, NotApplicable, Replay
 
-__all__ = ["SCENARIOS", "Event", "Replay", "Scenario", "UnknownScenario", "get", "replay"]
+__all__ = ["SCENARIOS", "Event", "NotApplicable", "Replay", "Scenario", "UnknownScenario", "get",
+           "replay"]
 
 
 class UnknownScenario(KeyError):

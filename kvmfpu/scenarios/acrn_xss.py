@@ -26,7 +26,7 @@ from kvmfpu.arch import legacy
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, describe_mask
 from kvmfpu.core import Cpu
 from kvmfpu.core.msrs import IA32_XSS
-from kvmfpu.scenarios.replay import Event, Recorder, Replay
+from kvmfpu.scenarios.replay import Event, NotApplicable, Recorder, Replay
 
 SEED = "000_9a91ac75209400c8.txt"
 ALL = (1 << 64) - 1
@@ -59,6 +59,9 @@ def run(version: str = "acrn-2.5", *, guest_kernel: str = "5.4", host: str = "ka
     acrn = _acrn_version(version)
     linux = _linux_version(guest_kernel)
     model = cpus.load(host)
+    if not model.has("xsaves"):
+        raise NotApplicable(f"acrn-xss switches context with XSAVES/XRSTORS: {model.name} has "
+                            "no XSAVES")
     fixed = acrn >= FIRST_FIXED
     if guest_xcr0 is None:
         guest_xcr0 = model.supported_xcr0

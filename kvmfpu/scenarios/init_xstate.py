@@ -22,7 +22,7 @@ from kvmfpu.core import msrs as msr
 from kvmfpu.core.regfile import area_register
 from kvmfpu.kvm.system import Kvm
 from kvmfpu.kvm.vcpu import MP_NAMES
-from kvmfpu.scenarios.replay import Recorder, Replay
+from kvmfpu.scenarios.replay import NotApplicable, Recorder, Replay, settable_xcr0
 
 SEED = "004_428856640d3bad84.txt"
 USER_REGS = {"fcw": (xf.FP, 0x027F), "st0": (xf.FP, (0x4000 << 64) | 1 << 63),
@@ -36,6 +36,8 @@ ZEROED_ON_INIT = xf.MPX | xf.CET
 
 def run(version: str = "6.18-rc5", *, host: str = "sapphirerapids") -> Replay:
     kvm = Kvm(host, version)
+    if not kvm.hk.cfg.has_xsave:
+        raise NotApplicable(f"init-xstate needs XSAVE state: {kvm.host.name} has no XSAVE")
     replay = Replay("init-xstate", SEED, kvm.kernel.name, kvm.host.name, kvm.flavor)
     rec = Recorder(replay)
     vcpu = kvm.create_vm().create_vcpu()
@@ -47,13 +49,14 @@ def run(version: str = "6.18-rc5", *, host: str = "sapphirerapids") -> Replay:
                          mxcsr=area_register(fresh, layout, "mxcsr"))
     rec.step("KVM_SET_CPUID2 (KVM_GET_SUPPORTED_CPUID)",
              lambda: vcpu.set_cpuid2(kvm.get_supported_cpuid()))
-    rec.step("KVM_SET_XCRS (every supported user feature)", lambda: vcpu.set_xcrs([(0, vcpu.gsx)]))
+    xcr0 = settable_xcr0(vcpu.gsx)
+    rec.step("KVM_SET_XCRS (every supported user feature)", lambda: vcpu.set_xcrs([(0, xcr0)]))
     cet = vcpu.gss & xf.CET == xf.CET
     if cet:
         rec.step(f"KVM_SET_MSRS IA32_XSS <- {vcpu.gss:#x}",
                  lambda: vcpu.set_msrs([(msr.IA32_XSS, vcpu.gss)]))
-    vcpu.set_sregs(cr4_osxsave=True, cr4_pke=bool(vcpu.gsx & xf.PKRU))
-    regs = {n: v for n, (bit, v) in USER_REGS.items() if vcpu.gsx & bit}
+    vcpu.set_sregs(cr4_osxsave=True, cr4_pke=bool(xcr0 & xf.PKRU))
+    regs = {n: v for n, (bit, v) in USER_REGS.items() if xcr0 & bit}
     cet_msrs = CET_REGS if cet else {}
     with vcpu.guest() as g:
         def load() -> None:

@@ -9,10 +9,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from kvmfpu.arch import xfeatures as xf
 from kvmfpu.core.faults import Fault
 from kvmfpu.kvm.errors import HostOops, KvmError
 
 T = TypeVar("T")
+
+
+class NotApplicable(ValueError):
+    """The scenario cannot run on the chosen host or version (e.g. no XSAVES)."""
+
+
+def settable_xcr0(guest_supported: int) -> int:
+    """The largest XCR0 KVM_SET_XCRS accepts for a guest CPUID: all of it, except a lone
+    XTILECFG (5.17-6.3 offer it without permission for XTILEDATA, and __kvm_set_xcr wants
+    the pair)."""
+    if guest_supported & xf.XTILE == xf.XTILECFG:
+        return guest_supported & ~xf.XTILECFG
+    return guest_supported
 
 
 @dataclass

@@ -45,7 +45,7 @@ def _bv(buf: bytes | bytearray) -> int:
 
 
 def run(version: str = "6.18", *, host: str = "sapphirerapids") -> Replay:
-    kvm = Kvm(host, version, "vmx")
+    kvm = Kvm(host, version)
     replay = Replay("xfd-xstate-bv", SEED, kvm.kernel.name, kvm.host.name, kvm.flavor)
     rec = Recorder(replay)
     if not kvm.caps.xfd:
@@ -78,7 +78,7 @@ def run(version: str = "6.18", *, host: str = "sapphirerapids") -> Replay:
             ev.values["xstate_bv"] = _bv(out)
 
     # B: KVM_SET_XSAVE with XSTATE_BV[18]=1 while XFD[18]=1.
-    kvm_b = Kvm(host, version, "vmx")
+    kvm_b = Kvm(host, version)
     vcpu = _amx_vcpu(kvm_b, rec, "B.")
     rec.step("B. KVM_SET_XCRS XCR0 (AMX included)", lambda: vcpu.set_xcrs([(0, vcpu.gsx)]))
     ev, n = rec.step("B. KVM_SET_MSRS IA32_XFD <- 0x40000",

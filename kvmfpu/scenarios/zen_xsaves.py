@@ -22,7 +22,7 @@ from kvmfpu.core import msrs as msr
 from kvmfpu.kvm.caps import D1_XSAVEC, D1_XSAVES
 from kvmfpu.kvm.cpuid import CpuidEntry
 from kvmfpu.kvm.system import Kvm
-from kvmfpu.scenarios.replay import Recorder, Replay
+from kvmfpu.scenarios.replay import NotApplicable, Recorder, Replay, settable_xcr0
 
 SEED = "001_9a265d5787f64c5b.txt"
 ALL = (1 << 64) - 1
@@ -34,9 +34,11 @@ def _d1(entries: list[CpuidEntry]) -> CpuidEntry:
 
 
 def run(version: str = "6.3", *, host: str = "zen2") -> Replay:
-    kvm = Kvm(host, version, "svm")
+    kvm = Kvm(host, version)
     replay = Replay("zen-xsaves", SEED, kvm.kernel.name, kvm.host.name, kvm.flavor)
     rec = Recorder(replay)
+    if not kvm.hk.cfg.has_xsave:
+        raise NotApplicable(f"zen-xsaves needs XSAVE: {kvm.host.name} has no XSAVE")
     hw = kvm.host.cpuid(0xD, 1)[0]
     supported: list[CpuidEntry] = []
 
@@ -69,7 +71,7 @@ def run(version: str = "6.3", *, host: str = "zen2") -> Replay:
     if back is not None:
         ev.values["guest_d1_eax"] = _d1(back).eax
     vcpu.set_sregs(cr4_osxsave=True)
-    vcpu.set_xcrs([(0, vcpu.gsx)])
+    vcpu.set_xcrs([(0, settable_xcr0(vcpu.gsx))])
     with vcpu.guest() as g:
         g.set_reg("xmm3", 0x5A5A_0000_1386)
         ev, _ = rec.step("guest XSAVES", lambda: g.xsaves(SAVE_GPA, ALL))

@@ -58,6 +58,9 @@ def test_replay_json(capsys: pytest.CaptureFixture[str]) -> None:
     (["replay", "zen-xsaves", "--host", "no-such-cpu"], "unknown host"),
     (["replay", "--list", "zen-xsaves"], "--list takes no scenario name"),
     (["kernels", "9.1"], "newer than the newest"),
+    (["kernels", "6.18-rc0"], "-rc1 to -rc10"),
+    (["replay", "init-xstate", "--host", "nehalem"], "nehalem has no XSAVE"),
+    (["replay", "acrn-xss", "--host", "haswell"], "haswell has no XSAVES"),
 ])
 def test_bad_input_one_line_exit_2(kvmfpu_cmd, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
     r = kvmfpu_cmd(*args)

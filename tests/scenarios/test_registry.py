@@ -46,3 +46,22 @@ def test_json_round_trip() -> None:
     r = scenarios.replay("fpsse-migration")
     data = json.loads(json.dumps(r.to_json()))
     assert data["bug"] is True and data["events"][3]["errno"] == "EINVAL"
+
+
+@pytest.mark.parametrize("s", scenarios.SCENARIOS, ids=lambda s: s.name)
+def test_runs_or_declines_on_every_host(s: scenarios.Scenario) -> None:
+    """Every packaged host either replays or says why it cannot (NotApplicable); nothing
+    else escapes."""
+    from kvmfpu import cpus
+    versions = ["acrn-2.5", "acrn-2.6"] if s.versions == "acrn" else ["5.15", "6.1", "6.18", "7.3"]
+    ran = 0
+    for host in cpus.names():
+        for version in versions:
+            try:
+                r = s.run(version, host=host)
+            except scenarios.NotApplicable as exc:
+                assert host in str(exc)
+                continue
+            assert isinstance(r.bug, bool) and r.verdict
+            ran += 1
+    assert ran
