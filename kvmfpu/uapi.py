@@ -12,11 +12,24 @@ from typing import Any, Final
 KVMIO: Final = 0xAE
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 
-# Capability numbers (include/uapi/linux/kvm.h).
+# Capability numbers (include/uapi/linux/kvm.h), also in the cdefs; kept here as plain
+# constants for code that must not load cffi.
+KVM_CAP_IRQCHIP: Final = 0
 KVM_CAP_XSAVE: Final = 55
 KVM_CAP_XCRS: Final = 56
 KVM_CAP_XSAVE2: Final = 208
 KVM_API_VERSION: Final = 12
+
+#: The ioctls kvmfpu issues (their numbers come from the cdefs).
+REQUESTS: Final = (
+    "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_GET_MSR_INDEX_LIST", "KVM_CHECK_EXTENSION",
+    "KVM_GET_VCPU_MMAP_SIZE", "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_CREATE_IRQCHIP",
+    "KVM_RUN", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS",
+    "KVM_SET_CPUID2", "KVM_GET_CPUID2", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE",
+    "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
+    "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_DEVICE_ATTR",
+    "KVM_HAS_DEVICE_ATTR",
+)
 
 
 def cdefs_text() -> str:
@@ -32,57 +45,36 @@ def ffi() -> Any:
     import cffi
 
     out = cffi.FFI()
-    text = "\n".join(line for line in cdefs_text().splitlines() if not line.startswith("#"))
-    out.cdef(text)
+    out.cdef(cdefs_text())
     return out
+
+
+@cache
+def _lib() -> Any:
+    # Integer constants of a cdef are reachable through any library object.
+    return ffi().dlopen(None)
+
+
+def const(name: str) -> int:
+    """A #define of the cdefs (ioctl number, capability id, ...)."""
+    return int(getattr(_lib(), name))
 
 
 def sizeof(struct: str) -> int:
     return int(ffi().sizeof(f"struct {struct}"))
 
 
-def _ioc(direction: int, nr: int, size: int) -> int:
+def offsetof(struct: str, *path: str) -> int:
+    """Offset of a (possibly nested) field: ``offsetof("kvm_vcpu_events", "smi", "latched_init")``."""
+    return int(ffi().offsetof(f"struct {struct}", *path))
+
+
+def ioc(direction: int, nr: int, size: int) -> int:
+    """_IOC of <asm-generic/ioctl.h>: dir<<30 | size<<16 | KVMIO<<8 | nr."""
     return direction << 30 | size << 16 | KVMIO << 8 | nr
-
-
-def _io(nr: int) -> int:
-    return _ioc(_IOC_NONE, nr, 0)
-
-
-def _ior(nr: int, struct: str) -> int:
-    return _ioc(_IOC_READ, nr, sizeof(struct))
-
-
-def _iow(nr: int, struct: str) -> int:
-    return _ioc(_IOC_WRITE, nr, sizeof(struct))
-
-
-def _iowr(nr: int, struct: str) -> int:
-    return _ioc(_IOC_READ | _IOC_WRITE, nr, sizeof(struct))
 
 
 @cache
 def requests() -> dict[str, int]:
     """Every ioctl kvmfpu issues, by its <linux/kvm.h> name."""
-    return {
-        "KVM_GET_API_VERSION": _io(0x00),
-        "KVM_CREATE_VM": _io(0x01),
-        "KVM_GET_MSR_INDEX_LIST": _iowr(0x02, "kvm_msr_list"),
-        "KVM_CHECK_EXTENSION": _io(0x03),
-        "KVM_GET_VCPU_MMAP_SIZE": _io(0x04),
-        "KVM_GET_SUPPORTED_CPUID": _iowr(0x05, "kvm_cpuid2"),
-        "KVM_CREATE_VCPU": _io(0x41),
-        "KVM_GET_MSRS": _iowr(0x88, "kvm_msrs"),
-        "KVM_SET_MSRS": _iow(0x89, "kvm_msrs"),
-        "KVM_SET_CPUID2": _iow(0x90, "kvm_cpuid2"),
-        "KVM_GET_CPUID2": _iowr(0x91, "kvm_cpuid2"),
-        "KVM_GET_MP_STATE": _ior(0x98, "kvm_mp_state"),
-        "KVM_SET_MP_STATE": _iow(0x99, "kvm_mp_state"),
-        "KVM_GET_XSAVE": _ior(0xA4, "kvm_xsave"),
-        "KVM_SET_XSAVE": _iow(0xA5, "kvm_xsave"),
-        "KVM_GET_XCRS": _ior(0xA6, "kvm_xcrs"),
-        "KVM_SET_XCRS": _iow(0xA7, "kvm_xcrs"),
-        "KVM_GET_XSAVE2": _ior(0xCF, "kvm_xsave"),
-        "KVM_GET_DEVICE_ATTR": _iow(0xE2, "kvm_device_attr"),
-        "KVM_HAS_DEVICE_ATTR": _iow(0xE3, "kvm_device_attr"),
-    }
+    return {name: const(name) for name in REQUESTS}

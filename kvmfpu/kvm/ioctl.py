@@ -35,6 +35,7 @@ _MSR = struct.Struct("<IIQ")
 _ATTR = struct.Struct("<IIQQ")
 
 
+
 def fileno(obj: object) -> int:
     """The model fd of a Kvm/Vm/Vcpu (assigned on first use)."""
     fd = getattr(obj, "_kvmfpu_fd", None)
@@ -169,6 +170,9 @@ def vm_ioctl(vm: Vm, request: int, arg: Any = 0) -> int:
         return vm.check_extension(int(arg))
     if request == r["KVM_CREATE_VCPU"]:
         return fileno(vm.create_vcpu(int(arg)))
+    if request == r["KVM_CREATE_IRQCHIP"]:
+        vm.create_irqchip()
+        return 0
     if request in r.values():
         raise _not_modelled(request)
     raise KvmError(errno.ENOTTY, "kvm_arch_vm_ioctl", f"unknown VM ioctl {request:#x}")
@@ -243,6 +247,21 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
     if request == r["KVM_SET_MP_STATE"]:
         view = _need(arg, 4, "KVM_SET_MP_STATE")
         vcpu.set_mp_state(_U32.unpack_from(view, 0)[0])
+        return 0
+    if request == r["KVM_SET_VCPU_EVENTS"]:
+        size = uapi.sizeof("kvm_vcpu_events")
+        view = _need(arg, size, "KVM_SET_VCPU_EVENTS")
+        at_flags = uapi.offsetof("kvm_vcpu_events", "flags")
+        at_init = uapi.offsetof("kvm_vcpu_events", "smi", "latched_init")
+        flags = _U32.unpack_from(view, at_flags)[0]
+        events = bytearray(view[:size])
+        events[at_flags:at_flags + 4] = bytes(4)
+        events[at_init] = 0
+        if flags != uapi.const("KVM_VCPUEVENT_VALID_SMM") or any(events):
+            raise KvmError(errno.ENOSYS, "kvmfpu", "KVM_SET_VCPU_EVENTS: only the INIT latch "
+                                                   "(VALID_SMM, smi.latched_init) is modelled")
+        if view[at_init]:
+            vcpu.send_init()
         return 0
     if request in r.values():
         raise _not_modelled(request)

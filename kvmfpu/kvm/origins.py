@@ -65,6 +65,8 @@ ORIGINS: Final[dict[str, Origin]] = {
     "xfd_enable": _O("5ab2f45bba48", "kvm: x86: Enable dynamic xfeatures at KVM_SET_CPUID2", "5.17"),
     "mp_state": _O("22c6a0ef6b26", "KVM: x86: check validity of argument to KVM_SET_MP_STATE",
                   "6.0"),
+    "irqchip": _O(None, "KVM: in-kernel PIC/IOAPIC/LAPIC (KVM_CREATE_IRQCHIP)", "2.6.20"),
+    "mp_state_lapic": _O(None, "KVM: in-kernel LAPIC MP states (KVM_SET_MP_STATE)", "2.6.25"),
     "get_xsave_uabi": _O("be50b2065dfa",
                         "kvm: x86: Add support for getting/setting expanded xstate buffer", "5.17"),
     "device_attr": _O("dd6e6312335d", "KVM: x86: add system attribute to retrieve full set of "

@@ -129,7 +129,8 @@ class Vcpu:
         self.gss = 0                 # vcpu->arch.guest_supported_xss (6.18)
         self.pkru = 0
         self.sregs = SRegs()
-        self.mp_state = MP_RUNNABLE if vcpu_id == 0 else MP_UNINITIALIZED
+        # kvm_arch_vcpu_create: APs wait for INIT/SIPI only with an in-kernel LAPIC.
+        self.mp_state = MP_RUNNABLE if vcpu_id == 0 or not vm.irqchip else MP_UNINITIALIZED
         self.pending_init = False
         self.has_run = False
         self.xfd_no_write_intercept = False
@@ -560,12 +561,20 @@ class Vcpu:
         if p.has("mp_state_validation") and state not in _X86_MP_STATES:
             raise einval("kvm_arch_vcpu_ioctl_set_mpstate",
                          f"mp_state {state} is not an x86 state", cite("mp_state"))
+        if state != MP_RUNNABLE and not self.vm.irqchip:
+            raise einval("kvm_arch_vcpu_ioctl_set_mpstate",
+                         f"mp_state {MP_NAMES.get(state, state)} needs an in-kernel LAPIC "
+                         "(KVM_CREATE_IRQCHIP)", cite("mp_state_lapic"))
         self.mp_state = state
 
     def send_init(self) -> None:
-        """Latch an INIT (KVM_SET_VCPU_EVENTS with smi.latched_init=1, or an INIT IPI); it
-        is emulated by the next KVM_GET_MP_STATE or KVM_RUN (kvm_apic_accept_events)."""
-        self.pending_init = True
+        """Latch an INIT (KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and
+        smi.latched_init=1); the next KVM_GET_MP_STATE or KVM_RUN emulates it
+        (kvm_apic_accept_events). Without an in-kernel LAPIC KVM ignores the latch
+        (kvm_vcpu_ioctl_x86_set_vcpu_events), and so does the model."""
+        self._not_running("KVM_SET_VCPU_EVENTS")
+        if self.vm.irqchip:
+            self.pending_init = True
 
     def _accept_events(self) -> None:
         if self.pending_init:
@@ -602,6 +611,9 @@ class Vcpu:
             self.ia32_xss = 0
         elif not p.has("xss_keep_on_init"):
             self.ia32_xss = 0
+        # INIT and RESET: CR0 = 60000010h (TS clear), CR4 = 0, CPL 0 (SDM Vol. 3 §10.1.1;
+        # checked on this machine's kvm_pvm); XCR0 survives INIT.
+        self.sregs = SRegs()
 
     # -- guest FPU load/put (fpu_swap_kvm_fpstate) -------------------------------------------
     def _load_guest_fpu(self, chain: list[str]) -> None:

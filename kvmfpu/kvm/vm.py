@@ -26,6 +26,7 @@ class Vm:
         self.vcpus: dict[int, Vcpu] = {}
         self.memory_size = memory_size
         self._memory_base: int | None = None
+        self.irqchip = False
 
     @property
     def memory_base(self) -> int:
@@ -42,6 +43,19 @@ class Vm:
 
     def check_extension(self, cap: int) -> int:
         return self.kvm.check_extension(cap)
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: an in-kernel PIC/IOAPIC/LAPIC (needed to deliver INIT and to
+        set MP states other than RUNNABLE)."""
+        if self.irqchip:
+            raise KvmError(errno.EEXIST, "kvm_arch_vm_ioctl", "KVM_CREATE_IRQCHIP: the VM "
+                                                             "already has one",
+                           commit=cite("irqchip"))
+        if self.vcpus:
+            raise KvmError(errno.EINVAL, "kvm_arch_vm_ioctl", "KVM_CREATE_IRQCHIP after "
+                                                             "KVM_CREATE_VCPU",
+                           commit=cite("irqchip"))
+        self.irqchip = True
 
     def create_vcpu(self, vcpu_id: int | None = None) -> Vcpu:
         """KVM_CREATE_VCPU: RESET state (XCR0 = 1, IA32_XSS = 0, zeroed guest fpstate)."""

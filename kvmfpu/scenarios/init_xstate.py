@@ -40,7 +40,9 @@ def run(version: str = "6.18-rc5", *, host: str = "sapphirerapids") -> Replay:
         raise NotApplicable(f"init-xstate needs XSAVE state: {kvm.host.name} has no XSAVE")
     replay = Replay("init-xstate", SEED, kvm.kernel.name, kvm.host.name, kvm.flavor)
     rec = Recorder(replay)
-    vcpu = kvm.create_vm().create_vcpu()
+    vm = kvm.create_vm()
+    vm.create_irqchip()           # INIT is delivered through the in-kernel LAPIC
+    vcpu = vm.create_vcpu()
     ev, fresh = rec.step("KVM_GET_XSAVE of a new vCPU (RESET)", vcpu.get_xsave)
     layout = kvm.host.layout
     if fresh is not None:
@@ -84,6 +86,8 @@ def run(version: str = "6.18-rc5", *, host: str = "sapphirerapids") -> Replay:
     before = snapshot("before")
     vcpu.send_init()
     ev_init, state = rec.step("INIT (latched), emulated by KVM_GET_MP_STATE", vcpu.get_mp_state)
+    if ev_init.ok:
+        ev_init.values["cr4_osxsave"] = int(vcpu.get_sregs().cr4_osxsave)   # INIT clears CR4
     if state is not None:
         ev_init.detail = f"mp_state {MP_NAMES.get(state, state)}"
     if not ev_init.ok:

@@ -470,9 +470,34 @@ def set_msrs_raw_too_many(kvm: Kvm) -> Plan:
 def set_mp_state_undefined(kvm: Kvm) -> Plan | None:
     if not kvm.kernel.has("mp_state_validation"):
         return None
-    v = vcpu_of(kvm)
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    v = vm.create_vcpu()
     return Plan(lambda: v.set_mp_state(42), errno.EINVAL, "kvm_arch_vcpu_ioctl_set_mpstate",
                 lambda: v.set_mp_state(3))
+
+
+@case
+def set_mp_state_without_lapic(kvm: Kvm) -> Plan:
+    v = vcpu_of(kvm)
+    return Plan(lambda: v.set_mp_state(3), errno.EINVAL, "kvm_arch_vcpu_ioctl_set_mpstate",
+                lambda: v.set_mp_state(0))
+
+
+@case
+def create_irqchip_twice(kvm: Kvm) -> Plan:
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    return Plan(vm.create_irqchip, errno.EEXIST, "kvm_arch_vm_ioctl",
+                lambda: kvm.create_vm().create_irqchip())
+
+
+@case
+def create_irqchip_after_vcpu(kvm: Kvm) -> Plan:
+    late = kvm.create_vm()
+    late.create_vcpu()
+    return Plan(late.create_irqchip, errno.EINVAL, "kvm_arch_vm_ioctl",
+                lambda: kvm.create_vm().create_irqchip())
 
 
 @case
