@@ -4,6 +4,8 @@ and kernel version; ``kvmfpu.core.Cpu`` the emulated processor; ``kvmfpu.cpus`` 
 models; ``kvmfpu.scenarios`` the seed bugs."""
 
 from kvmfpu.kvm import HostOops, KernelProfile, Kvm, KvmError, Vcpu, Vm
+from kvmfpu.real import open_kvm
 
 __version__ = "0.1.0"
-__all__ = ["HostOops", "KernelProfile", "Kvm", "KvmError", "Vcpu", "Vm", "__version__"]
+__all__ = ["HostOops", "KernelProfile", "Kvm", "KvmError", "Vcpu", "Vm", "__version__",
+           "open_kvm"]

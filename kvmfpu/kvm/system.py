@@ -8,10 +8,10 @@ from functools import cached_property
 from typing import Final
 
 from kvmfpu import cpus
+from kvmfpu import uapi as caps_ids
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.core import msrs as msr
 from kvmfpu.cpus.model import HostModel
-from kvmfpu.kvm import uapi_caps as caps_ids
 from kvmfpu.kvm.caps import FLAVORS, KvmCaps, default_flavor, kvm_caps
 from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate_required_size
 from kvmfpu.kvm.errors import KvmError

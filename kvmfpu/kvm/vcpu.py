@@ -33,6 +33,7 @@ from kvmfpu.kvm.errors import KvmError, einval
 from kvmfpu.kvm.origins import cite
 from kvmfpu.linux import uabi
 from kvmfpu.linux.fpstate import FpuGuest, Thread
+from kvmfpu.uapi import KVM_CAP_XSAVE2
 
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
@@ -187,12 +188,16 @@ class Vcpu:
         return self._copy_out(KVM_XSAVE_SIZE)
 
     def get_xsave2(self) -> bytes:
-        """KVM_GET_XSAVE2: guest_fpu.uabi_size bytes (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2))."""
+        """KVM_GET_XSAVE2 into a buffer of KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, as
+        VMMs size it: the kernel writes guest_fpu.uabi_size bytes, the rest stays zero."""
         self._not_running("KVM_GET_XSAVE2")
-        if not self.kvm.kernel.has("xsave2"):
+        kvm = self.kvm
+        if not kvm.kernel.has("xsave2"):
             raise einval("kvm_arch_vcpu_ioctl", "KVM_GET_XSAVE2 does not exist before 5.17",
                          cite("get_xsave_uabi"))
-        return self._copy_out(self.gfpu.uabi_size)
+        out = self._copy_out(self.gfpu.uabi_size)
+        size = kvm.check_extension(KVM_CAP_XSAVE2)
+        return out + bytes(size - len(out)) if size > len(out) else out
 
     def _copy_out(self, size: int) -> bytes:
         kvm = self.kvm

@@ -15,8 +15,8 @@ model offers.
 
 from __future__ import annotations
 
+from kvmfpu import uapi
 from kvmfpu.core.regfile import area_register
-from kvmfpu.kvm import uapi_caps
 from kvmfpu.kvm.cpuid import CpuidEntry
 from kvmfpu.kvm.system import Kvm
 from kvmfpu.scenarios.replay import Recorder, Replay
@@ -38,7 +38,7 @@ def run(version: str = "5.17", *, src: str = "nehalem", host: str = "skylake-sp"
 
     ev, cap = rec.step(f"source ({source.host.name}, {source.kernel.name}): "
                        "KVM_CHECK_EXTENSION(KVM_CAP_XSAVE)",
-                       lambda: source.check_extension(uapi_caps.KVM_CAP_XSAVE))
+                       lambda: source.check_extension(uapi.KVM_CAP_XSAVE))
     ev.values["cap_xsave"] = cap or 0
     ev.detail = f"the host {'has' if source.hk.cfg.has_xsave else 'has no'} XSAVE"
     guest_cpuid: list[CpuidEntry] = source.get_supported_cpuid()
