@@ -53,6 +53,16 @@ class Kvm:
     def __repr__(self) -> str:
         return f"Kvm(host={self.host.name!r}, kernel={self.kernel.name!r}, flavor={self.flavor!r})"
 
+    # Parity with the real backend's file descriptors (kvmfpu.open_kvm).
+    def close(self) -> None:
+        """Nothing to release in the model; here so code can treat both backends alike."""
+
+    def __enter__(self) -> Kvm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- system ioctls -------------------------------------------------------------------------
     def get_api_version(self) -> int:
         return KVM_API_VERSION

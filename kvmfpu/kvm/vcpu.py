@@ -20,6 +20,7 @@ from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import bits, describe_mask
 from kvmfpu.core import msrs as msr
 from kvmfpu.core.faults import DeviceNotAvailable, Fault, GeneralProtection, InvalidOpcode
+from kvmfpu.kvm import pvm
 from kvmfpu.kvm.cpuid import (
     EMPTY,
     KVM_MAX_CPUID_ENTRIES,
@@ -145,6 +146,9 @@ class Vcpu:
         self.ia32_xss = 0
 
     # -- raw ioctls ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Nothing to release in the model (parity with the real backend)."""
+
     def fileno(self) -> int:
         from kvmfpu.kvm.ioctl import fileno
         return fileno(self)
@@ -312,6 +316,9 @@ class Vcpu:
                                f"nent {len(entries)} > KVM_MAX_CPUID_ENTRIES (256)",
                                commit=cite("cpuid2"))
             table = intern(pack_entries(entries), len(entries))
+        if kvm.flavor == "pvm":
+            fixed = pvm.fixed_cpuid(table.entries, kvm.host, kvm.caps.supported_xcr0)
+            table = intern(pack_entries(fixed), len(fixed))
         if self.has_run and p.has("set_cpuid_after_run_identical"):
             # Compared after the runtime update of both (kvm_set_cpuid's
             # __kvm_update_cpuid_runtime), so KVM_GET_CPUID2 output is accepted back.

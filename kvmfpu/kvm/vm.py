@@ -70,6 +70,9 @@ class Vm:
         self.vcpus[vid] = vcpu
         return vcpu
 
+    def close(self) -> None:
+        """Nothing to release in the model (parity with the real backend)."""
+
     def fileno(self) -> int:
         from kvmfpu.kvm.ioctl import fileno
         return fileno(self)

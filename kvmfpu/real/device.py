@@ -56,7 +56,7 @@ class _Fd:
                            source="kernel") from None
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
 
