@@ -89,6 +89,7 @@ class Vcpu:
         "_hooks",
         "_kvmfpu_fd",
         "_running",
+        "at_reset_vector",
         "cet_s",
         "cpuid",
         "gfpu",
@@ -101,6 +102,7 @@ class Vcpu:
         "last_msr_failure",
         "mp_state",
         "pending_init",
+        "pending_sipi",
         "pkru",
         "sregs",
         "thread",
@@ -134,6 +136,8 @@ class Vcpu:
         # kvm_arch_vcpu_create: APs wait for INIT/SIPI only with an in-kernel LAPIC.
         self.mp_state = MP_RUNNABLE if vcpu_id == 0 or not vm.irqchip else MP_UNINITIALIZED
         self.pending_init = False
+        self.pending_sipi = False
+        self.at_reset_vector = True      # RIP = FFF0h, CS = F000h (not otherwise modelled)
         self.has_run = False
         self.xfd_no_write_intercept = False
         self.cet_s = 0
@@ -577,7 +581,12 @@ class Vcpu:
             raise einval("kvm_arch_vcpu_ioctl_set_mpstate",
                          f"mp_state {MP_NAMES.get(state, state)} needs an in-kernel LAPIC "
                          "(KVM_CREATE_IRQCHIP)", cite("mp_state_lapic"))
-        self.mp_state = state
+        if state == MP_SIPI_RECEIVED:
+            # KVM keeps INIT_RECEIVED and latches the SIPI (kvm_arch_vcpu_ioctl_set_mpstate).
+            self.mp_state = MP_INIT_RECEIVED
+            self.pending_sipi = True
+        else:
+            self.mp_state = state
 
     def send_init(self) -> None:
         """Latch an INIT (KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and
@@ -589,10 +598,17 @@ class Vcpu:
             self.pending_init = True
 
     def _accept_events(self) -> None:
+        """kvm_apic_accept_events: a latched INIT resets the vCPU (the BSP becomes RUNNABLE,
+        an AP waits for SIPI), then a latched SIPI starts a vCPU waiting in INIT_RECEIVED."""
         if self.pending_init:
             self.pending_init = False
             self.reset(init_event=True)
+            self.at_reset_vector = True
             self.mp_state = MP_RUNNABLE if self.id == 0 else MP_INIT_RECEIVED
+        if self.pending_sipi:
+            self.pending_sipi = False
+            if self.mp_state == MP_INIT_RECEIVED:
+                self.mp_state = MP_RUNNABLE
 
     def reset(self, *, init_event: bool) -> None:
         """kvm_vcpu_reset's xstate part (x86.c; kvm_xstate_reset from 6.18)."""
@@ -657,10 +673,27 @@ class Vcpu:
             if not hasattr(new, k):
                 raise TypeError(f"unknown sreg {k}")
             setattr(new, k, v)
-        if new.cr4_osxsave and not self.kvm.hk.cfg.has_xsave:
-            raise einval("kvm_set_cr4", "CR4.OSXSAVE without XSAVE (kvm_is_valid_cr4)",
+        kvm = self.kvm
+        if new.cr4_osxsave and not kvm.hk.cfg.has_xsave:
+            raise einval("kvm_set_cr4", "CR4.OSXSAVE on a host without XSAVE "
+                                        "(cr4_reserved_bits)", cite("cr4_osxsave"))
+        if new.cr4_pke and not kvm.caps.pku:
+            raise einval("kvm_set_cr4", "CR4.PKE: KVM offers no PKU (cr4_reserved_bits)",
                          cite("cr4_osxsave"))
+        # __kvm_is_valid_cr4: cr4_guest_rsvd_bits come from the guest CPUID once
+        # KVM_SET_CPUID2 ran. kvm_pvm accepts OSXSAVE regardless (measured here).
+        if self.cpuid is not EMPTY and kvm.flavor != "pvm":
+            if new.cr4_osxsave and not self._cpuid_has("xsave"):
+                raise einval("kvm_set_cr4", "CR4.OSXSAVE but the guest CPUID has no XSAVE "
+                                            "(cr4_guest_rsvd_bits)", cite("cr4_osxsave"))
+            if new.cr4_pke and not self._cpuid_has("pku"):
+                raise einval("kvm_set_cr4", "CR4.PKE but the guest CPUID has no PKU "
+                                            "(cr4_guest_rsvd_bits)", cite("cr4_osxsave"))
         self.sregs = new
+        # __set_sregs_common: "older userspace won't unhalt the vcpu on reset" - the BSP at
+        # the reset vector becomes RUNNABLE.
+        if self.id == 0 and self.at_reset_vector:
+            self.mp_state = MP_RUNNABLE
 
     # -- injected host events ----------------------------------------------------------------
     def inject(self, point: str, event: str | Callable[[], None]) -> None:
@@ -701,6 +734,7 @@ class Vcpu:
         g = Guest(self)
         self._accept_events()
         self.has_run = True
+        self.at_reset_vector = False
         with kvm.hk.running(self.thread):
             self._load_guest_fpu(["kvm_arch_vcpu_ioctl_run", "kvm_load_guest_fpu"])
             self._running = True

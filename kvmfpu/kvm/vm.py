@@ -71,7 +71,20 @@ class Vm:
         return vcpu
 
     def close(self) -> None:
-        """Nothing to release in the model (parity with the real backend)."""
+        """Release the VM (its vCPUs' fpstates and its memory go back to the arena), as
+        closing the last fd of a real VM does."""
+        hk = self.kvm.hk
+        for vcpu in self.vcpus.values():
+            hk.free_fpstate(vcpu.gfpu.fpstate)
+            if vcpu.thread.fpstate is not None and vcpu.thread.fpstate is not vcpu.gfpu.fpstate:
+                hk.free_fpstate(vcpu.thread.fpstate)
+            vcpu.thread.fpstate = None
+        self.vcpus.clear()
+        if self._memory_base is not None:
+            hk.arena.free(self._memory_base, self.memory_size)
+            self._memory_base = None
+        if self in self.kvm.vms:
+            self.kvm.vms.remove(self)
 
     def fileno(self) -> int:
         from kvmfpu.kvm.ioctl import fileno

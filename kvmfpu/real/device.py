@@ -66,9 +66,17 @@ class _Fd:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # Bound at class creation: module globals may already be gone when __del__ runs at
+    # interpreter exit.
+    _os_close = staticmethod(os.close)
+    _suppress = staticmethod(contextlib.suppress)
+
     def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            self.close()
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            self._fd = -1
+            with self._suppress(OSError):
+                self._os_close(fd)
 
 
 class RealKvm(_Fd):
