@@ -51,3 +51,21 @@ def test_this_machine() -> None:
     scores = [c.score for c in fp.candidates]
     assert scores == sorted(scores, reverse=True)
     assert min(scores) < len(PROBES)           # the probes do tell profiles apart here
+
+
+def test_unknown_kernel_gets_the_nearest_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm")
+    import platform
+
+    from kvmfpu.kvm.profiles import NAMED
+    from kvmfpu.probe import ProbeUnavailable, fingerprint
+    monkeypatch.setattr(platform, "release", lambda: "9.4.1-future")
+    try:
+        fp = fingerprint()
+    except ProbeUnavailable as exc:
+        pytest.skip(str(exc))
+    assert fp.release == "9.4.1"
+    assert fp.best.kernel in NAMED                      # a known profile stands in
+    assert [c.kernel for c in fp.candidates if c.score == fp.best.score][0] == fp.best.kernel
+    assert all(isinstance(d[0], str) for d in fp.best.disagree)
