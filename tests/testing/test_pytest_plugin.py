@@ -9,6 +9,14 @@ import pytest
 PLUGIN = "kvmfpu.testing.pytest_plugin"
 
 
+def _installed() -> bool:
+    return any(ep.name == "kvmfpu" for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+#: Installed, the entry point loads the plugin; from the source tree, -p does.
+LOAD = [] if _installed() else ["-p", PLUGIN]
+
+
 def test_fixtures_parametrize_over_marker_hosts_and_kernels(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import pytest
@@ -22,7 +30,7 @@ def test_fixtures_parametrize_over_marker_hosts_and_kernels(pytester: pytest.Pyt
         def test_default(kvmfpu_model):
             assert kvmfpu_model.host.name == "skylake-sp"
     """)
-    result = pytester.runpytest("-p", PLUGIN, "-v")
+    result = pytester.runpytest(*LOAD, "-v")
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["*test_xcr0?skylake-sp-5.17?*PASSED*",
                                  "*test_xcr0?zen4-6.6?*PASSED*"])
@@ -33,7 +41,7 @@ def test_command_line_options(pytester: pytest.Pytester) -> None:
         def test_it(kvmfpu_model):
             assert kvmfpu_model.kernel.name in ("6.1", "6.12")
     """)
-    result = pytester.runpytest("-p", PLUGIN, "--kvmfpu-hosts", "sapphirerapids,zen2",
+    result = pytester.runpytest(*LOAD, "--kvmfpu-hosts", "sapphirerapids,zen2",
                                 "--kvmfpu-kernels", "6.1,6.12")
     result.assert_outcomes(passed=4)
 
@@ -48,7 +56,7 @@ def test_backend_fixture_runs_a_harness_on_both(pytester: pytest.Pytester) -> No
             assert vcpu.get_xsave() == blob
             vm.close()
     """)
-    result = pytester.runpytest("-p", PLUGIN, "-rs")
+    result = pytester.runpytest(*LOAD, "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 1              # the model side always runs
     assert outcomes.get("passed", 0) + outcomes.get("skipped", 0) == 2
@@ -63,16 +71,13 @@ def test_real_fixture_skips_cleanly_without_dev_kvm(pytester: pytest.Pytester,
         def test_real(kvmfpu_real_vcpu):
             raise AssertionError("must not run")
     """)
-    result = pytester.runpytest("-p", PLUGIN, "-rs")
+    result = pytester.runpytest(*LOAD, "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*no usable /dev/kvm*"])
 
 
 def test_entry_point_is_declared() -> None:
-    try:
-        eps = importlib.metadata.entry_points(group="pytest11")
-    except Exception:          # pragma: no cover - very old importlib.metadata
-        pytest.skip("no entry point metadata")
+    eps = importlib.metadata.entry_points(group="pytest11")
     names = {ep.value for ep in eps if ep.name == "kvmfpu"}
     if not names:
         pytest.skip("kvmfpu is not installed (running from the source tree)")
