@@ -67,5 +67,5 @@ def test_unknown_kernel_gets_the_nearest_profile(monkeypatch: pytest.MonkeyPatch
         pytest.skip(str(exc))
     assert fp.release == "9.4.1"
     assert fp.best.kernel in NAMED                      # a known profile stands in
-    assert [c.kernel for c in fp.candidates if c.score == fp.best.score][0] == fp.best.kernel
+    assert next(c.kernel for c in fp.candidates if c.score == fp.best.score) == fp.best.kernel
     assert all(isinstance(d[0], str) for d in fp.best.disagree)
