@@ -212,28 +212,48 @@ class Vcpu:
         mask = self.gsx | xf.FPSSE if kvm.kernel.has("get_masks_guest_xcr0") else ALL
         return bytes(uabi.copy_guest_fpstate_to_uabi(kvm.hk, self.gfpu, size, mask, self.pkru))
 
-    def set_xsave(self, buf: bytes | bytearray | memoryview) -> None:
-        """KVM_SET_XSAVE: the kernel reads guest_fpu.uabi_size bytes (4096, more with AMX)."""
-        self._not_running("KVM_SET_XSAVE")
-        kvm = self.kvm
-        p = kvm.kernel
+    def _xsave_input(self, buf: bytes | bytearray | memoryview) -> memoryview:
+        """What the kernel copies in (guest_fpu.uabi_size bytes), with XFD-armed bits
+        cleared from XSTATE_BV where the kernel does that (b45f72177594)."""
         view = memoryview(buf).cast("B")
         need = self.gfpu.uabi_size
         if len(view) < need:
             raise uabi.short_buffer(len(view), need, "kvm_vcpu_ioctl_x86_set_xsave (memdup_user)")
-        data = bytearray(view[:need])
-        if len(data) < legacy.EXTENDED:
-            # 5.17's short uabi_size (d187ba531230): the kernel read the header beyond the
-            # copied bytes; the model reads zeros there.
-            data += bytes(legacy.EXTENDED - len(data))
-        if not p.has("fpu_guest"):
-            pkru = uabi.load_xsave_5_15(kvm.hk, self.gfpu, memoryview(data),
-                                        kvm.caps.supported_xcr0)
+        data = view[:need]
+        xfd = self.gfpu.fpstate.xfd
+        short = need < legacy.EXTENDED
+        if short or (xfd and self.kvm.kernel.has("xfd_clears_xstate_bv")):
+            copy = bytearray(data)
+            if short:
+                # 5.17's short uabi_size (d187ba531230): the kernel read the header beyond
+                # the copied bytes; the model reads zeros there.
+                copy += bytes(legacy.EXTENDED - len(copy))
+            if xfd and self.kvm.kernel.has("xfd_clears_xstate_bv"):
+                bv = struct.unpack_from("<Q", copy, legacy.XSTATE_BV)[0]
+                struct.pack_into("<Q", copy, legacy.XSTATE_BV, bv & ~xfd)
+            return memoryview(copy)
+        return data
+
+    def check_xsave(self, buf: bytes | bytearray | memoryview) -> None:
+        """KVM_SET_XSAVE's checks alone: raises the KvmError KVM_SET_XSAVE would, changes
+        nothing (what ``kvmfpu validate`` runs)."""
+        kvm = self.kvm
+        data = self._xsave_input(buf)
+        if not kvm.kernel.has("fpu_guest"):
+            uabi.check_xsave_5_15(kvm.hk, data, kvm.caps.supported_xcr0)
         else:
-            if p.has("xfd_clears_xstate_bv"):
-                bv = struct.unpack_from("<Q", data, legacy.XSTATE_BV)[0]
-                struct.pack_into("<Q", data, legacy.XSTATE_BV, bv & ~self.gfpu.fpstate.xfd)
-            pkru = uabi.copy_uabi_to_guest_fpstate(kvm.hk, self.gfpu, memoryview(data),
+            uabi.check_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data, kvm.caps.supported_xcr0,
+                                             *self._user_xfeatures_origin())
+
+    def set_xsave(self, buf: bytes | bytearray | memoryview) -> None:
+        """KVM_SET_XSAVE: the kernel reads guest_fpu.uabi_size bytes (4096, more with AMX)."""
+        self._not_running("KVM_SET_XSAVE")
+        kvm = self.kvm
+        data = self._xsave_input(buf)
+        if not kvm.kernel.has("fpu_guest"):
+            pkru = uabi.load_xsave_5_15(kvm.hk, self.gfpu, data, kvm.caps.supported_xcr0)
+        else:
+            pkru = uabi.copy_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data,
                                                    kvm.caps.supported_xcr0,
                                                    *self._user_xfeatures_origin())
         if pkru is not None:

@@ -139,13 +139,12 @@ def _mxcsr_check(k: HostKernel, ubuf: memoryview, function: str, why: str,
                      cite(origin))
 
 
-def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
-                               user_xfeatures_origin: str,
-                               user_xfeatures_commit: str = "uabi_header") -> int | None:
-    """fpu_copy_uabi_to_guest_fpstate (5.16+). Returns the new PKRU when XSTATE_BV[9] is set
-    (KVM then updates vcpu->arch.pkru), None to leave it untouched; raises KvmError."""
+def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
+                                user_xfeatures_origin: str,
+                                user_xfeatures_commit: str = "uabi_header") -> int:
+    """The checks of fpu_copy_uabi_to_guest_fpstate, validate_user_xstate_header and
+    copy_uabi_to_xstate's MXCSR test (5.16+), in the kernel's order; returns XSTATE_BV."""
     fps = gfpu.fpstate
-    mem, base = k.mem, fps.off
     if not k.cfg.has_xsave:
         bv = int(_Q.unpack_from(ubuf, legacy.XSTATE_BV)[0])
         if bv & ~FPSSE:
@@ -153,8 +152,7 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, 
                          f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE",
                          cite("uabi_copy"))
         _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "", "uabi_copy")
-        mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
-        return None
+        return bv
     bv, cb = _QQ.unpack_from(ubuf, legacy.XSTATE_BV)
     if bv & ~xcr0:
         raise einval("fpu_copy_uabi_to_guest_fpstate",
@@ -180,8 +178,23 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, 
     if bv & LEGACY_MXCSR:
         _mxcsr_check(k, ubuf, "copy_uabi_to_xstate",
                      " (checked because XSTATE_BV has FP, SSE or YMM)", "uabi_mxcsr")
-        if not bv & xf.FP:
-            mem[base + 24:base + 32] = ubuf[24:32]
+    return int(bv)
+
+
+def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
+                               user_xfeatures_origin: str,
+                               user_xfeatures_commit: str = "uabi_header") -> int | None:
+    """fpu_copy_uabi_to_guest_fpstate (5.16+). Returns the new PKRU when XSTATE_BV[9] is set
+    (KVM then updates vcpu->arch.pkru), None to leave it untouched; raises KvmError."""
+    bv = check_uabi_to_guest_fpstate(k, gfpu, ubuf, xcr0, user_xfeatures_origin,
+                                     user_xfeatures_commit)
+    fps = gfpu.fpstate
+    mem, base = k.mem, fps.off
+    if not k.cfg.has_xsave:
+        mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
+        return None
+    if bv & LEGACY_MXCSR and not bv & xf.FP:
+        mem[base + 24:base + 32] = ubuf[24:32]
     if bv & xf.FP:
         mem[base:base + 160] = ubuf[0:160]
     if bv & xf.SSE:
@@ -201,11 +214,8 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, 
     return pkru
 
 
-def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
-                    supported_xcr0: int) -> int | None:
-    """KVM's kvm_vcpu_ioctl_x86_set_xsave + load_xsave (5.15)."""
-    fps = gfpu.fpstate
-    mem, base = k.mem, fps.off
+def check_xsave_5_15(k: HostKernel, ubuf: memoryview, supported_xcr0: int) -> int:
+    """kvm_vcpu_ioctl_x86_set_xsave's checks (5.15): returns XSTATE_BV."""
     bv = int(_Q.unpack_from(ubuf, legacy.XSTATE_BV)[0])
     if not k.cfg.has_xsave:
         if bv & ~FPSSE:
@@ -213,15 +223,25 @@ def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
                          f"host without XSAVE: XSTATE_BV {describe_mask(bv)} beyond FP|SSE",
                          cite("set_xsave_no_xsave"))
         _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", "", "set_xsave_5_15_mxcsr")
-        mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
-        return None
+        return bv
     if bv & ~supported_xcr0:
         raise einval("kvm_vcpu_ioctl_x86_set_xsave",
                      f"XSTATE_BV sets {describe_mask(bv & ~supported_xcr0)} outside supported "
                      f"XCR0 {supported_xcr0:#x}", cite("set_xsave_5_15_xcr0"))
     _mxcsr_check(k, ubuf, "kvm_vcpu_ioctl_x86_set_xsave", " (5.15 always checks MXCSR)",
                  "set_xsave_5_15_mxcsr")
+    return bv
+
+
+def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
+                    supported_xcr0: int) -> int | None:
+    """KVM's kvm_vcpu_ioctl_x86_set_xsave + load_xsave (5.15)."""
+    bv = check_xsave_5_15(k, ubuf, supported_xcr0)
+    fps = gfpu.fpstate
+    mem, base = k.mem, fps.off
     mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
+    if not k.cfg.has_xsave:
+        return None
     xcomp = (k.cfg.xcr0 | XCOMP_COMPACTED) if k.compacted else 0
     _QQ.pack_into(mem, base + legacy.XSTATE_BV, bv, xcomp)
     for s, d, n in _ext_plan(k, bv, xcomp):

@@ -1,0 +1,356 @@
+"""Decode an XSAVE image into named fields, and encode it back byte for byte.
+
+Every byte of the input lands in exactly one place of the result: a named field (FCW,
+ST3, XMM7, the upper half of YMM7, k2, BND0, PKRU, TILECFG, TMM5, R17, ...), a header field,
+or a run of bytes no field names (reserved, padding, gaps between components, the tail).
+``encode`` rebuilds the input from those alone. Human text for each field (flags by name,
+x87 values as 80-bit floats, PKRU per key, the tile configuration) is computed on demand.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from kvmfpu.arch import legacy
+from kvmfpu.arch import xfeatures as xf
+from kvmfpu.arch.layout import XsaveLayout
+from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, name_of
+from kvmfpu.blob.errors import InputError
+
+_Q = struct.Struct("<Q")
+
+# Legacy region fields (64-bit form): name, offset, size.
+LEGACY_FIELDS: Final = (("fcw", 0, 2), ("fsw", 2, 2), ("ftw", 4, 1), ("ftw_reserved", 5, 1),
+                        ("fop", 6, 2), ("fip", 8, 8), ("fdp", 16, 8), ("mxcsr", 24, 4),
+                        ("mxcsr_mask", 28, 4), ("legacy_reserved", 416, 48),
+                        ("sw_reserved", 464, 48))
+FCW_FLAGS: Final = ((0, "IM"), (1, "DM"), (2, "ZM"), (3, "OM"), (4, "UM"), (5, "PM"), (12, "X"))
+FSW_FLAGS: Final = ((0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"), (6, "SF"),
+                    (7, "ES"), (8, "C0"), (9, "C1"), (10, "C2"), (14, "C3"), (15, "B"))
+MXCSR_FLAGS: Final = ((0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"),
+                      (6, "DAZ"), (7, "IM"), (8, "DM"), (9, "ZM"), (10, "OM"), (11, "UM"),
+                      (12, "PM"), (15, "FZ"), (17, "MM"))
+ROUNDING: Final = ("nearest", "down", "up", "toward zero")
+PRECISION: Final = ("single", "reserved", "double", "extended")
+
+
+@dataclass(slots=True)
+class Field:
+    name: str
+    offset: int
+    size: int
+    value: int
+
+    def hex(self) -> str:
+        return f"{self.value:#0{2 + 2 * self.size}x}"
+
+
+@dataclass(slots=True)
+class Component:
+    bit: int
+    offset: int
+    size: int
+    in_bv: bool
+    fields: list[Field] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return name_of(self.bit)
+
+    @property
+    def nonzero(self) -> bool:
+        return any(f.value for f in self.fields)
+
+
+@dataclass
+class Decoded:
+    """An XSAVE image: header, legacy region, components, unnamed runs, anomalies."""
+
+    length: int
+    host: str
+    compacted: bool
+    xstate_bv: int
+    xcomp_bv: int
+    legacy: list[Field]
+    st: list[Field]
+    xmm: list[Field]
+    components: list[Component]
+    rest: list[tuple[int, bytes]]          # bytes no field names, by offset
+    anomalies: list[str] = field(default_factory=list)
+    xcr0_hint: int | None = None
+
+    def field(self, name: str) -> Field:
+        for f in (*self.legacy, *self.st, *self.xmm):
+            if f.name == name:
+                return f
+        for c in self.components:
+            for f in c.fields:
+                if f.name == name:
+                    return f
+        raise KeyError(name)
+
+    def component(self, bit: int) -> Component | None:
+        return next((c for c in self.components if c.bit == bit), None)
+
+
+# -- the components' register layout (offsets within the component) ---------------------------
+
+def _component_fields(bit: int, size: int) -> list[tuple[str, int, int]]:
+    if bit == xf.XFeature.YMM:
+        return [(f"ymm{i}_hi", 16 * i, 16) for i in range(16)]
+    if bit == xf.XFeature.BNDREGS:
+        return [(f"bnd{i}_{part}", 16 * i + 8 * j, 8) for i in range(4)
+                for j, part in enumerate(("lower", "upper"))]
+    if bit == xf.XFeature.BNDCSR:
+        return [("bndcfgu", 0, 8), ("bndstatus", 8, 8)]
+    if bit == xf.XFeature.OPMASK:
+        return [(f"k{i}", 8 * i, 8) for i in range(8)]
+    if bit == xf.XFeature.ZMM_HI256:
+        return [(f"zmm{i}_hi256", 32 * i, 32) for i in range(16)]
+    if bit == xf.XFeature.HI16_ZMM:
+        return [(f"zmm{i}", 64 * (i - 16), 64) for i in range(16, 32)]
+    if bit == xf.XFeature.PKRU:
+        return [("pkru", 0, 4)]
+    if bit == xf.XFeature.XTILECFG:
+        return [("tilecfg", 0, 64)]
+    if bit == xf.XFeature.XTILEDATA:
+        return [(f"tmm{i}", 1024 * i, 1024) for i in range(size // 1024)]
+    if bit == xf.XFeature.APX:
+        return [(f"r{i}", 8 * (i - 16), 8) for i in range(16, 32)]
+    if bit == xf.XFeature.CET_U:
+        return [("u_cet", 0, 8), ("pl3_ssp", 8, 8)]
+    if bit == xf.XFeature.CET_S:
+        return [("pl0_ssp", 0, 8), ("pl1_ssp", 8, 8), ("pl2_ssp", 16, 8)]
+    if bit == xf.XFeature.PASID:
+        return [("pasid", 0, 8)]
+    return []
+
+
+def _le(buf: bytes, off: int, size: int) -> int:
+    return int.from_bytes(buf[off:off + size], "little")
+
+
+def decode(data: bytes, layout: XsaveLayout, *, host: str = "", xcr0: int | None = None,
+           mxcsr_mask: int | None = None) -> Decoded:
+    """Decode ``data`` (standard or, when XCOMP_BV[63] is set, compacted format) laid out
+    as ``layout``. ``xcr0`` (the features the source enabled) and ``mxcsr_mask`` (the
+    host's) sharpen the anomaly checks."""
+    n = len(data)
+    if n < legacy.EXTENDED:
+        raise InputError(f"{n} bytes is too short for an XSAVE area (the legacy region and "
+                         f"header take {legacy.EXTENDED})")
+    bv, cb = struct.unpack_from("<QQ", data, legacy.XSTATE_BV)
+    compacted = bool(cb & XCOMP_COMPACTED)
+    covered = bytearray(n)
+
+    def take(name: str, off: int, size: int) -> Field:
+        covered[off:off + size] = b"\1" * size
+        return Field(name, off, size, _le(data, off, size))
+
+    legacy_fields = [take(name, off, size) for name, off, size in LEGACY_FIELDS]
+    st = []
+    for i in range(8):
+        st.append(take(f"st{i}", legacy.ST_SPACE + 16 * i, 10))
+    xmm = [take(f"xmm{i}", legacy.XMM_SPACE + 16 * i, 16) for i in range(16)]
+    take("xstate_bv", legacy.XSTATE_BV, 8)
+    take("xcomp_bv", legacy.XCOMP_BV, 8)
+    legacy_fields.append(take("header_reserved", legacy.HEADER_RESERVED, 48))
+    anomalies: list[str] = []
+    if compacted:
+        try:
+            offsets, _ = layout.compacted(cb & ~XCOMP_COMPACTED)
+        except KeyError as exc:
+            raise InputError(f"XCOMP_BV {cb:#x}: {exc.args[0]} of {host or 'the host'}") from None
+        placed = {b: offsets[b] for b in bits(cb & ~XCOMP_COMPACTED & ~3)}
+    else:
+        placed = {b: c.offset for b, c in layout.components.items() if not c.supervisor}
+    components = []
+    for b, off in sorted(placed.items(), key=lambda kv: kv[1]):
+        c = layout.components[b]
+        if off + c.size > n:
+            if bv >> b & 1:
+                anomalies.append(f"XSTATE_BV sets {name_of(b)} but the buffer ends at {n}, "
+                                 f"before the component ({off:#x}+{c.size:#x})")
+            continue
+        comp = Component(b, off, c.size, bool(bv >> b & 1))
+        for name, rel, size in _component_fields(b, c.size):
+            if rel + size <= c.size:
+                comp.fields.append(take(name, off + rel, size))
+        components.append(comp)
+    rest = _runs(data, covered)
+    d = Decoded(n, host, compacted, bv, cb, legacy_fields, st, xmm, components, rest,
+                anomalies, xcr0)
+    _check(d, layout, data, xcr0, mxcsr_mask)
+    return d
+
+
+def _runs(data: bytes, covered: bytearray) -> list[tuple[int, bytes]]:
+    """Maximal runs of bytes no field covers (kept for encode, shown when non-zero)."""
+    out = []
+    i, n = 0, len(data)
+    while i < n:
+        if covered[i]:
+            j = covered.find(b"\0", i)
+            if j < 0:
+                break
+            i = j
+            continue
+        j = covered.find(b"\1", i)
+        j = n if j < 0 else j
+        out.append((i, data[i:j]))
+        i = j
+    return out
+
+
+def encode(d: Decoded) -> bytes:
+    """The bytes ``d`` was decoded from, rebuilt from its fields and runs."""
+    out = bytearray(d.length)
+    for f in (*d.legacy, *d.st, *d.xmm):
+        out[f.offset:f.offset + f.size] = f.value.to_bytes(f.size, "little")
+    _Q.pack_into(out, legacy.XSTATE_BV, d.xstate_bv)
+    _Q.pack_into(out, legacy.XCOMP_BV, d.xcomp_bv)
+    for c in d.components:
+        for f in c.fields:
+            out[f.offset:f.offset + f.size] = f.value.to_bytes(f.size, "little")
+    for off, chunk in d.rest:
+        out[off:off + len(chunk)] = chunk
+    return bytes(out)
+
+
+# -- anomalies ----------------------------------------------------------------------------------
+
+def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
+           mxcsr_mask: int | None) -> None:
+    a = d.anomalies
+    reserved = d.field("header_reserved").value.to_bytes(48, "little")
+    if any(reserved):
+        a.append(f"header reserved bytes 528-575 are not zero ({sum(1 for x in reserved if x)} "
+                 "non-zero bytes)")
+    if d.xcomp_bv and not d.compacted:
+        a.append(f"XCOMP_BV is {d.xcomp_bv:#x} without bit 63: neither format accepts it")
+    user = layout.user_mask
+    outside = d.xstate_bv & ~user & ~(layout.supervisor_mask if d.compacted else 0)
+    if outside:
+        a.append(f"XSTATE_BV sets {xf.describe_mask(outside)} outside the host's XCR0 "
+                 f"{user:#x}")
+    if xcr0 is not None and d.xstate_bv & ~xcr0 & user:
+        a.append(f"XSTATE_BV sets {xf.describe_mask(d.xstate_bv & ~xcr0 & user)} outside the "
+                 f"XCR0 the capture reports ({xcr0:#x})")
+    for c in d.components:
+        if not c.in_bv and any(data[c.offset:c.offset + c.size]):
+            a.append(f"{c.name} holds data but XSTATE_BV[{c.bit}] is clear (XRSTOR loads its "
+                     "initial state instead)")
+    mask = mxcsr_mask if mxcsr_mask is not None else (d.field("mxcsr_mask").value or 0xFFBF)
+    mxcsr = d.field("mxcsr").value
+    if mxcsr & ~mask:
+        a.append(f"MXCSR {mxcsr:#x} sets bits {mxcsr & ~mask:#x} outside MXCSR_MASK {mask:#x} "
+                 "(XRSTOR and KVM_SET_XSAVE reject it)")
+    tilecfg = d.component(xf.XFeature.XTILECFG)
+    if tilecfg is not None and tilecfg.in_bv:
+        cfg = tilecfg.fields[0].value.to_bytes(64, "little")
+        if cfg[0] not in (0, 1) or any(cfg[2:16]):
+            a.append("TILECFG is not a valid palette-0/1 configuration (XRSTOR faults)")
+
+
+# -- human text --------------------------------------------------------------------------------
+
+def flags(value: int, table: tuple[tuple[int, str], ...]) -> list[str]:
+    return [name for bit, name in table if value >> bit & 1]
+
+
+def fcw_text(v: int) -> str:
+    masks = flags(v, FCW_FLAGS)
+    return (f"{' '.join(masks) or '-'} PC={PRECISION[v >> 8 & 3]} RC={ROUNDING[v >> 10 & 3]}")
+
+
+def fsw_text(v: int) -> str:
+    return f"{' '.join(flags(v, FSW_FLAGS)) or '-'} TOP={v >> 11 & 7}"
+
+
+def mxcsr_text(v: int) -> str:
+    return f"{' '.join(flags(v, MXCSR_FLAGS)) or '-'} RC={ROUNDING[v >> 13 & 3]}"
+
+
+def float80(raw: int) -> tuple[str, str]:
+    """(value, class) of an 80-bit extended-precision number."""
+    significand = raw & ((1 << 64) - 1)
+    exponent = raw >> 64 & 0x7FFF
+    sign = "-" if raw >> 79 & 1 else ""
+    integer = significand >> 63
+    if exponent == 0x7FFF:
+        if significand << 1 & ((1 << 64) - 1) == 0:
+            return f"{sign}inf", "special"
+        quiet = significand >> 62 & 1
+        return f"{'q' if quiet else 's'}NaN", "special"
+    if exponent == 0:
+        if significand == 0:
+            return f"{sign}0", "zero"
+        return f"{sign}{math.ldexp(significand, -16382 - 63):.17g} (denormal)", "special"
+    if not integer:
+        return "unnormal", "special"
+    value = math.ldexp(significand, exponent - 16383 - 63)
+    return f"{sign}{value:.17g}", "valid"
+
+
+def st_rows(d: Decoded) -> list[tuple[str, str, str, int]]:
+    """(register, value, tag, raw) for ST0-ST7 with tags from the abridged FTW and TOP."""
+    ftw = d.field("ftw").value
+    top = d.field("fsw").value >> 11 & 7
+    rows = []
+    for i, f in enumerate(d.st):
+        physical = (top + i) & 7
+        value, kind = float80(f.value)
+        tag = kind if ftw >> physical & 1 else "empty"
+        rows.append((f"st{i}", value, tag, f.value))
+    return rows
+
+
+def pkru_text(v: int) -> str:
+    keys = []
+    for k in range(16):
+        ad, wd = v >> (2 * k) & 1, v >> (2 * k + 1) & 1
+        if ad or wd:
+            keys.append(f"key{k}:{'AD' if ad else ''}{',' if ad and wd else ''}{'WD' if wd else ''}")
+    return " ".join(keys) or "all keys read/write"
+
+
+def tilecfg_text(v: int) -> str:
+    cfg = v.to_bytes(64, "little")
+    palette, start_row = cfg[0], cfg[1]
+    tiles = []
+    for t in range(16):
+        colsb = int.from_bytes(cfg[16 + 2 * t:18 + 2 * t], "little")
+        rows = cfg[48 + t]
+        if colsb or rows:
+            tiles.append(f"tmm{t}={rows}x{colsb}B")
+    return f"palette {palette}, start_row {start_row}" + (f": {' '.join(tiles)}" if tiles else "")
+
+
+def tile_rows(d: Decoded) -> dict[str, tuple[int, int]]:
+    """Configured rows and bytes per row of each tile register, from TILECFG."""
+    c = d.component(xf.XFeature.XTILECFG)
+    if c is None or not c.fields:
+        return {}
+    cfg = c.fields[0].value.to_bytes(64, "little")
+    return {f"tmm{t}": (cfg[48 + t], int.from_bytes(cfg[16 + 2 * t:18 + 2 * t], "little"))
+            for t in range(8)}
+
+
+def sw_reserved_text(v: int) -> str:
+    """Bytes 464-511: KVM and ptrace put the user xfeatures first; signal frames put
+    _fpx_sw_bytes (FP_XSTATE_MAGIC1 first)."""
+    raw = v.to_bytes(48, "little")
+    word = int.from_bytes(raw[:8], "little")
+    if int.from_bytes(raw[:4], "little") == 0x46505853:
+        ext, feat, size = struct.unpack_from("<IQI", raw, 4)
+        return f"_fpx_sw_bytes: extended_size {ext}, xfeatures {feat:#x}, xstate_size {size}"
+    if word & 3 == 3 and not any(raw[8:]):
+        return f"user xfeatures {xf.describe_mask(word)}"
+    return "no known use" if any(raw) else "zero"
+
+
+def bndcfgu_text(v: int) -> str:
+    return f"base {v & ~0xFFF:#x} EN={v & 1} BNDPRESERVE={v >> 1 & 1}"

@@ -1,0 +1,168 @@
+"""Show a decoded XSAVE image: a human table and the ``kvmfpu-decode/1`` JSON document.
+
+JSON schema (``kvmfpu-decode/1``), one object per capture under ``captures``:
+
+- ``origin``, ``format``, ``length``; ``layout``: ``{"host", "how"}``
+- ``sw_reserved``: bytes 464-511 as ``{"value": hex, "text": str}`` (user xfeatures, or a
+  signal frame's _fpx_sw_bytes)
+- ``header``: ``xstate_bv`` (hex), ``xstate_bv_names``, ``xcomp_bv`` (hex), ``compacted``
+- ``x87``: ``in_use``, ``fcw``/``fsw``/``ftw``/``fop``/``fip``/``fdp`` as
+  ``{"value": hex, "text": str}``, ``st``: list of ``{"reg", "value", "tag", "raw"}``
+- ``sse``: ``in_use``, ``mxcsr`` and ``mxcsr_mask`` as above, ``xmm``: ``{name: hex}``
+- ``vectors``: the widest view the layout holds: ``{"ymm0": hex, ...}`` or ``zmm``
+- ``components``: list of ``{"name", "bit", "offset", "size", "in_use", "registers":
+  {name: hex}, "text": {name: str}}`` (``text`` for PKRU, TILECFG, tiles, BNDCFGU)
+- ``unnamed``: list of ``{"offset", "length", "nonzero"}`` (reserved bytes, padding, gaps)
+- ``anomalies``: list of str
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmfpu.arch import xfeatures as xf
+from kvmfpu.arch.xfeatures import bits, name_of
+from kvmfpu.blob import decode as dec
+from kvmfpu.blob.decode import Decoded
+
+SCHEMA = "kvmfpu-decode/1"
+
+
+def _hexv(value: int, size: int) -> str:
+    return f"{value:#0{2 + 2 * size}x}"
+
+
+def _grouped(value: int, size: int) -> str:
+    digits = f"{value:0{2 * size}x}"
+    return "_".join(digits[i:i + 8] for i in range(0, len(digits), 8))
+
+
+def vectors(d: Decoded) -> dict[str, tuple[int, int]]:
+    """Full vector registers (value, size in bytes) from xmm, ymm_hi, zmm_hi256, hi16."""
+    have = {c.bit for c in d.components}
+    width = 64 if {2, 6} <= have else 32 if 2 in have else 16
+    prefix = {16: "xmm", 32: "ymm", 64: "zmm"}[width]
+    out: dict[str, tuple[int, int]] = {}
+    for i in range(16):
+        v = d.xmm[i].value
+        if width >= 32:
+            v |= d.field(f"ymm{i}_hi").value << 128
+        if width == 64:
+            v |= d.field(f"zmm{i}_hi256").value << 256
+        out[f"{prefix}{i}"] = (v, width)
+    hi16 = d.component(xf.XFeature.HI16_ZMM)
+    if hi16 is not None:
+        for f in hi16.fields:
+            out[f.name] = (f.value, 64)
+    return out
+
+
+def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if c.bit == xf.XFeature.PKRU:
+        out["pkru"] = dec.pkru_text(c.fields[0].value)
+    elif c.bit == xf.XFeature.XTILECFG:
+        out["tilecfg"] = dec.tilecfg_text(c.fields[0].value)
+    elif c.bit == xf.XFeature.XTILEDATA:
+        shape = dec.tile_rows(d)
+        for f in c.fields:
+            nz = sum(1 for b in f.value.to_bytes(f.size, "little") if b)
+            rows, colsb = shape.get(f.name, (0, 0))
+            out[f.name] = f"{rows} rows x {colsb} bytes configured, {nz} non-zero bytes"
+    elif c.bit == xf.XFeature.BNDCSR:
+        out["bndcfgu"] = dec.bndcfgu_text(c.fields[0].value)
+    elif c.bit == xf.XFeature.BNDREGS:
+        for i in range(4):
+            lo = d.field(f"bnd{i}_lower").value
+            up = d.field(f"bnd{i}_upper").value
+            if lo or up:
+                out[f"bnd{i}"] = f"[{lo:#x}, {~up & ((1 << 64) - 1):#x}] (upper stored inverted)"
+    return out
+
+
+def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str) -> dict[str, Any]:
+    def fld(name: str, text: str | None = None) -> dict[str, str]:
+        f = d.field(name)
+        out = {"value": _hexv(f.value, f.size)}
+        if text is not None:
+            out["text"] = text
+        return out
+    fcw, fsw, mxcsr = (d.field(n).value for n in ("fcw", "fsw", "mxcsr"))
+    return {
+        "origin": origin, "format": fmt, "length": d.length,
+        "layout": {"host": host, "how": how},
+        "sw_reserved": {"value": _hexv(d.field("sw_reserved").value, 48),
+                        "text": dec.sw_reserved_text(d.field("sw_reserved").value)},
+        "header": {"xstate_bv": f"{d.xstate_bv:#x}",
+                   "xstate_bv_names": [name_of(b) for b in bits(d.xstate_bv)],
+                   "xcomp_bv": f"{d.xcomp_bv:#x}", "compacted": d.compacted},
+        "x87": {"in_use": bool(d.xstate_bv & xf.FP),
+                "fcw": fld("fcw", dec.fcw_text(fcw)), "fsw": fld("fsw", dec.fsw_text(fsw)),
+                "ftw": fld("ftw"), "fop": fld("fop"), "fip": fld("fip"), "fdp": fld("fdp"),
+                "st": [{"reg": r, "value": v, "tag": t, "raw": f"{raw:#022x}"}
+                       for r, v, t, raw in dec.st_rows(d)]},
+        "sse": {"in_use": bool(d.xstate_bv & xf.SSE), "mxcsr": fld("mxcsr", dec.mxcsr_text(mxcsr)),
+                "mxcsr_mask": fld("mxcsr_mask"),
+                "xmm": {f.name: _hexv(f.value, 16) for f in d.xmm}},
+        "vectors": {k: _hexv(v, size) for k, (v, size) in vectors(d).items()},
+        "components": [{"name": c.name, "bit": c.bit, "offset": c.offset, "size": c.size,
+                        "in_use": c.in_bv,
+                        "registers": {f.name: _hexv(f.value, f.size) for f in c.fields},
+                        "text": _texts(c, d)} for c in d.components],
+        "unnamed": [{"offset": off, "length": len(chunk), "nonzero": any(chunk)}
+                    for off, chunk in d.rest],
+        "anomalies": list(d.anomalies),
+    }
+
+
+def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = False) -> list[str]:
+    """Human lines: header, x87 with values and tags, SSE, vectors, each component (in-use
+    ones with their registers, init ones in one line), non-zero unnamed bytes, anomalies."""
+    out = [f"{origin}: {d.length} bytes, {'compacted' if d.compacted else 'standard'} format, "
+           f"layout {host} ({how})",
+           f"  XSTATE_BV {xf.describe_mask(d.xstate_bv)}   XCOMP_BV {d.xcomp_bv:#x}"]
+    fcw, fsw, ftw = (d.field(n).value for n in ("fcw", "fsw", "ftw"))
+    state = "in use" if d.xstate_bv & xf.FP else "init"
+    out.append(f"  x87 ({state}): FCW {fcw:#06x} [{dec.fcw_text(fcw)}]  FSW {fsw:#06x} "
+               f"[{dec.fsw_text(fsw)}]  FTW {ftw:#04x}")
+    out.append(f"    FOP {d.field('fop').value:#x}  FIP {d.field('fip').value:#x}  "
+               f"FDP {d.field('fdp').value:#x}")
+    sw = d.field("sw_reserved").value
+    out.append(f"  bytes 464-511 (software): {dec.sw_reserved_text(sw)}")
+    if d.field("legacy_reserved").value:
+        out.append("  bytes 416-463 (reserved): not zero")
+    for reg, value, tag, raw in dec.st_rows(d):
+        if tag != "empty" or all_registers:
+            out.append(f"    {reg} {value:>26} {tag:8} {raw:#022x}")
+    mxcsr = d.field("mxcsr").value
+    state = "in use" if d.xstate_bv & xf.SSE else "init"
+    out.append(f"  SSE ({state}): MXCSR {mxcsr:#x} [{dec.mxcsr_text(mxcsr)}]  "
+               f"MXCSR_MASK {d.field('mxcsr_mask').value:#x}")
+    for name, (v, size) in vectors(d).items():
+        if v or all_registers:
+            out.append(f"    {name:6} {_grouped(v, size)}")
+    for c in d.components:
+        if c.bit in (xf.XFeature.YMM, xf.XFeature.ZMM_HI256, xf.XFeature.HI16_ZMM):
+            continue                       # shown as whole vector registers above
+        head = f"  {c.name} @{c.offset:#x}+{c.size:#x}"
+        if not c.in_bv:
+            out.append(f"{head}: init" + (" (holds data)" if c.nonzero else ""))
+            continue
+        texts = _texts(c, d)
+        out.append(f"{head}: in use")
+        for f in c.fields:
+            if c.bit == xf.XFeature.XTILEDATA:
+                out.append(f"    {f.name}: {texts[f.name]}")
+            elif f.value or all_registers or f.name in texts:
+                extra = f"  [{texts[f.name]}]" if f.name in texts else ""
+                out.append(f"    {f.name:12} {_grouped(f.value, f.size)}{extra}")
+        for name, t in texts.items():
+            if name.startswith("bnd") and name[3:].isdigit():
+                out.append(f"    {name} bounds {t}")
+    for off, chunk in d.rest:
+        if any(chunk):
+            out.append(f"  bytes {off}-{off + len(chunk) - 1} (no field): "
+                       f"{sum(1 for b in chunk if b)} non-zero")
+    for a in d.anomalies:
+        out.append(f"  ANOMALY: {a}")
+    return out
