@@ -20,6 +20,9 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--json", action="store_true", help="kvmfpu-decode/1 JSON")
     d.add_argument("--all", action="store_true", help="show registers that are zero too")
     d.add_argument("--max-size", type=int, default=MAX_SIZE, help="largest input read (bytes)")
+    d.add_argument("--xfd", type=lambda t: int(t, 0), default=None,
+                   help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
+                        "(QEMU streams carry it)")
     d.set_defaults(func=cmd_decode)
 
 
@@ -42,8 +45,9 @@ def load(args: argparse.Namespace) -> list[tuple[Any, Any, Any]]:
         out = []
         for cap in captures:
             choice = infer.choose(cap, args.host)
+            xfd = args.xfd if args.xfd is not None else cap.extra.get("xfd", 0)
             decoded = dec.decode(cap.data, choice.layout, host=choice.host,
-                                 xcr0=cap.xcr0_hint, mxcsr_mask=choice.mxcsr_mask)
+                                 xcr0=cap.xcr0_hint, mxcsr_mask=choice.mxcsr_mask, xfd=xfd)
             out.append((cap, choice, decoded))
         return out
     except InputError as exc:

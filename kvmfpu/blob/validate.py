@@ -1,0 +1,93 @@
+"""Would a host and kernel accept this xsave buffer? The model's KVM_SET_XSAVE checks, on a
+vCPU set up the way a VMM sets one up for the guest CPU model.
+
+``Validator`` builds the vCPU once (guest permission for AMX when the guest has it,
+KVM_SET_CPUID2) and then checks buffers without copying them (Vcpu.check_xsave), so a
+4 KiB buffer costs about a microsecond.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvmfpu import cpus
+from kvmfpu.arch import xfeatures as xf
+from kvmfpu.cpus.model import HostModel
+from kvmfpu.kvm.cpuid import CpuidEntry
+from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
+from kvmfpu.kvm.vcpu import Vcpu
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    errno: str | None = None
+    function: str | None = None
+    reason: str | None = None
+    commit: str | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "errno": self.errno, "function": self.function,
+                "reason": self.reason, "commit": self.commit, "note": self.note}
+
+
+def guest_cpuid(kvm: Kvm, guest: str | HostModel | None) -> list[CpuidEntry]:
+    """The guest CPUID a VMM gives the vCPU: KVM_GET_SUPPORTED_CPUID (``host``/None), or
+    that trimmed to another processor model's XSAVE features (leaf 1 XSAVE and leaf 0xD's
+    XCR0), the way a named CPU model limits them."""
+    supported = kvm.get_supported_cpuid()
+    if guest is None or guest == "host":
+        return supported
+    model = cpus.load(guest)
+    if not model.has("xsave"):
+        return [e._replace(ecx=e.ecx & ~(1 << 26 | 1 << 27)) if e.function == 1 else e
+                for e in supported if e.function != 0xD]
+    d0 = next((e for e in supported if (e.function, e.index) == (0xD, 0)), None)
+    offered = 0 if d0 is None else d0.eax | d0.edx << 32
+    xcr0 = offered & (model.supported_xcr0 | xf.FPSSE)
+    out = []
+    for e in supported:
+        if e.function == 0xD and e.index >= 2 and not xcr0 >> e.index & 1:
+            continue
+        if (e.function, e.index) == (0xD, 0):
+            size = kvm.host.layout.standard_size(xcr0)
+            e = e._replace(eax=xcr0 & 0xFFFF_FFFF, edx=xcr0 >> 32, ebx=size, ecx=size)
+        out.append(e)
+    return out
+
+
+class Validator:
+    """KVM_SET_XSAVE's verdict on buffers for ``host`` running ``kernel``, for a guest
+    CPU model ``guest`` (None: the host's supported CPUID)."""
+
+    def __init__(self, host: str | HostModel, kernel: str, guest: str | HostModel | None = None,
+                 flavor: str | None = None):
+        kvm = self.kvm = Kvm(host, kernel, flavor)
+        self.notes: list[str] = []
+        wants = xf.XTILEDATA if guest in (None, "host") else cpus.load(guest).supported_xcr0
+        if kvm.kernel.has("amx") and kvm.caps.supported_xcr0 & wants & xf.XTILEDATA:
+            # A VMM asks for AMX before creating vCPUs (QEMU: kvm_request_xsave_components).
+            kvm.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, int(xf.XFeature.XTILEDATA))
+        self.vcpu: Vcpu = kvm.create_vm().create_vcpu()
+        self.vcpu.set_cpuid2(guest_cpuid(kvm, guest))
+
+    @property
+    def size(self) -> int:
+        """How many bytes KVM_SET_XSAVE reads (guest_fpu.uabi_size)."""
+        return self.vcpu.gfpu.uabi_size
+
+    def check(self, buf: bytes | bytearray | memoryview) -> Verdict:
+        note = ""
+        view = memoryview(buf).cast("B")
+        if len(view) < self.size:
+            note = f"{len(view)}-byte buffer padded with zeros to the {self.size} bytes KVM reads"
+            view = memoryview(bytes(view) + bytes(self.size - len(view)))
+        try:
+            self.vcpu.check_xsave(view)
+        except KvmError as exc:
+            return Verdict(False, exc.errno_name, exc.function, exc.reason, exc.commit, note)
+        return Verdict(True, note=note)
+

@@ -1,0 +1,153 @@
+"""``kvmfpu validate``, ``kvmfpu diff`` and ``kvmfpu convert`` on captured xsave state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kvmfpu.cli.common import UsageError
+
+
+def add_parser(sub: Any) -> None:
+    from kvmfpu.blob.sources import FORMATS, MAX_SIZE
+    v = sub.add_parser("validate", help="would KVM_SET_XSAVE on HOST with KERNEL accept it?",
+                       description="Exit status 0: accepted; 1: rejected (errno and reason).")
+    v.add_argument("file")
+    v.add_argument("--host", required=True, help="destination host CPU model or dump")
+    v.add_argument("--kernel", required=True, help="destination kernel (e.g. 5.17, 6.6.30)")
+    v.add_argument("--guest-cpu", help="guest CPU model (a host model name; default: host "
+                                       "passthrough, KVM_GET_SUPPORTED_CPUID)")
+    v.add_argument("--flavor", help="vmx, svm or pvm (default: by the host's vendor)")
+    v.add_argument("--source-host", help="the capture's own layout when it cannot be inferred")
+    v.add_argument("--format", choices=FORMATS)
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--max-size", type=int, default=MAX_SIZE)
+    v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("diff", help="differences between two captures, register by register",
+                       description="Exit status 0: same state; 1: differences.")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--host", help="layout of both (default: inferred for each)")
+    d.add_argument("--host-b", help="layout of B when it differs from A's")
+    d.add_argument("--format", choices=FORMATS)
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--max-size", type=int, default=MAX_SIZE)
+    d.set_defaults(func=cmd_diff)
+
+    c = sub.add_parser("convert", help="re-lay a standard-format buffer for another host")
+    c.add_argument("file")
+    c.add_argument("--from", dest="src", required=True, help="the host the buffer comes from")
+    c.add_argument("--to", dest="dst", required=True, help="the host to lay it out for")
+    c.add_argument("-o", "--output", required=True, help="where to write the new buffer")
+    c.add_argument("--format", choices=FORMATS)
+    c.add_argument("--max-size", type=int, default=MAX_SIZE)
+    c.set_defaults(func=cmd_convert)
+
+
+def _captures(path: str, fmt: str | None, max_size: int) -> list[Any]:
+    from kvmfpu.blob import sources
+    from kvmfpu.blob.errors import InputError
+    try:
+        return sources.read(path, fmt, max_size)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from kvmfpu.blob.validate import Validator
+    from kvmfpu.kvm.profiles import UnknownKernel
+
+    caps = _captures(args.file, args.format, args.max_size)
+    try:
+        validator = Validator(args.host, args.kernel, args.guest_cpu, args.flavor)
+    except UnknownKernel as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:      # flavour/vendor mismatch
+        raise UsageError(str(exc)) from None
+    host = validator.kvm.host
+    results = []
+    for cap in caps:
+        if cap.rebuild is not None:          # QEMU builds the buffer for the destination
+            cap.data = cap.rebuild(host.layout)
+        results.append((cap, validator.check(cap.data)))
+    ok = all(v.accepted for _, v in results)
+    if args.json:
+        print(json.dumps({"schema": "kvmfpu-validate/1", "host": host.name,
+                          "kernel": validator.kvm.kernel.name, "flavor": validator.kvm.flavor,
+                          "guest_cpu": args.guest_cpu or "host",
+                          "kvm_reads": validator.size,
+                          "results": [dict(origin=c.origin, **v.to_json()) for c, v in results]},
+                         indent=2))
+    else:
+        where = (f"{host.name}, Linux {validator.kvm.kernel.name} ({validator.kvm.flavor}), "
+                 f"guest CPU {args.guest_cpu or 'host'}")
+        for cap, v in results:
+            if v.accepted:
+                print(f"{cap.origin}: accepted by KVM_SET_XSAVE on {where}")
+            else:
+                print(f"{cap.origin}: rejected by KVM_SET_XSAVE on {where}: -{v.errno}: {v.reason}")
+            if v.note:
+                print(f"  note: {v.note}")
+    return 0 if ok else 1
+
+
+def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> list[Any]:
+    from kvmfpu.blob import decode as dec
+    from kvmfpu.blob import infer
+    from kvmfpu.blob.errors import InputError
+    out = []
+    try:
+        for cap in _captures(path, fmt, max_size):
+            ch = infer.choose(cap, host)
+            out.append((cap, dec.decode(cap.data, ch.layout, host=ch.host, xcr0=cap.xcr0_hint)))
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    return out
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from kvmfpu.blob.compare import register_diff
+
+    a = _decoded(args.a, args.host, args.format, args.max_size)
+    b = _decoded(args.b, args.host_b or args.host, args.format, args.max_size)
+    if len(a) != len(b):
+        raise UsageError(f"{args.a} holds {len(a)} xsave images, {args.b} holds {len(b)}")
+    report = []
+    for (ca, da), (cb, db) in zip(a, b, strict=True):
+        report.append((ca.origin, cb.origin, register_diff(da, db)))
+    if args.json:
+        print(json.dumps({"schema": "kvmfpu-diff/1", "pairs": [
+            {"a": oa, "b": ob, "differences": [
+                {"register": n, "a": va, "b": vb} for n, va, vb in diffs]}
+            for oa, ob, diffs in report]}, indent=2))
+    else:
+        for oa, ob, diffs in report:
+            if not diffs:
+                print(f"{oa} and {ob}: same register state")
+            for n, va, vb in diffs:
+                print(f"{n}: {va} != {vb}")
+    return 1 if any(d for _, _, d in report) else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from kvmfpu.blob.convert import ConversionError, convert
+    from kvmfpu.blob.errors import InputError
+
+    caps = _captures(args.file, args.format, args.max_size)
+    if len(caps) != 1:
+        raise UsageError(f"{args.file} holds {len(caps)} xsave images; convert takes one")
+    try:
+        out, notes = convert(caps[0].data, args.src, args.dst)
+    except (ConversionError, InputError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        with open(args.output, "wb") as f:
+            f.write(out)
+    except OSError as exc:
+        raise UsageError(f"{args.output}: {exc.strerror}") from None
+    print(f"wrote {len(out)} bytes for {args.dst} to {args.output}")
+    for n in notes:
+        print(f"  note: {n}")
+    return 0

@@ -1,0 +1,112 @@
+"""Decode and encode: named fields, byte-exact round trip, human text, anomalies."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmfpu import cpus
+from kvmfpu.blob import decode as dec
+from kvmfpu.blob.errors import InputError
+
+HOSTS = ("skylake-sp", "sapphirerapids", "zen4", "haswell", "zen2")
+
+
+@pytest.mark.parametrize("host", ["skylake-sp", "zen4", "sapphirerapids"])
+def test_registers_the_guest_wrote(host: str, guest_blob: Any) -> None:
+    blob = guest_blob(host)
+    d = dec.decode(blob, cpus.load(host).layout, host=host)
+    assert d.field("fcw").value == 0x027F
+    assert d.field("xmm1").value == 0x1234
+    assert d.field("k1").value == 0xFF
+    assert d.field("xmm3").value == 5 and d.field("zmm3_hi256").value == 7 << (500 - 256)
+    assert d.field("zmm20").value == 9 << 300
+    assert d.field("pkru").value == 0xC
+    assert not d.anomalies
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(HOSTS), st.integers(576, 12000).flatmap(
+    lambda n: st.binary(min_size=n, max_size=n)))
+def test_encode_of_decode_is_byte_identical(host: str, data: bytes) -> None:
+    layout = cpus.load(host).layout
+    try:
+        d = dec.decode(data, layout, host=host)
+    except InputError:
+        return                    # compacted XCOMP_BV naming components the host lacks
+    assert dec.encode(d) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(HOSTS), st.data())
+def test_round_trip_of_valid_buffers_including_reserved_garbage(host: str, data: st.DataObject) -> None:
+    from kvmfpu.testing import strategies as ks
+    buf = data.draw(ks.valid_xsave(host))
+    buf[416:512] = data.draw(st.binary(min_size=96, max_size=96))      # reserved, software
+    buf[528:576] = data.draw(st.binary(min_size=48, max_size=48))      # header reserved
+    d = dec.decode(bytes(buf), cpus.load(host).layout)
+    assert dec.encode(d) == bytes(buf)
+
+
+def test_compacted_buffers_decode_at_compacted_offsets() -> None:
+    from kvmfpu.testing import compacted_area
+    area = compacted_area("skylake-sp", 0x2E7, 0x2E7)
+    d = dec.decode(bytes(area), cpus.load("skylake-sp").layout)
+    assert d.compacted and d.component(9).offset == cpus.load("skylake-sp").layout.compacted(0x2E7)[0][9]
+    assert dec.encode(d) == bytes(area)
+
+
+@pytest.mark.parametrize("raw, text, kind", [
+    ((0x4000 << 64) | 1 << 63, "2", "valid"),
+    ((0xBFFF << 64) | 3 << 62, "-1.5", "valid"),
+    ((0x7FFF << 64) | 1 << 63, "inf", "special"),
+    ((0x7FFF << 64) | 3 << 62, "qNaN", "special"),
+    (0, "0", "zero"),
+    ((0x4000 << 64) | 1, "unnormal", "special"),
+])
+def test_float80(raw: int, text: str, kind: str) -> None:
+    assert dec.float80(raw) == (text, kind)
+
+
+def test_flag_texts() -> None:
+    assert dec.fcw_text(0x037F) == "IM DM ZM OM UM PM PC=extended RC=nearest"
+    assert dec.fsw_text(0x7881) == "IE ES C3 TOP=7"
+    assert dec.mxcsr_text(0x9FC0) == "DAZ IM DM ZM OM UM PM FZ RC=nearest"
+    assert dec.pkru_text(0x5555_5554) .startswith("key1:AD key2:AD")
+    assert dec.pkru_text(0) == "all keys read/write"
+    from kvmfpu.testing.areas import component_data
+    cfg = int.from_bytes(component_data(17, 64), "little")
+    assert dec.tilecfg_text(cfg).startswith("palette 1, start_row 0: tmm0=16x64B")
+
+
+def _anomalies(guest_blob: Any, mutate: Any, host: str = "skylake-sp") -> list[str]:
+    buf = bytearray(guest_blob(host))
+    mutate(buf)
+    return dec.decode(bytes(buf), cpus.load(host).layout).anomalies
+
+
+def test_anomalies(guest_blob: Any) -> None:
+    def has(text: str, mutate: Any) -> bool:
+        return any(text in a for a in _anomalies(guest_blob, mutate))
+    assert has("header reserved", lambda b: b.__setitem__(560, 1))
+    assert has("outside the host's XCR0", lambda b: struct.pack_into("<Q", b, 512, 1 << 17 | 3))
+    assert has("bndcsr holds data", lambda b: b.__setitem__(0x400, 1))    # BV[4] clear
+    assert has("MXCSR", lambda b: struct.pack_into("<I", b, 24, 1 << 20))
+    assert not _anomalies(guest_blob, lambda b: None)
+    spr = bytearray(guest_blob("sapphirerapids"))
+    struct.pack_into("<Q", spr, 512, struct.unpack_from("<Q", spr, 512)[0] | 1 << 18)
+    d = dec.decode(bytes(spr), cpus.load("sapphirerapids").layout, xfd=1 << 18)
+    assert any("IA32_XFD" in a and "#NM" in a for a in d.anomalies)
+    short = bytearray(guest_blob("sapphirerapids"))[:2816]
+    struct.pack_into("<Q", short, 512, 1 << 18 | 3)
+    d = dec.decode(bytes(short), cpus.load("sapphirerapids").layout)
+    assert any("buffer ends" in a for a in d.anomalies)
+
+
+def test_too_short() -> None:
+    with pytest.raises(InputError, match="too short"):
+        dec.decode(bytes(100), cpus.load("zen4").layout)
