@@ -243,6 +243,16 @@ def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
     if xcr0 is not None and d.xstate_bv & ~xcr0 & user:
         a.append(f"XSTATE_BV sets {xf.describe_mask(d.xstate_bv & ~xcr0 & user)} outside the "
                  f"XCR0 the capture reports ({xcr0:#x})")
+    # XRSTOR loads the initial state of a component whose XSTATE_BV bit is clear (SDM
+    # 13.8.1), so data there is lost on restore; MXCSR is loaded regardless (RFBM[1]|[2]).
+    if not d.xstate_bv & xf.FP and (d.field("fcw").value != legacy.FCW_INIT or any(
+            d.field(n).value for n in ("fsw", "ftw", "fop", "fip", "fdp")) or
+            any(f.value for f in d.st)):
+        a.append("x87 registers hold data but XSTATE_BV[0] is clear (XRSTOR loads FCW 037Fh "
+                 "and empty registers instead)")
+    if not d.xstate_bv & xf.SSE and any(f.value for f in d.xmm):
+        a.append("XMM registers hold data but XSTATE_BV[1] is clear (XRSTOR loads zeros "
+                 "instead)")
     for c in d.components:
         if not c.in_bv and any(data[c.offset:c.offset + c.size]):
             a.append(f"{c.name} holds data but XSTATE_BV[{c.bit}] is clear (XRSTOR loads its "

@@ -299,27 +299,75 @@ def buffer_size(layout: XsaveLayout, xcr0: int) -> int:
     return max(4096, (need + 4095) & ~4095)
 
 
+def held(cpu: CpuState) -> int:
+    """The user components whose registers hold data in the stream (QEMU sends a
+    component's subsection only when the guest CPU has it; zeros are init state)."""
+    mask = xf.FPSSE
+    q = "_q_ZMMReg"
+    if any(r[f"{q}[2]"] or r[f"{q}[3]"] for r in cpu.vectors("ymmh_reg")):
+        mask |= xf.YMM
+    if any(int(b.get("lb", 0)) or int(b.get("ub", 0)) for b in cpu.find("bnd_regs") or []) \
+            or cpu.int("bndcs_regs.cfgu") or cpu.int("bndcs_regs.sts"):
+        mask |= xf.BNDREGS | xf.BNDCSR
+    if any(int(k) for k in cpu.find("opmask_regs") or []):
+        mask |= xf.OPMASK
+    if any(any(r[f"{q}[{j}]"] for j in range(4, 8)) for r in cpu.vectors("zmmh_reg")):
+        mask |= xf.ZMM_HI256
+    if any(any(r[f"{q}[{j}]"] for j in range(8)) for r in cpu.vectors("hi16_zmm_reg")):
+        mask |= xf.HI16_ZMM
+    if cpu.int("pkru"):
+        mask |= xf.PKRU
+    for name, bit in (("xtilecfg", xf.XTILECFG), ("xtiledata", xf.XTILEDATA)):
+        value = cpu.find(name)
+        if isinstance(value, bytes) and any(value):
+            mask |= bit
+    return mask
+
+
 def captures(data: bytes) -> list[Capture]:
-    """One capture per vCPU, laid out for a packaged host that holds its XCR0 (decode may
-    re-lay it for ``--host``)."""
+    """One capture per vCPU. QEMU lays the buffer out at the destination's CPUID offsets,
+    so without ``--host`` it is shown for the packaged host with the fewest components
+    that holds everything the vCPU has (XCR0, XSTATE_BV and registers with data)."""
     from kvmfpu import cpus as hosts
+    models = [hosts.load(n) for n in hosts.names()]
+    models = sorted((m for m in models if m.has("xsave")),
+                    key=lambda m: (bin(m.layout.user_mask).count("1"), m.name))
+    desc = _vmdesc(data)
+    under_kvm = any(d.get("name") == "kvmclock" for d in desc.get("devices", []))
     out = []
     for cpu in parse(data):
         xcr0 = cpu.int("xcr0", default=3)
-        ref = next((hosts.load(n) for n in hosts.names()
-                    if hosts.load(n).has("xsave")
-                    and not (xcr0 | 3) & ~hosts.load(n).layout.user_mask), None)
+        need = (xcr0 | cpu.int("xstate_bv") | held(cpu)) & ~xf.XCOMP_COMPACTED
+        ref = next((m for m in models if not need & ~m.layout.user_mask), None)
         if ref is None:
-            raise InputError(f"no packaged host holds the stream's XCR0 {xcr0:#x}: give --host")
+            raise InputError(f"no packaged host holds the vCPU's {xf.describe_mask(need)}: "
+                             "give --host")
         lay = ref.layout
         cap = Capture(xsave_buffer(cpu, lay, buffer_size(lay, xcr0)), f"QEMU cpu {cpu.instance}",
-                      "qemu", xcr0)
+                      "qemu")
         cap.extra.update(xcr0=xcr0, xss=cpu.int("xss"), xfd=cpu.int("msr_xfd", "xfd"),
                          xfd_err=cpu.int("msr_xfd_err", "xfd_err"))
+        cap.notes.append(f"guest XCR0 {xf.describe_mask(xcr0)}"
+                         + (f", IA32_XFD {cap.extra['xfd']:#x}" if cap.extra["xfd"] else ""))
+        cap.notes += _x87_order_note(cpu, under_kvm)
         cap.rebuild = _rebuilder(cpu, xcr0)
         cap.reference_host = ref.name
         out.append(cap)
     return out
+
+
+def _x87_order_note(cpu: CpuState, under_kvm: bool) -> list[str]:
+    """QEMU's fpregs array is copied into the ST slots verbatim (x86_cpu_xsave_all_areas),
+    which suits KVM (x86_cpu_xrstor_all_areas fills it in ST order) but not TCG, whose
+    fpregs are numbered physically (ST(i) is fpregs[(fpstt + i) & 7], target/i386/cpu.h)."""
+    top = cpu.int("fpus_vmstate") >> 11 & 7
+    valid = cpu.int("fptag_vmstate") & 0xFF
+    if under_kvm or top == 0 or not valid:
+        return []
+    return [f"no kvmclock section, so probably written under TCG, where QEMU numbers x87 "
+            f"registers physically: with TOP={top}, ST(i) is in slot (i+{top})&7 here, and "
+            "the buffer QEMU hands KVM_SET_XSAVE after a TCG->KVM migration has the stack "
+            "rotated"]
 
 
 def _rebuilder(cpu: CpuState, xcr0: int) -> Callable[[XsaveLayout], bytes]:

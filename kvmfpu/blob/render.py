@@ -13,6 +13,8 @@ JSON schema (``kvmfpu-decode/1``), one object per capture under ``captures``:
 - ``components``: list of ``{"name", "bit", "offset", "size", "in_use", "registers":
   {name: hex}, "text": {name: str}}`` (``text`` for PKRU, TILECFG, tiles, BNDCFGU)
 - ``unnamed``: list of ``{"offset", "length", "nonzero"}`` (reserved bytes, padding, gaps)
+- ``notes``: list of str (what the container says: compression, QEMU's guest XCR0/XFD,
+  the accelerator that wrote a stream)
 - ``anomalies``: list of str
 """
 
@@ -80,7 +82,8 @@ def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
     return out
 
 
-def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str) -> dict[str, Any]:
+def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
+            notes: list[str] | None = None) -> dict[str, Any]:
     def fld(name: str, text: str | None = None) -> dict[str, str]:
         f = d.field(name)
         out = {"value": _hexv(f.value, f.size)}
@@ -111,11 +114,13 @@ def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str) -> dict[s
                         "text": _texts(c, d)} for c in d.components],
         "unnamed": [{"offset": off, "length": len(chunk), "nonzero": any(chunk)}
                     for off, chunk in d.rest],
+        "notes": list(notes or ()),
         "anomalies": list(d.anomalies),
     }
 
 
-def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = False) -> list[str]:
+def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = False,
+         notes: list[str] | None = None) -> list[str]:
     """Human lines: header, x87 with values and tags, SSE, vectors, each component (in-use
     ones with their registers, init ones in one line), non-zero unnamed bytes, anomalies."""
     out = [f"{origin}: {d.length} bytes, {'compacted' if d.compacted else 'standard'} format, "
@@ -132,7 +137,7 @@ def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = 
     if d.field("legacy_reserved").value:
         out.append("  bytes 416-463 (reserved): not zero")
     for reg, value, tag, raw in dec.st_rows(d):
-        if tag != "empty" or all_registers:
+        if tag != "empty" or raw or all_registers:
             out.append(f"    {reg} {value:>26} {tag:8} {raw:#022x}")
     mxcsr = d.field("mxcsr").value
     state = "in use" if d.xstate_bv & xf.SSE else "init"
@@ -163,6 +168,8 @@ def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = 
         if any(chunk):
             out.append(f"  bytes {off}-{off + len(chunk) - 1} (no field): "
                        f"{sum(1 for b in chunk if b)} non-zero")
+    for n in notes or ():
+        out.append(f"  note: {n}")
     for a in d.anomalies:
         out.append(f"  ANOMALY: {a}")
     return out

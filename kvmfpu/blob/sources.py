@@ -1,15 +1,21 @@
 """Read xsave state from what users capture: raw KVM_GET_XSAVE/KVM_GET_XSAVE2 buffers, hex
 dumps, ELF core files (NT_X86_XSTATE, one per thread, NT_X86_XSAVE_LAYOUT when present),
-Linux signal-frame fpstate, and QEMU migration streams.
+Linux signal-frame fpstate, and QEMU migration streams; any of them gzip-, xz- or
+bzip2-compressed (``migrate "exec:gzip -c > f"`` is how streams are often kept).
 
 ``read`` detects the format (``--format`` overrides it) and returns one ``Capture`` per
-xsave image found. Files larger than ``max_size`` are refused before being read.
+xsave image found. Files larger than ``max_size`` are refused before being read, and so is
+compressed input that would expand past it.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
+import zlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +47,7 @@ class Capture:
     xcr0_hint: int | None = None       # the user xfeature mask the container reports
     layout_note: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # bit: (size, offset, flags)
     extra: dict[str, int] = field(default_factory=dict)   # e.g. xfd, xfd_err from QEMU
+    notes: list[str] = field(default_factory=list)         # what the container tells us
     # QEMU streams carry fields, not a buffer: build it for another host's layout.
     rebuild: Callable[[XsaveLayout], bytes] | None = None
     reference_host: str | None = None
@@ -65,6 +72,33 @@ def read_bytes(path: str | os.PathLike[str], max_size: int = MAX_SIZE) -> bytes:
         raise InputError(f"{path}: {exc.strerror}") from None
 
 
+_COMPRESSED: Final = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"))
+
+
+def decompress(data: bytes, max_size: int = MAX_SIZE) -> tuple[bytes, str | None]:
+    """``data`` expanded when it is gzip, xz or bzip2 (with the compression's name), else
+    as is. Expansion stops past ``max_size``: a small file cannot fill memory."""
+    kind = next((name for magic, name in _COMPRESSED if data.startswith(magic)), None)
+    if kind is None:
+        return data, None
+    if kind == "gzip":
+        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=io.BytesIO(data))
+    elif kind == "xz":
+        stream = lzma.LZMAFile(io.BytesIO(data))
+    else:
+        if len(data) < 4 or not data[3:4].isdigit():   # "BZh1".."BZh9"; else not bzip2
+            return data, None
+        stream = bz2.BZ2File(io.BytesIO(data))
+    try:
+        out = stream.read(max_size + 1)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise InputError(f"{kind}-compressed input does not expand: {exc}") from None
+    if len(out) > max_size:
+        raise InputError(f"{kind}-compressed input expands past the {max_size}-byte limit "
+                         "(--max-size)")
+    return out, kind
+
+
 def detect(data: bytes) -> str:
     if not data:
         raise InputError("the input is empty")
@@ -85,6 +119,12 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
     data = source if isinstance(source, bytes) else read_bytes(source, max_size)
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    data, compression = decompress(data, max_size)
+    if compression is not None:
+        caps = read(data, fmt, max_size)
+        for c in caps:
+            c.notes.insert(0, f"{compression}-compressed input")
+        return caps
     kind = fmt or detect(data)
     if kind == "raw":
         return [Capture(data, "raw buffer", "raw", _xcr0_at_464(data))]

@@ -60,12 +60,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     items = load(args)
     if args.json:
         print(json.dumps({"schema": render.SCHEMA, "captures": [
-            render.to_json(d, origin=cap.origin, fmt=cap.fmt, host=ch.host, how=ch.how)
+            render.to_json(d, origin=cap.origin, fmt=cap.fmt, host=ch.host, how=ch.how,
+                           notes=cap.notes)
             for cap, ch, d in items]}, indent=2))
         return 0
     for n, (cap, ch, d) in enumerate(items):
         if n:
             print()
         print("\n".join(render.text(d, origin=cap.origin, host=ch.host, how=ch.how,
-                                    all_registers=args.all)))
+                                    all_registers=args.all, notes=cap.notes)))
     return 0

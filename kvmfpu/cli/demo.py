@@ -1,43 +1,37 @@
-"""``kvmfpu demo``: what kvmfpu does, on embedded models."""
+"""``kvmfpu demo``: the main job on the captures that ship with kvmfpu: what is in a KVM
+buffer and a QEMU stream, which destinations would accept them and what they would do to the
+registers; then the seed bugs and this machine's processor against the model."""
 
 from __future__ import annotations
 
 import argparse
-import struct
 from typing import Any
 
 from kvmfpu import cpus
-from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import name_of
 from kvmfpu.cli.check_cpu import check_cpu
-from kvmfpu.cli.common import ALL, short
 from kvmfpu.scenarios import SCENARIOS
+
+# Destinations for the KVM sample (host, kernel, guest CPU model): the same layout, Intel's
+# layout, a host without AVX-512, and a guest CPU model without AVX-512 before and after
+# the kernel stopped limiting KVM_SET_XSAVE to the guest's CPUID (5.17 until 6.6).
+DESTINATIONS = (("zen4", "6.6", None), ("skylake-sp", "6.6", None),
+                ("sapphirerapids", "6.12", None), ("haswell", "6.6", None),
+                ("zen4", "6.1", "zen2"), ("zen4", "6.6", "zen2"))
 
 
 def add_parser(sub: Any) -> None:
-    d = sub.add_parser("demo", help="show what kvmfpu does, on embedded models")
-    d.add_argument("--src", default="zen4", help="host for the saved state (default zen4)")
-    d.add_argument("--dst", default="skylake-sp", help="host to restore on (default skylake-sp)")
+    d = sub.add_parser("demo", help="show what kvmfpu does, on the captures it ships")
+    d.add_argument("--src", default="devhost-zen5",
+                   help="the KVM sample's host, for the layout table (default devhost-zen5)")
+    d.add_argument("--dst", default="skylake-sp", help="host to compare layouts with")
+    d.add_argument("--cases", type=int, default=200,
+                   help="real-CPU sequences in the last part (default 200; 0 skips it)")
     d.set_defaults(func=cmd_demo)
 
 
-def _demo_state(cpu: Any) -> None:
-    cpu.set_reg("fcw", 0x027F)
-    cpu.set_reg("st0", (0x4000 << 64) | (1 << 63))          # 2.0
-    cpu.set_reg("xmm0", 0x3FF0000000000000)                  # 1.0 in the low double
-    cpu.set_reg("ymm3", (0xC0DE << 128) | 0xBEEF)
-    cpu.set_reg("k1", 0xF0F0)
-    cpu.set_reg("zmm17", 0x1234_5678 << 300)
-    cpu.set_reg("pkru", 0x55555554)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from kvmfpu.arch import schemas
-    from kvmfpu.testing import booted
-
-    a, b = cpus.load(args.src), cpus.load(args.dst)
-    print(f"kvmfpu demo: the emulated XSAVE core on the {a.name} and {b.name} models\n")
-    print("1. Where XSAVE puts each component (standard format, from each host's CPUID 0xD)")
+def _layouts(a: Any, b: Any) -> None:
+    print(f"1. Where XSAVE puts each component (standard format, CPUID leaf 0xD of each host)")
     print(f"   {'component':12} {a.name:>18} {b.name:>18}")
     for bit in sorted(set(a.layout.components) | set(b.layout.components)):
         ca, cb = a.layout.components.get(bit), b.layout.components.get(bit)
@@ -49,46 +43,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
         mark = "  <- differs" if ca and cb and ca.offset != cb.offset else ""
         print(f"   {name_of(bit):12} {cell(ca):>18} {cell(cb):>18}{mark}")
 
-    src = booted(a)
-    _demo_state(src)
-    src.xsave(0, ALL)
-    size = a.layout.standard_size(src.xcr0)
-    image = bytes(src.memory[:size])
-    area = schemas.xsave_area(a.layout).parse(image)
-    print(f"\n2. A guest state saved by XSAVE on {a.name} ({size} bytes), decoded")
-    bv = area.header.xstate_bv
-    print(f"   XSTATE_BV {xf.describe_mask(bv)}  XCOMP_BV {area.header.xcomp_bv:#x}")
-    print(f"   x87: FCW {area.legacy.fcw:#06x}  ST0 {area.legacy.st[0].sign_exponent:#06x}:"
-          f"{area.legacy.st[0].significand:#018x} (2.0)  MXCSR {area.legacy.mxcsr:#x}")
-    print(f"   xmm0 {area.legacy.xmm[0]:#x}")
-    if area.ymm is not None:
-        print(f"   ymm3[255:128] {area.ymm.ymmh[3]:#x}")
-    if area.opmask is not None:
-        print(f"   k1 {area.opmask.k[1]:#x}")
-    if area.hi16_zmm is not None:
-        print(f"   zmm17 {short(area.hi16_zmm.zmm[1])}")
-    if area.pkru is not None:
-        print(f"   pkru {area.pkru.pkru:#010x}")
 
-    dst = booted(b)
-    common = src.xcr0 & dst.xcr0
-    dst.memory[:size] = image
-    struct.pack_into("<Q", dst.memory, 512, struct.unpack_from("<Q", image, 512)[0] & common)
-    print(f"\n3. The same bytes XRSTORed verbatim on {b.name} (a raw-blob restore)")
+def _kvm_sample() -> None:
+    from kvmfpu.blob import decode as dec
+    from kvmfpu.blob import infer, render, sample_data, sources
+    from kvmfpu.blob.compare import register_diff
+    from kvmfpu.blob.convert import convert
+    from kvmfpu.blob.errors import InputError
+    from kvmfpu.blob.validate import Validator
+
+    path = sample_data.path(sample_data.KVM_ZEN5)
+    print(f"\n2. A KVM_GET_XSAVE buffer from Linux 6.18.44 KVM on AMD Zen 5 (shipped sample)\n"
+          f"   {path}")
+    (cap,) = sources.read(path)
     try:
-        dst.xrstor(0, ALL)
-        lost = [r for r in ("k1", "zmm17", "pkru", "ymm3") if _has(src, r) and _has(dst, r)
-                and src.reg(r) != dst.reg(r)]
-        if lost:
-            for r in lost:
-                print(f"   {r}: saved {short(src.reg(r))}, restored {short(dst.reg(r))}"
-                      "  <- corrupted")
-        else:
-            print("   every common register came back intact")
-    except Exception as exc:  # a Fault: show it as the CPU reports it
-        print(f"   {exc}")
+        infer.choose(cap)
+    except InputError as exc:
+        print(f"   $ kvmfpu decode SAMPLE\n   kvmfpu: error: {str(exc)[:150]}...")
+    src = cpus.load("devhost-zen5")
+    print("   $ kvmfpu decode SAMPLE --host devhost-zen5")
+    d = dec.decode(cap.data, src.layout, host=src.name, xcr0=cap.xcr0_hint,
+                   mxcsr_mask=src.behaviour.mxcsr_mask)
+    for line in render.text(d, origin="sample", host=src.name, how="--host"):
+        print("   " + line[:112])
 
-    print("\n4. The seed bugs, replayed on the model before and after their fixes")
+    print("\n3. Would these destinations take it as it is (KVM_SET_XSAVE; `kvmfpu validate`),\n"
+          "   and what would their guests see (`kvmfpu diff`)?")
+    for host, kernel, guest in DESTINATIONS:
+        verdict = Validator(host, kernel, guest).check(cap.data)
+        where = f"{host} / Linux {kernel}" + (f" / guest {guest}" if guest else "")
+        if not verdict.accepted:
+            print(f"   {where:36} rejected -{verdict.errno}: {verdict.reason}")
+            continue
+        dst = cpus.load(host)
+        seen = dec.decode(cap.data, dst.layout, host=dst.name)
+        lost = register_diff(d, seen)
+        if not lost:
+            print(f"   {where:36} accepted; every register arrives intact")
+            continue
+        regs = ", ".join(n for n, _, _ in lost[:4]) + (" ..." if len(lost) > 4 else "")
+        print(f"   {where:36} accepted, but {len(lost)} registers arrive wrong ({regs}): "
+              f"the bytes sit at {src.name}'s offsets")
+        moved, notes = convert(cap.data, src, dst)
+        again = register_diff(d, dec.decode(moved, dst.layout, host=dst.name))
+        ok = Validator(host, kernel, guest).check(moved).accepted
+        print(f"   {'':36} after `kvmfpu convert --from {src.name} --to {host}`: "
+              f"{'accepted' if ok else 'rejected'}, {len(again)} registers differ "
+              f"({'; '.join(notes[:2])} ...)")
+
+
+def _qemu_sample() -> None:
+    from kvmfpu.blob import decode as dec
+    from kvmfpu.blob import infer, sample_data, sources
+    from kvmfpu.blob.validate import Validator
+
+    path = sample_data.path(sample_data.QEMU_TCG)
+    print(f"\n4. A QEMU 7.2 migration stream of a TCG guest (shipped sample, read with the\n"
+          f"   stream's own JSON description)\n   {path}")
+    (cap,) = sources.read(path)
+    ch = infer.choose(cap, "skylake-sp")
+    d = dec.decode(cap.data, ch.layout, host=ch.host, xcr0=cap.xcr0_hint,
+                   mxcsr_mask=ch.mxcsr_mask, xfd=cap.extra.get("xfd", 0))
+    regs = ", ".join(f"{r}={v}" for r, v, _, raw in dec.st_rows(d) if raw)
+    print(f"   the guest left: {regs}; xmm1={d.field('xmm1').value:#x}; "
+          f"MXCSR {d.field('mxcsr').value:#x}")
+    for n in cap.notes:
+        print(f"   note: {n}")
+    for a in d.anomalies:
+        print(f"   ANOMALY: {a}")
+    v = Validator("skylake-sp", "6.6").check(cap.data)
+    print(f"   QEMU's buffer for skylake-sp / Linux 6.6: "
+          f"{'accepted' if v.accepted else 'rejected -' + str(v.errno)}: a TCG->KVM migration "
+          "restores initial x87/SSE/AVX/PKRU state (QEMU under TCG leaves XSTATE_BV 0)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    a, b = cpus.load(args.src), cpus.load(args.dst)
+    print("kvmfpu demo: captured xsave state, what it holds and where it would be accepted\n")
+    _layouts(a, b)
+    _kvm_sample()
+    _qemu_sample()
+
+    print("\n5. The seed bugs, replayed on the model before and after their fixes")
     for sc in SCENARIOS:
         for release in (sc.last_affected, sc.first_fixed or sc.last_unaffected):
             if release is None:
@@ -99,19 +135,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from kvmfpu.native.xsave_probe import probe_unavailable
     reason = probe_unavailable()
-    print("\n5. This machine's processor against the model")
-    if reason:
+    print("\n6. This machine's processor against the model")
+    if args.cases <= 0:
+        print("   skipped (--cases 0)")
+    elif reason:
         print(f"   skipped: {reason}")
     else:
-        rep = check_cpu(200, 1)
+        rep = check_cpu(args.cases, 1)
         print(f"   {rep.cases} random XRSTOR/XSAVE* sequences ({rep.faulting} faulting): "
               f"{rep.agreed} agree byte for byte")
     return 0
-
-
-def _has(cpu: Any, reg: str) -> bool:
-    try:
-        cpu.reg(reg)
-    except KeyError:
-        return False
-    return True

@@ -33,7 +33,15 @@ def test_cpus_describes_a_dump_file(tmp_path, capsys) -> None:  # type: ignore[n
 def test_demo_runs(kvmfpu_cmd) -> None:  # type: ignore[no-untyped-def]
     r = kvmfpu_cmd("demo")
     assert r.returncode == 0, r.stderr
-    assert "<- corrupted" in r.stdout and "#GP(0): XCOMP_BV sets 0x100 (pt)" in r.stdout
+    out = r.stdout
+    assert "kvmfpu: error: 2 layouts fit 0xe7" in out                 # refuses to guess
+    assert "k1           00000000_0000f0f0" in out                     # decoded at Zen offsets
+    assert "skylake-sp / Linux 6.6               accepted, but 4 registers arrive wrong" in out
+    assert out.count("registers differ") == 2 and "0 registers differ" in out
+    assert "haswell / Linux 6.6                  rejected -EINVAL" in out
+    assert "guest zen2        rejected -EINVAL: validate_user_xstate_header" in out
+    assert "st6=3.1415926535897931, st7=1" in out and "probably written under TCG" in out
+    assert "#GP(0): XCOMP_BV sets 0x100 (pt)" in out
     replays = [line.split() for line in r.stdout.splitlines() if line.startswith("   ") and
                ("BUG" in line or "no bug" in line)]
     assert len(replays) == 10 and sum(row[2] == "BUG" for row in replays) == 5

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Regenerate the sample captures that ship in kvmfpu/blob/samples/ (used by ``kvmfpu demo``
+and the tests). Both are real: nothing in them is written by kvmfpu's model.
+
+    tools/make_samples.py kvm    # needs /dev/kvm
+    tools/make_samples.py qemu   # needs qemu-system-x86_64 and GNU as/ld
+
+kvm:  a KVM_GET_XSAVE buffer from this machine's /dev/kvm. The vCPU gets the host's
+      supported CPUID, then a guest register state (x87, SSE, AVX, AVX-512, opmask) through
+      KVM_SET_XSAVE, and the kernel's KVM_GET_XSAVE is saved as it comes (the kernel writes
+      the header, the user xfeatures at byte 464 and every offset). The file is named after
+      the host model the probe matches and the running kernel.
+qemu: a QEMU migration stream (``migrate exec:cat``) of a TCG guest that ran
+      tools/samples/tcg_guest.S to its HLT, xz-compressed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import pathlib
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "kvmfpu" / "blob" / "samples"
+
+
+def guest_state(host: Any, kernel: str, flavor: str) -> bytes:
+    """KVM_GET_XSAVE of a model vCPU whose guest wrote a few registers of each kind."""
+    from kvmfpu import Kvm
+    kvm = Kvm(host, kernel, flavor)
+    v = kvm.create_vm().create_vcpu()
+    v.set_cpuid2(kvm.get_supported_cpuid())
+    v.set_sregs(cr4_osxsave=True)
+    v.set_xcrs([(0, v.gsx)])
+    with v.guest() as g:
+        g.set_reg("fcw", 0x027F)
+        # As after FLD1; FLD of 2.0: TOP=6, R7=1.0 (ST1), R6=2.0 (ST0), both tagged valid.
+        g.set_reg("fsw", 6 << 11)
+        g.set_reg("ftw", 0xC0)
+        g.set_reg("st0", (0x4000 << 64) | (1 << 63))
+        g.set_reg("st1", (0x3FFF << 64) | (1 << 63))
+        g.set_reg("mxcsr", 0x1FA0)
+        g.set_reg("xmm0", 0x3FF0000000000000)                       # 1.0
+        g.set_reg("ymm3", (0xC0DE << 128) | 0xBEEF)
+        if v.gsx & 0xE0 == 0xE0:
+            g.set_reg("k1", 0xF0F0)
+            g.set_reg("zmm17", 0x1234_5678 << 300)
+            g.set_reg("zmm5", 0xABCD << 400)
+    return v.get_xsave()
+
+
+def packaged_name(host: Any) -> str:
+    """The packaged model with this machine's signature and XSAVE leaves, if there is one."""
+    from kvmfpu import cpus
+    for name in cpus.names():
+        m = cpus.load(name)
+        if m.signature == host.signature and all(
+                m.cpuid(0xD, i) == host.cpuid(0xD, i) for i in range(64)):
+            return name
+    return str(host.name)
+
+
+def make_kvm() -> pathlib.Path:
+    from kvmfpu import open_kvm
+    from kvmfpu.probe import fingerprint
+    fp = fingerprint()
+    state = guest_state(fp.host, fp.best.kernel, fp.best.flavor)
+    kvm = open_kvm()
+    vcpu = kvm.create_vm().create_vcpu()
+    vcpu.set_cpuid2(kvm.get_supported_cpuid())
+    vcpu.set_xsave(state)
+    data = vcpu.get_xsave()
+    release = platform.release().split("-")[0].split("+")[0]
+    out = SAMPLES / f"{packaged_name(fp.host)}-linux-{release}.kvm_xsave"
+    out.write_bytes(data)
+    return out
+
+
+def _qmp(sock: pathlib.Path) -> Any:
+    s = socket.socket(socket.AF_UNIX)
+    for _ in range(200):
+        try:
+            s.connect(str(sock))
+            break
+        except OSError:
+            time.sleep(0.05)
+    f = s.makefile("rw")
+    json.loads(f.readline())
+
+    def cmd(name: str, **arguments: Any) -> Any:
+        f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
+        f.flush()
+        while True:
+            reply = json.loads(f.readline())
+            if "return" in reply or "error" in reply:
+                return reply.get("return", reply)
+    cmd("qmp_capabilities")
+    return cmd
+
+
+def make_qemu() -> pathlib.Path:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None or not shutil.which("as"):
+        sys.exit("make_samples.py qemu: needs qemu-system-x86_64 and GNU as/ld")
+    version = subprocess.run([qemu, "--version"], capture_output=True, text=True,
+                             check=True).stdout.split()[3]
+    with tempfile.TemporaryDirectory() as tmp:
+        t = pathlib.Path(tmp)
+        subprocess.run(["as", "--32", "-o", t / "g.o", ROOT / "tools/samples/tcg_guest.S"],
+                       check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start",
+                        "-o", t / "g.elf", t / "g.o"], check=True)
+        sock = t / "qmp.sock"
+        proc = subprocess.Popen([qemu, "-accel", "tcg", "-cpu", "max", "-m", "16",
+                                 "-nodefaults", "-display", "none", "-machine", "pc",
+                                 "-kernel", str(t / "g.elf"),
+                                 "-qmp", f"unix:{sock},server=on,wait=off"])
+        try:
+            cmd = _qmp(sock)
+            for _ in range(200):          # until the guest sits in its HLT loop
+                regs = cmd("human-monitor-command", **{"command-line": "info registers"})
+                if "HLT=1" in regs and "EIP=001" in regs:
+                    break
+                time.sleep(0.05)
+            else:
+                sys.exit("the guest did not reach its HLT")
+            cmd("stop")
+            cmd("migrate", uri=f"exec:cat > {t / 'stream'}")
+            for _ in range(400):
+                if cmd("query-migrate").get("status") in ("completed", "failed"):
+                    break
+                time.sleep(0.05)
+            cmd("quit")
+        finally:
+            proc.wait(timeout=30)
+        raw = (t / "stream").read_bytes()
+    out = SAMPLES / f"qemu-{'.'.join(version.split('.')[:2])}-tcg.mig.xz"
+    out.write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("which", choices=("kvm", "qemu"))
+    args = ap.parse_args()
+    os.makedirs(SAMPLES, exist_ok=True)
+    out = make_kvm() if args.which == "kvm" else make_qemu()
+    print(f"wrote {out.relative_to(ROOT)} ({out.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
