@@ -10,13 +10,11 @@ compressed input that would expand past it.
 
 from __future__ import annotations
 
-import bz2
 import gzip
 import io
-import lzma
 import os
-import zlib
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -79,24 +77,37 @@ def decompress(data: bytes, max_size: int = MAX_SIZE) -> tuple[bytes, str | None
     """``data`` expanded when it is gzip, xz or bzip2 (with the compression's name), else
     as is. Expansion stops past ``max_size``: a small file cannot fill memory."""
     kind = next((name for magic, name in _COMPRESSED if data.startswith(magic)), None)
-    if kind is None:
+    if kind is None or (kind == "bzip2" and not data[3:4].isdigit()):   # "BZh1".."BZh9"
         return data, None
-    if kind == "gzip":
-        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=io.BytesIO(data))
-    elif kind == "xz":
-        stream = lzma.LZMAFile(io.BytesIO(data))
-    else:
-        if len(data) < 4 or not data[3:4].isdigit():   # "BZh1".."BZh9"; else not bzip2
-            return data, None
-        stream = bz2.BZ2File(io.BytesIO(data))
     try:
-        out = stream.read(max_size + 1)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        opener, errors = _opener(kind)
+    except ImportError:
+        raise InputError(f"{kind}-compressed input, and this Python lacks the {kind} "
+                         "module") from None
+    try:
+        with opener(io.BytesIO(data)) as stream:
+            out = stream.read(max_size + 1)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise InputError(f"{kind}-compressed input does not expand: {exc}") from None
+    except errors as exc:
         raise InputError(f"{kind}-compressed input does not expand: {exc}") from None
     if len(out) > max_size:
         raise InputError(f"{kind}-compressed input expands past the {max_size}-byte limit "
                          "(--max-size)")
     return out, kind
+
+
+def _opener(kind: str) -> tuple[Callable[[io.BytesIO], io.BufferedIOBase],
+                                 tuple[type[Exception], ...]]:
+    """The stdlib reader and its own error types; lzma and bz2 are optional in Python
+    builds, so they are imported here."""
+    if kind == "gzip":
+        return (lambda f: gzip.GzipFile(fileobj=f)), ()
+    if kind == "xz":
+        import lzma
+        return (lambda f: lzma.LZMAFile(f)), (lzma.LZMAError,)
+    import bz2
+    return (lambda f: bz2.BZ2File(f)), ()
 
 
 def detect(data: bytes) -> str:

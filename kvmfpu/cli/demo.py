@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _layouts(a: Any, b: Any) -> None:
-    print(f"1. Where XSAVE puts each component (standard format, CPUID leaf 0xD of each host)")
+    print("1. Where XSAVE puts each component (standard format, CPUID leaf 0xD of each host)")
     print(f"   {'component':12} {a.name:>18} {b.name:>18}")
     for bit in sorted(set(a.layout.components) | set(b.layout.components)):
         ca, cb = a.layout.components.get(bit), b.layout.components.get(bit)
