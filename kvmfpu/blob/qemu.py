@@ -177,13 +177,17 @@ class CpuState:
         return int(v) if isinstance(v, int) else default
 
 
-def parse(data: bytes) -> list[CpuState]:
-    """The ``cpu`` sections of a stream, by instance."""
+def _header(data: bytes) -> None:
     if len(data) < 8 or data[:4] != b"QEVM":
         raise InputError("not a QEMU migration stream (no QEVM magic)")
     version = int.from_bytes(data[4:8], "big")
     if version != 3:
         raise InputError(f"QEMU stream version {version} (kvmfpu reads version 3)")
+
+
+def parse(data: bytes) -> list[CpuState]:
+    """The ``cpu`` sections of a stream, by instance."""
+    _header(data)
     desc = _vmdesc(data)
     page_size = int(desc.get("page_size", 4096))
     devices = {(d["name"], d.get("instance_id", 0)): d for d in desc.get("devices", [])}
@@ -332,6 +336,7 @@ def captures(data: bytes) -> list[Capture]:
     models = [hosts.load(n) for n in hosts.names()]
     models = sorted((m for m in models if m.has("xsave")),
                     key=lambda m: (bin(m.layout.user_mask).count("1"), m.name))
+    _header(data)
     desc = _vmdesc(data)
     under_kvm = any(d.get("name") == "kvmclock" for d in desc.get("devices", []))
     out = []

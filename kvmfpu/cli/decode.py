@@ -9,6 +9,14 @@ from typing import Any
 from kvmfpu.cli.common import UsageError
 
 
+def integer(text: str) -> int:
+    """An integer in any base Python reads (0x..., 0b..., decimal)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def add_parser(sub: Any) -> None:
     from kvmfpu.blob.sources import FORMATS, MAX_SIZE
     d = sub.add_parser("decode", help="decode xsave state (KVM buffers, hex dumps, core files, "
@@ -20,36 +28,26 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--json", action="store_true", help="kvmfpu-decode/1 JSON")
     d.add_argument("--all", action="store_true", help="show registers that are zero too")
     d.add_argument("--max-size", type=int, default=MAX_SIZE, help="largest input read (bytes)")
-    d.add_argument("--xfd", type=lambda t: int(t, 0), default=None,
+    d.add_argument("--xfd", type=integer, default=None,
                    help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
                         "(QEMU streams carry it)")
     d.set_defaults(func=cmd_decode)
 
 
-def load(args: argparse.Namespace) -> list[tuple[Any, Any, Any]]:
-    """(capture, layout choice, decoded) for each xsave image in args.file."""
+def load(args: argparse.Namespace) -> list[Any]:
+    """kvmfpu.blob.load.Loaded for each xsave image in args.file ('-': standard input)."""
     import sys
 
-    from kvmfpu.blob import decode as dec
-    from kvmfpu.blob import infer, sources
     from kvmfpu.blob.errors import InputError
+    from kvmfpu.blob.load import load as load_blob
 
     try:
+        source: str | bytes = args.file
         if args.file == "-":
-            data = sys.stdin.buffer.read(args.max_size + 1)
-            if len(data) > args.max_size:
+            source = sys.stdin.buffer.read(args.max_size + 1)
+            if len(source) > args.max_size:
                 raise InputError(f"standard input exceeds the {args.max_size}-byte limit")
-            captures = sources.read(data, args.format, args.max_size)
-        else:
-            captures = sources.read(args.file, args.format, args.max_size)
-        out = []
-        for cap in captures:
-            choice = infer.choose(cap, args.host)
-            xfd = args.xfd if args.xfd is not None else cap.extra.get("xfd", 0)
-            decoded = dec.decode(cap.data, choice.layout, host=choice.host,
-                                 xcr0=cap.xcr0_hint, mxcsr_mask=choice.mxcsr_mask, xfd=xfd)
-            out.append((cap, choice, decoded))
-        return out
+        return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd)
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -60,13 +58,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
     items = load(args)
     if args.json:
         print(json.dumps({"schema": render.SCHEMA, "captures": [
-            render.to_json(d, origin=cap.origin, fmt=cap.fmt, host=ch.host, how=ch.how,
-                           notes=cap.notes)
-            for cap, ch, d in items]}, indent=2))
+            render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
+                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes)
+            for it in items]}, indent=2))
         return 0
-    for n, (cap, ch, d) in enumerate(items):
+    for n, it in enumerate(items):
         if n:
             print()
-        print("\n".join(render.text(d, origin=cap.origin, host=ch.host, how=ch.how,
-                                    all_registers=args.all, notes=cap.notes)))
+        print("\n".join(render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
+                                    how=it.choice.how, all_registers=args.all,
+                                    notes=it.capture.notes)))
     return 0

@@ -1,4 +1,16 @@
-"""``kvmfpu validate``, ``kvmfpu diff`` and ``kvmfpu convert`` on captured xsave state."""
+"""``kvmfpu validate``, ``kvmfpu diff`` and ``kvmfpu convert`` on captured xsave state.
+
+JSON (``--json``):
+
+- ``kvmfpu-validate/1``: ``host``, ``kernel``, ``flavor``, ``guest_cpu``, ``kvm_reads`` (the
+  bytes KVM_SET_XSAVE reads), ``accepted`` (all of them), ``results``: one per image with
+  ``origin``, ``accepted``, ``errno`` (e.g. ``"EINVAL"``), ``function`` (the kernel function
+  that refuses), ``reason``, ``commit`` (the change that introduced the check, and its
+  release), ``note``.
+- ``kvmfpu-diff/1``: ``same`` (bool), ``pairs``: one per image pair with ``a``, ``b`` (file
+  and image) and ``differences``: ``{"register", "a", "b"}`` with hex values (``"not in this
+  layout"`` where one side's host has no such register).
+"""
 
 from __future__ import annotations
 
@@ -74,7 +86,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         results.append((cap, validator.check(cap.data)))
     ok = all(v.accepted for _, v in results)
     if args.json:
-        print(json.dumps({"schema": "kvmfpu-validate/1", "host": host.name,
+        print(json.dumps({"schema": "kvmfpu-validate/1", "host": host.name, "accepted": ok,
                           "kernel": validator.kvm.kernel.name, "flavor": validator.kvm.flavor,
                           "guest_cpu": args.guest_cpu or "host",
                           "kvm_reads": validator.size,
@@ -94,17 +106,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> list[Any]:
-    from kvmfpu.blob import decode as dec
-    from kvmfpu.blob import infer
     from kvmfpu.blob.errors import InputError
-    out = []
+    from kvmfpu.blob.load import load
     try:
-        for cap in _captures(path, fmt, max_size):
-            ch = infer.choose(cap, host)
-            out.append((cap, dec.decode(cap.data, ch.layout, host=ch.host, xcr0=cap.xcr0_hint)))
+        return [(it.capture, it.decoded) for it in load(path, host, fmt, max_size=max_size)]
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    return out
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -114,11 +121,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     b = _decoded(args.b, args.host_b or args.host, args.format, args.max_size)
     if len(a) != len(b):
         raise UsageError(f"{args.a} holds {len(a)} xsave images, {args.b} holds {len(b)}")
+    def label(path: str, n: int, cap: Any) -> str:
+        return path if n == 1 else f"{path} ({cap.origin})"
     report = []
     for (ca, da), (cb, db) in zip(a, b, strict=True):
-        report.append((ca.origin, cb.origin, register_diff(da, db)))
+        report.append((label(args.a, len(a), ca), label(args.b, len(b), cb),
+                       register_diff(da, db)))
+    same = not any(d for _, _, d in report)
     if args.json:
-        print(json.dumps({"schema": "kvmfpu-diff/1", "pairs": [
+        print(json.dumps({"schema": "kvmfpu-diff/1", "same": same, "pairs": [
             {"a": oa, "b": ob, "differences": [
                 {"register": n, "a": va, "b": vb} for n, va, vb in diffs]}
             for oa, ob, diffs in report]}, indent=2))
@@ -126,15 +137,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for oa, ob, diffs in report:
             if not diffs:
                 print(f"{oa} and {ob}: same register state")
+            elif len(report) > 1:
+                print(f"{oa} vs {ob}:")
             for n, va, vb in diffs:
                 print(f"{n}: {va} != {vb}")
-    return 1 if any(d for _, _, d in report) else 0
+    return 0 if same else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
     from kvmfpu.blob.convert import ConversionError, convert
     from kvmfpu.blob.errors import InputError
-
+    if os.path.exists(args.output) and os.path.exists(args.file) \
+            and os.path.samefile(args.file, args.output):
+        raise UsageError(f"{args.output} is the input: write the converted buffer elsewhere")
     caps = _captures(args.file, args.format, args.max_size)
     if len(caps) != 1:
         raise UsageError(f"{args.file} holds {len(caps)} xsave images; convert takes one")

@@ -10,7 +10,10 @@ PLUGIN = "kvmfpu.testing.pytest_plugin"
 
 
 def _installed() -> bool:
-    return any(ep.name == "kvmfpu" for ep in importlib.metadata.entry_points(group="pytest11"))
+    # Every distribution on the path, as pluggy loads them: a stale in-tree egg-info must
+    # not hide the installed one (importlib.metadata.entry_points keeps the first by name).
+    return any(ep.group == "pytest11" and ep.name == "kvmfpu"
+               for dist in importlib.metadata.distributions() for ep in dist.entry_points)
 
 
 #: Installed, the entry point loads the plugin; from the source tree, -p does.

@@ -1,0 +1,154 @@
+"""QEMU migration streams: real ones made by QEMU 7.2 here (KVM and TCG), the shipped
+sample, and broken ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmfpu.blob import decode as dec
+from kvmfpu.blob import infer, sources
+from kvmfpu.blob.errors import InputError
+
+# -- QEMU streams, made by QEMU --------------------------------------------------------------
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+def qemu_stream(tmp_path: Path, accel: str, cpu: str, gdb_regs: bool) -> Path:
+    """Start QEMU stopped (-S), optionally set registers through its gdb stub, migrate to a
+    file through QMP, quit."""
+    import json
+    import socket
+    import time
+
+    sock, out = tmp_path / "qmp.sock", tmp_path / f"{accel}.mig"
+    args = [QEMU or "qemu-system-x86_64", "-accel", accel, "-cpu", cpu, "-m", "16", "-S",
+            "-nodefaults", "-display", "none", "-machine", "pc",
+            "-qmp", f"unix:{sock},server=on,wait=off"]
+    port = 20000 + os.getpid() % 20000
+    if gdb_regs:
+        args += ["-gdb", f"tcp:127.0.0.1:{port}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(sock))
+        except OSError:
+            proc.kill()
+            pytest.skip(f"QEMU ({accel}, {cpu}) did not start: {proc.communicate()[1][-300:]!r}")
+        f = s.makefile("rw")
+
+        def cmd(name: str, **arguments: Any) -> Any:
+            f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    return reply
+        json.loads(f.readline())
+        cmd("qmp_capabilities")
+        if gdb_regs:
+            subprocess.run(["gdb", "-q", "-batch", "-ex", "set architecture i386:x86-64",
+                            "-ex", f"target remote 127.0.0.1:{port}",
+                            "-ex", "set $xmm0.v4_int32 = {0x11111111, 0x22222222, 0x33333333, 0x44444444}",
+                            "-ex", "set $xmm15.v2_int64 = {0x0123456789abcdef, 0x7}",
+                            "-ex", "set $mxcsr = 0x1fa0", "-ex", "set $fctrl = 0x27f",
+                            "-ex", "detach"], capture_output=True, timeout=120, check=False)
+        cmd("migrate", uri=f"exec:cat > {out}")
+        for _ in range(400):
+            if cmd("query-migrate")["return"].get("status") in ("completed", "failed"):
+                break
+            time.sleep(0.05)
+        cmd("quit")
+    finally:
+        proc.wait(timeout=30)
+    return out
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_real_tcg_stream_with_registers(tmp_path: Path) -> None:
+    if not shutil.which("gdb"):
+        pytest.skip("no gdb to set registers through QEMU's gdb stub")
+    stream = qemu_stream(tmp_path, "tcg", "qemu64", gdb_regs=True)
+    (cap,) = sources.read(stream)
+    assert cap.fmt == "qemu" and cap.origin == "QEMU cpu 0"
+    d = dec.decode(cap.data, infer.choose(cap).layout)
+    assert d.field("xmm0").value == 0x44444444_33333333_22222222_11111111
+    assert d.field("xmm15").value == 0x7 << 64 | 0x0123456789ABCDEF
+    assert d.field("mxcsr").value == 0x1FA0 and d.field("fcw").value == 0x27F
+    # Re-laid for another destination: same registers, the destination's offsets.
+    cap2 = sources.read(stream)[0]
+    ch = infer.choose(cap2, "zen4")
+    assert "QEMU" in ch.how and dec.decode(cap2.data, ch.layout).field("xmm0").value == \
+        d.field("xmm0").value
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_real_kvm_stream(tmp_path: Path) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm")
+    stream = qemu_stream(tmp_path, "kvm", "host,-arch-capabilities", gdb_regs=False)
+    caps = sources.read(stream)
+    assert caps and caps[0].extra["xcr0"] & 1
+    d = dec.decode(caps[0].data, infer.choose(caps[0]).layout)
+    assert d.field("fcw").value == 0x37F and d.field("mxcsr").value == 0x1F80
+
+
+def sample_stream() -> bytes:
+    import lzma
+
+    from kvmfpu.blob import sample_data
+    return lzma.decompress(sample_data.path(sample_data.QEMU_TCG).read_bytes())
+
+
+def test_shipped_tcg_sample() -> None:
+    """tools/samples/tcg_guest.S: FLD1; FLDPI (TOP=6), MXCSR 9FC0h, YMM3, XMM1, PKRU
+    55555554h, run under TCG, where QEMU keeps XSTATE_BV at 0."""
+    from kvmfpu.blob.load import load
+    (item,) = load(sample_stream())
+    d, cap = item.decoded, item.capture
+    assert item.choice.host == "sierraforest"        # fewest components holding XCR0 0x207
+    assert cap.extra["xcr0"] == 0x207 and d.xstate_bv == 0
+    rows = {r: (v, raw) for r, v, _, raw in dec.st_rows(d)}
+    assert rows["st6"][0] == "3.1415926535897931" and rows["st7"][0] == "1"
+    assert dec.st_rows(d)[0][2] == "zero"           # ST0's tag is R6's; slot 0 is empty
+    assert d.field("mxcsr").value == 0x9FC0 and d.field("xmm1").value == \
+        0x3333333344444444_1111111122222222
+    assert d.field("ymm3_hi").value == 0x4010000000000000_4008000000000000
+    assert d.field("pkru").value == 0x55555554
+    assert any("probably written under TCG" in n and "TOP=6" in n for n in cap.notes)
+    assert sum("XSTATE_BV[" in a for a in d.anomalies) == 4      # x87, XMM, ymm, pkru
+
+
+def test_stream_relaid_for_each_destination() -> None:
+    from kvmfpu import cpus
+    from kvmfpu.blob.load import load
+    for host in ("skylake-sp", "zen4", "sapphirerapids"):
+        (item,) = load(sample_stream(), host)
+        pkru = cpus.load(host).layout.components[9].offset
+        assert item.capture.data[pkru:pkru + 4] == (0x55555554).to_bytes(4, "little")
+        assert len(item.capture.data) == 4096     # kvm_init_xsave: XCR0 0x207 fits in 4 KiB
+    with pytest.raises(InputError, match="no XSAVE"):
+        load(sample_stream(), "nehalem")
+
+
+@pytest.mark.parametrize("cut, message", [
+    (lambda s: s[:7], "not a QEMU migration stream"),
+    (lambda s: s[:4] + b"\0\0\0\x02" + s[8:], "version 2"),
+    (lambda s: s[:len(s) // 2], "without its JSON VM description"),
+    (lambda s: s[:20] + bytes(1000) + s[1020:], "QEMU stream"),
+    (lambda s: s[:-5] + b"\xff\xff\xff\xff\xff", "JSON|description"),
+])
+def test_broken_streams(cut: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        sources.read(cut(sample_stream()), "qemu")
