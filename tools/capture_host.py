@@ -10,7 +10,11 @@ Inside a virtual machine this is the CPUID the hypervisor presents.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# This checkout's kvmfpu, not an installed copy (tools run from the source tree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kvmfpu.cpus.dumps import Dump, to_json
 from kvmfpu.native.hostcpuid import this_host

@@ -10,8 +10,12 @@ Register values are copied unchanged; the file records where they came from.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# This checkout's kvmfpu, not an installed copy (tools run from the source tree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kvmfpu.cpus.dumps import Dump, parse_libvirt_xml, to_json
 from kvmfpu.cpus.model import HostModel

@@ -30,6 +30,9 @@ import tempfile
 import time
 from typing import Any
 
+# This checkout's kvmfpu, not an installed copy (tools run from the source tree).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "kvmfpu" / "blob" / "samples"
 

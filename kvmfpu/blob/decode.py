@@ -81,16 +81,13 @@ class Decoded:
     rest: list[tuple[int, bytes]]          # bytes no field names, by offset
     anomalies: list[str] = field(default_factory=list)
     xcr0_hint: int | None = None
+    _index: dict[str, Field] | None = field(default=None, repr=False, compare=False)
 
     def field(self, name: str) -> Field:
-        for f in (*self.legacy, *self.st, *self.xmm):
-            if f.name == name:
-                return f
-        for c in self.components:
-            for f in c.fields:
-                if f.name == name:
-                    return f
-        raise KeyError(name)
+        if self._index is None:
+            self._index = {f.name: f for f in (*self.legacy, *self.st, *self.xmm,
+                                                *(f for c in self.components for f in c.fields))}
+        return self._index[name]
 
     def component(self, bit: int) -> Component | None:
         return next((c for c in self.components if c.bit == bit), None)
@@ -129,8 +126,55 @@ def _component_fields(bit: int, size: int) -> list[tuple[str, int, int]]:
     return []
 
 
-def _le(buf: bytes, off: int, size: int) -> int:
-    return int.from_bytes(buf[off:off + size], "little")
+_FIXED: Final = (*LEGACY_FIELDS, *((f"st{i}", legacy.ST_SPACE + 16 * i, 10) for i in range(8)),
+                 *((f"xmm{i}", legacy.XMM_SPACE + 16 * i, 16) for i in range(16)),
+                 ("header_reserved", legacy.HEADER_RESERVED, 48))
+_N_LEGACY: Final = len(LEGACY_FIELDS)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where every field of one (length, component placement) sits, and the byte runs no
+    field covers: computed once, so decoding is slicing."""
+
+    components: tuple[tuple[int, int, int, tuple[tuple[str, int, int], ...]], ...]
+    gaps: tuple[tuple[int, int], ...]
+
+
+_PLANS: dict[tuple[int, tuple[tuple[int, int, int], ...]], _Plan] = {}
+
+
+def _plan(n: int, placed: tuple[tuple[int, int, int], ...]) -> _Plan:
+    key = (n, placed)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    covered = bytearray(n)
+    for _, off, size in _FIXED:
+        covered[off:off + size] = b"\1" * size
+    for off in (legacy.XSTATE_BV, legacy.XCOMP_BV):
+        covered[off:off + 8] = b"\1" * 8
+    comps = []
+    for b, off, size in placed:
+        fields = tuple((name, off + rel, fsize) for name, rel, fsize in _component_fields(b, size)
+                       if rel + fsize <= size)
+        for _, foff, fsize in fields:
+            covered[foff:foff + fsize] = b"\1" * fsize
+        comps.append((b, off, size, fields))
+    gaps = []
+    i = 0
+    while i < n:
+        j = covered.find(b"\0", i)
+        if j < 0:
+            break
+        k = covered.find(b"\1", j)
+        k = n if k < 0 else k
+        gaps.append((j, k))
+        i = k
+    if len(_PLANS) > 4096:          # placements are few; bound the cache for odd lengths
+        _PLANS.clear()
+    plan = _PLANS[key] = _Plan(tuple(comps), tuple(gaps))
+    return plan
 
 
 def decode(data: bytes, layout: XsaveLayout, *, host: str = "", xcr0: int | None = None,
@@ -138,26 +182,13 @@ def decode(data: bytes, layout: XsaveLayout, *, host: str = "", xcr0: int | None
     """Decode ``data`` (standard or, when XCOMP_BV[63] is set, compacted format) laid out
     as ``layout``. ``xcr0`` (the features the source enabled) and ``mxcsr_mask`` (the
     host's) sharpen the anomaly checks."""
+    data = bytes(data)
     n = len(data)
     if n < legacy.EXTENDED:
         raise InputError(f"{n} bytes is too short for an XSAVE area (the legacy region and "
                          f"header take {legacy.EXTENDED})")
     bv, cb = struct.unpack_from("<QQ", data, legacy.XSTATE_BV)
     compacted = bool(cb & XCOMP_COMPACTED)
-    covered = bytearray(n)
-
-    def take(name: str, off: int, size: int) -> Field:
-        covered[off:off + size] = b"\1" * size
-        return Field(name, off, size, _le(data, off, size))
-
-    legacy_fields = [take(name, off, size) for name, off, size in LEGACY_FIELDS]
-    st = []
-    for i in range(8):
-        st.append(take(f"st{i}", legacy.ST_SPACE + 16 * i, 10))
-    xmm = [take(f"xmm{i}", legacy.XMM_SPACE + 16 * i, 16) for i in range(16)]
-    take("xstate_bv", legacy.XSTATE_BV, 8)
-    take("xcomp_bv", legacy.XCOMP_BV, 8)
-    legacy_fields.append(take("header_reserved", legacy.HEADER_RESERVED, 48))
     anomalies: list[str] = []
     if compacted:
         try:
@@ -167,20 +198,25 @@ def decode(data: bytes, layout: XsaveLayout, *, host: str = "", xcr0: int | None
         placed = {b: offsets[b] for b in bits(cb & ~XCOMP_COMPACTED & ~3)}
     else:
         placed = {b: c.offset for b, c in layout.components.items() if not c.supervisor}
-    components = []
+    fit = []
     for b, off in sorted(placed.items(), key=lambda kv: kv[1]):
-        c = layout.components[b]
-        if off + c.size > n:
-            if bv >> b & 1:
-                anomalies.append(f"XSTATE_BV sets {name_of(b)} but the buffer ends at {n}, "
-                                 f"before the component ({off:#x}+{c.size:#x})")
-            continue
-        comp = Component(b, off, c.size, bool(bv >> b & 1))
-        for name, rel, size in _component_fields(b, c.size):
-            if rel + size <= c.size:
-                comp.fields.append(take(name, off + rel, size))
-        components.append(comp)
-    rest = _runs(data, covered)
+        size = layout.components[b].size
+        if off + size <= n:
+            fit.append((b, off, size))
+        elif bv >> b & 1:
+            anomalies.append(f"XSTATE_BV sets {name_of(b)} but the buffer ends at {n}, "
+                             f"before the component ({off:#x}+{size:#x})")
+    plan = _plan(n, tuple(fit))
+    frm = int.from_bytes
+    fixed = [Field(name, off, size, frm(data[off:off + size], "little"))
+             for name, off, size in _FIXED]
+    legacy_fields = [*fixed[:_N_LEGACY], fixed[-1]]
+    st, xmm = fixed[_N_LEGACY:_N_LEGACY + 8], fixed[_N_LEGACY + 8:-1]
+    components = [Component(b, off, size, bool(bv >> b & 1),
+                            [Field(name, foff, fsize, frm(data[foff:foff + fsize], "little"))
+                             for name, foff, fsize in fields])
+                  for b, off, size, fields in plan.components]
+    rest = [(i, data[i:j]) for i, j in plan.gaps]
     d = Decoded(n, host, compacted, bv, cb, legacy_fields, st, xmm, components, rest,
                 anomalies, xcr0)
     _check(d, layout, data, xcr0, mxcsr_mask)
@@ -189,24 +225,6 @@ def decode(data: bytes, layout: XsaveLayout, *, host: str = "", xcr0: int | None
                          f"{xfd:#x} arms: XRSTOR under that XFD raises #NM (the seed 003 host "
                          "crash before b45f72177594; KVM_SET_XSAVE clears the bit after it)")
     return d
-
-
-def _runs(data: bytes, covered: bytearray) -> list[tuple[int, bytes]]:
-    """Maximal runs of bytes no field covers (kept for encode, shown when non-zero)."""
-    out = []
-    i, n = 0, len(data)
-    while i < n:
-        if covered[i]:
-            j = covered.find(b"\0", i)
-            if j < 0:
-                break
-            i = j
-            continue
-        j = covered.find(b"\1", i)
-        j = n if j < 0 else j
-        out.append((i, data[i:j]))
-        i = j
-    return out
 
 
 def encode(d: Decoded) -> bytes:

@@ -16,11 +16,12 @@ _GDB = re.compile(r"^(0x[0-9a-fA-F]+)(?: <[^>]*>)?:\s*((?:0x[0-9a-fA-F]{1,2}\s*)
 _PLAIN = re.compile(r"^(?:0x)?[0-9a-fA-F\s]+$")
 
 
+_TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")
+
+
 def looks_like_text(data: bytes) -> bool:
-    if not data:
-        return False
-    sample = data[:4096]
-    return all(32 <= b < 127 or b in (9, 10, 13) for b in sample)
+    """Printable ASCII throughout (so it decodes as ASCII)."""
+    return bool(data) and _TEXT.fullmatch(data) is not None
 
 
 def dialect(text: str) -> str:
@@ -40,7 +41,8 @@ def dialect(text: str) -> str:
                      f"line 1 is {first[:60]!r}")
 
 
-def parse(text: str, kind: str | None = None) -> bytes:
+def parse(text: str, kind: str | None = None, max_size: int = 256 << 20) -> bytes:
+    """The dumped bytes; od's ``*`` may not expand them past ``max_size``."""
     kind = kind or dialect(text)
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
     if kind == "hex":
@@ -57,7 +59,7 @@ def parse(text: str, kind: str | None = None) -> bytes:
         return _offset_lines(lines, _GDB, kind,
                              lambda g: bytes(int(t, 16) for t in g.split()))
     if kind == "od":
-        return _od(lines)
+        return _od(lines, max_size)
     raise InputError(f"unknown hex dialect {kind!r}")
 
 
@@ -74,11 +76,15 @@ def _offset_lines(lines: list[str], rx: re.Pattern[str], kind: str, decode: obje
         if off - start != len(out):
             raise InputError(f"{kind} dump, line {n}: offset {off:#x} does not follow the "
                              f"previous line (expected {start + len(out):#x})")
-        out += decode(m.group(2))  # type: ignore[operator]
+        try:
+            out += decode(m.group(2))  # type: ignore[operator]
+        except ValueError:
+            raise InputError(f"{kind} dump, line {n}: {m.group(2).strip()[:40]!r} is not "
+                             "whole bytes of hex") from None
     return bytes(out)
 
 
-def _od(lines: list[str]) -> bytes:
+def _od(lines: list[str], max_size: int) -> bytes:
     out = bytearray()
     previous = b""
     repeat = False
@@ -90,6 +96,9 @@ def _od(lines: list[str]) -> bytes:
         if not m:
             raise InputError(f"od dump, line {n}: cannot read {line[:60]!r}")
         off = int(m.group(1), 16)
+        if off > max_size:
+            raise InputError(f"od dump, line {n}: offset {off:#x} is past the {max_size}-byte "
+                             "limit (--max-size)")
         if repeat:
             if not previous or (off - len(out)) % len(previous):
                 raise InputError(f"od dump, line {n}: '*' does not fill up to {off:#x}")

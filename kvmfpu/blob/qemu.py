@@ -332,6 +332,18 @@ def captures(data: bytes) -> list[Capture]:
     """One capture per vCPU. QEMU lays the buffer out at the destination's CPUID offsets,
     so without ``--host`` it is shown for the packaged host with the fewest components
     that holds everything the vCPU has (XCR0, XSTATE_BV and registers with data)."""
+    try:
+        return _captures(data)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError,
+            struct.error) as exc:
+        if isinstance(exc, InputError):
+            raise
+        # The JSON description is part of the input: any shape can arrive.
+        raise InputError(f"QEMU stream: the VM description does not match the sections "
+                         f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _captures(data: bytes) -> list[Capture]:
     from kvmfpu import cpus as hosts
     models = [hosts.load(n) for n in hosts.names()]
     models = sorted((m for m in models if m.has("xsave")),

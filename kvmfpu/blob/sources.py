@@ -128,6 +128,8 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
          max_size: int = MAX_SIZE) -> list[Capture]:
     """Every xsave image in ``source`` (a path or the bytes themselves)."""
     data = source if isinstance(source, bytes) else read_bytes(source, max_size)
+    if len(data) > max_size:
+        raise InputError(f"{len(data)} bytes is more than the {max_size}-byte limit (--max-size)")
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     data, compression = decompress(data, max_size)
@@ -144,7 +146,7 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
             text = data.decode("ascii")
         except UnicodeDecodeError:
             raise InputError(f"--format {kind}: the input is not text") from None
-        blob = hexdump.parse(text, kind)
+        blob = hexdump.parse(text, kind, max_size)
         inner = detect(blob) if blob else "raw"
         if inner in ("core", "qemu", "sigframe"):
             return read(blob, inner, max_size)
@@ -189,6 +191,7 @@ def _sigframe(data: bytes) -> Capture:
 def _core(data: bytes) -> list[Capture]:
     try:
         from elftools.common.exceptions import ELFError
+        from elftools.construct.core import ConstructError
         from elftools.elf.elffile import ELFFile
         from elftools.elf.segments import NoteSegment
     except ImportError:      # pragma: no cover - pyelftools is a dependency
@@ -214,10 +217,10 @@ def _core(data: bytes) -> list[Capture]:
                 elif ntype == NT_X86_XSTATE and isinstance(desc, bytes):
                     who = f"core thread {pid}" if pid is not None else f"core note {len(out) + 1}"
                     out.append(Capture(bytes(desc), who, "core", _xcr0_at_464(desc)))
-    except ELFError as exc:
-        raise InputError(f"unreadable ELF core: {exc}") from None
-    except (struct.error, ValueError, KeyError, IndexError) as exc:
-        raise InputError(f"unreadable ELF core: {exc}") from None
+    # pyelftools parses lazily and reports malformed files with whatever its parsers raise.
+    except (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
+            TypeError, AssertionError, OverflowError) as exc:
+        raise InputError(f"unreadable ELF core: {type(exc).__name__}: {exc}") from None
     if not out:
         raise InputError("the core file has no NT_X86_XSTATE note")
     for c in out:
