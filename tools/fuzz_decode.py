@@ -6,15 +6,16 @@
     tools/fuzz_decode.py corpus/ -runs=200000       # libFuzzer options pass through
 
 The target is what ``kvmfpu decode`` runs: kvmfpu.blob.load (read the container, choose the
-layout, decode) with a host and a --format picked by the first input bytes. The only
-exception allowed is InputError (one line, exit 2 in the CLI); a decoded image must encode
-back to its bytes. Crashes are written by libFuzzer as crash-* files; replay one with
-``tools/fuzz_decode.py crash-FILE``.
+layout, decode) and both renderings (the table and the JSON document), with a host and a
+--format picked by the first input bytes. The only exception allowed is InputError (one
+line, exit 2 in the CLI); a decoded image must encode back to its bytes. Crashes are
+written by libFuzzer as crash-* files; replay one with ``tools/fuzz_decode.py crash-FILE``.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import os
 import pathlib
@@ -27,7 +28,7 @@ import atheris
 
 with atheris.instrument_imports(include=["kvmfpu"]):
     from kvmfpu import cpus
-    from kvmfpu.blob import qemu, sample_data  # noqa: F401  (imported late by sources)
+    from kvmfpu.blob import qemu, render, sample_data  # noqa: F401  (qemu: imported late)
     from kvmfpu.blob.decode import encode
     from kvmfpu.blob.errors import InputError
     from kvmfpu.blob.load import load
@@ -54,6 +55,10 @@ def test_one_input(data: bytes) -> None:
     for it in items:
         if encode(it.decoded) != it.capture.data:
             raise AssertionError(f"{it.capture.origin}: encode(decode(x)) != x")
+        render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
+                    how=it.choice.how, all_registers=True, notes=it.capture.notes)
+        json.dumps(render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
+                                  host=it.choice.host, how=it.choice.how))
 
 
 def make_corpus(out: pathlib.Path) -> None:

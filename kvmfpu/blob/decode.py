@@ -9,7 +9,7 @@ x87 values as 80-bit floats, PKRU per key, the tile configuration) is computed o
 
 from __future__ import annotations
 
-import math
+import decimal
 import struct
 from dataclasses import dataclass, field
 from typing import Final
@@ -306,25 +306,39 @@ def mxcsr_text(v: int) -> str:
     return f"{' '.join(flags(v, MXCSR_FLAGS)) or '-'} RC={ROUNDING[v >> 13 & 3]}"
 
 
+# 2**e is exact in decimal with enough digits (5**16509 has 11,540); round once, to the 21
+# significant digits that tell 64-bit significands apart.
+_EXACT = decimal.Context(prec=12_000, Emax=999_999, Emin=-999_999)
+_DEC = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
+
+
+def _exact(significand: int, exp2: int) -> str:
+    """significand * 2**exp2, correctly rounded to 21 digits, whatever its range (80-bit
+    values reach 1e4932 and 4e-4951, beyond a double)."""
+    value = _EXACT.multiply(decimal.Decimal(significand),
+                            _EXACT.power(decimal.Decimal(2), exp2))
+    return f"{_DEC.plus(value).normalize(_DEC):g}"
+
+
 def float80(raw: int) -> tuple[str, str]:
-    """(value, class) of an 80-bit extended-precision number."""
+    """(value, class) of an 80-bit extended-precision number (SDM 4.2.2, 8.2)."""
     significand = raw & ((1 << 64) - 1)
     exponent = raw >> 64 & 0x7FFF
     sign = "-" if raw >> 79 & 1 else ""
     integer = significand >> 63
     if exponent == 0x7FFF:
         if significand << 1 & ((1 << 64) - 1) == 0:
-            return f"{sign}inf", "special"
+            return (f"{sign}inf", "special") if integer else ("pseudo-infinity", "special")
         quiet = significand >> 62 & 1
-        return f"{'q' if quiet else 's'}NaN", "special"
+        return f"{'q' if quiet else 's'}NaN" if integer else "pseudo-NaN", "special"
     if exponent == 0:
         if significand == 0:
             return f"{sign}0", "zero"
-        return f"{sign}{math.ldexp(significand, -16382 - 63):.17g} (denormal)", "special"
+        kind = "pseudo-denormal" if integer else "denormal"
+        return f"{sign}{_exact(significand, -16382 - 63)} ({kind})", "special"
     if not integer:
         return "unnormal", "special"
-    value = math.ldexp(significand, exponent - 16383 - 63)
-    return f"{sign}{value:.17g}", "valid"
+    return f"{sign}{_exact(significand, exponent - 16383 - 63)}", "valid"
 
 
 def st_rows(d: Decoded) -> list[tuple[str, str, str, int]]:

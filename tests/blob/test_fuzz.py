@@ -10,6 +10,7 @@ the hypothesis test adds shrinking; tools/fuzz_decode.py runs the same target un
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import random
 import struct
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmfpu import cpus
-from kvmfpu.blob import sample_data
+from kvmfpu.blob import render, sample_data
 from kvmfpu.blob.decode import encode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.load import load
@@ -103,13 +104,18 @@ def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
 
 
 def one_input(data: bytes, host: str | None, fmt: str | None) -> str:
-    """Decode or InputError; a decoded image must re-encode to its bytes."""
+    """Decode or InputError; a decoded image must re-encode to its bytes and render (the
+    table and the JSON document, as ``kvmfpu decode`` prints them)."""
     try:
         items = load(data, host, fmt, max_size=1 << 20)
     except InputError:
         return "refused"
     for it in items:
         assert encode(it.decoded) == it.capture.data
+        render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
+                    how=it.choice.how, all_registers=True, notes=it.capture.notes)
+        json.dumps(render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
+                                  host=it.choice.host, how=it.choice.how))
     return "decoded"
 
 

@@ -120,7 +120,7 @@ def test_shipped_tcg_sample() -> None:
     assert item.choice.host == "sierraforest"        # fewest components holding XCR0 0x207
     assert cap.extra["xcr0"] == 0x207 and d.xstate_bv == 0
     rows = {r: (v, raw) for r, v, _, raw in dec.st_rows(d)}
-    assert rows["st6"][0] == "3.1415926535897931" and rows["st7"][0] == "1"
+    assert rows["st6"][0] == "3.14159265358979323851" and rows["st7"][0] == "1"
     assert dec.st_rows(d)[0][2] == "zero"           # ST0's tag is R6's; slot 0 is empty
     assert d.field("mxcsr").value == 0x9FC0 and d.field("xmm1").value == \
         0x3333333344444444_1111111122222222
