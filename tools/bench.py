@@ -26,12 +26,13 @@ what matters, since both sides run on this machine in the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 # This checkout's kvmfpu, not an installed copy (tools run from the source tree).
@@ -68,16 +69,33 @@ def best_of(fn: Callable[[], None], loops: int, repeats: int) -> float:
     return best
 
 
-def real_round_trip(loops: int, repeats: int) -> float | None:
-    """KVM_SET_XSAVE + KVM_GET_XSAVE on a fresh vCPU, or None without a usable /dev/kvm."""
+@contextlib.contextmanager
+def real_vcpu() -> Iterator[tuple[int, dict[str, int]] | None]:
+    """(vCPU fd, ioctl numbers) on this machine's /dev/kvm, or None without one."""
     req = uapi.requests()
     try:
         kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        return None
+        yield None
+        return
     try:
         vm = fcntl.ioctl(kvm, req["KVM_CREATE_VM"], 0)
         vcpu = fcntl.ioctl(vm, req["KVM_CREATE_VCPU"], 0)
+        try:
+            yield vcpu, req
+        finally:
+            os.close(vcpu)
+            os.close(vm)
+    finally:
+        os.close(kvm)
+
+
+def real_round_trip(loops: int, repeats: int) -> float | None:
+    """KVM_SET_XSAVE + KVM_GET_XSAVE on a fresh vCPU, or None without a usable /dev/kvm."""
+    with real_vcpu() as dev:
+        if dev is None:
+            return None
+        vcpu, req = dev
         get_buf, set_buf = bytearray(4096), bytearray(4096)
         fcntl.ioctl(vcpu, req["KVM_GET_XSAVE"], get_buf)
         set_buf[:] = get_buf
@@ -86,48 +104,28 @@ def real_round_trip(loops: int, repeats: int) -> float | None:
         def once() -> None:
             fcntl.ioctl(vcpu, set_req, set_buf)
             fcntl.ioctl(vcpu, get_req, get_buf)
-        try:
-            return best_of(once, loops, repeats)
-        finally:
-            os.close(vcpu)
-            os.close(vm)
-    finally:
-        os.close(kvm)
+        return best_of(once, loops, repeats)
 
 
 def real_set_xsave(loops: int, repeats: int) -> float | None:
     """One KVM_SET_XSAVE ioctl (the buffer KVM_GET_XSAVE gave), or None without /dev/kvm."""
-    req = uapi.requests()
-    try:
-        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        vm = fcntl.ioctl(kvm, req["KVM_CREATE_VM"], 0)
-        vcpu = fcntl.ioctl(vm, req["KVM_CREATE_VCPU"], 0)
+    with real_vcpu() as dev:
+        if dev is None:
+            return None
+        vcpu, req = dev
         buf = bytearray(4096)
         fcntl.ioctl(vcpu, req["KVM_GET_XSAVE"], buf)
         set_req = req["KVM_SET_XSAVE"]
 
         def once() -> None:
             fcntl.ioctl(vcpu, set_req, buf)
-        try:
-            return best_of(once, loops, repeats)
-        finally:
-            os.close(vcpu)
-            os.close(vm)
-    finally:
-        os.close(kvm)
+        return best_of(once, loops, repeats)
 
 
 def guest_buffer(host: str, kernel: str) -> bytes:
     """KVM_GET_XSAVE of a model vCPU with x87, AVX-512 and opmask state in use."""
-    from kvmfpu.kvm import Kvm
-    kvm = Kvm(host, kernel)
-    v = kvm.create_vm().create_vcpu()
-    v.set_cpuid2(kvm.get_supported_cpuid())
-    v.set_sregs(cr4_osxsave=True)
-    v.set_xcrs([(0, v.gsx)])
+    from kvmfpu.testing.vcpus import ready_vcpu
+    v = ready_vcpu(host, kernel)
     with v.guest() as g:
         g.set_reg("zmm3", (1 << 511) | 5)
         g.set_reg("k2", 0xFF)
@@ -182,12 +180,8 @@ def core_pair(loops: int, repeats: int) -> float:
 
 
 def kvm_pair(loops: int, repeats: int) -> float:
-    from kvmfpu.kvm import Kvm
-    kvm = Kvm("skylake-sp")
-    v = kvm.create_vm().create_vcpu()
-    v.set_cpuid2(kvm.get_supported_cpuid())
-    v.set_sregs(cr4_osxsave=True)
-    v.set_xcrs([(0, v.gsx)])
+    from kvmfpu.testing.vcpus import ready_vcpu
+    v = ready_vcpu("skylake-sp")
     with v.guest() as g:
         g.set_reg("zmm3", (1 << 511) | 5)
         g.set_reg("k2", 0xFF)

@@ -17,13 +17,11 @@ qemu: a QEMU migration stream (``migrate exec:cat``) of a TCG guest that ran
 from __future__ import annotations
 
 import argparse
-import json
 import lzma
 import os
 import pathlib
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,12 +37,8 @@ SAMPLES = ROOT / "kvmfpu" / "blob" / "samples"
 
 def guest_state(host: Any, kernel: str, flavor: str) -> bytes:
     """KVM_GET_XSAVE of a model vCPU whose guest wrote a few registers of each kind."""
-    from kvmfpu import Kvm
-    kvm = Kvm(host, kernel, flavor)
-    v = kvm.create_vm().create_vcpu()
-    v.set_cpuid2(kvm.get_supported_cpuid())
-    v.set_sregs(cr4_osxsave=True)
-    v.set_xcrs([(0, v.gsx)])
+    from kvmfpu.testing.vcpus import ready_vcpu
+    v = ready_vcpu(host, kernel, flavor)
     with v.guest() as g:
         g.set_reg("fcw", 0x027F)
         # As after FLD1; FLD of 2.0: TOP=6, R7=1.0 (ST1), R6=2.0 (ST0), both tagged valid.
@@ -89,65 +83,27 @@ def make_kvm() -> pathlib.Path:
     return out
 
 
-def _qmp(sock: pathlib.Path) -> Any:
-    s = socket.socket(socket.AF_UNIX)
-    for _ in range(200):
-        try:
-            s.connect(str(sock))
-            break
-        except OSError:
-            time.sleep(0.05)
-    f = s.makefile("rw")
-    json.loads(f.readline())
-
-    def cmd(name: str, **arguments: Any) -> Any:
-        f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
-        f.flush()
-        while True:
-            reply = json.loads(f.readline())
-            if "return" in reply or "error" in reply:
-                return reply.get("return", reply)
-    cmd("qmp_capabilities")
-    return cmd
-
-
 def make_qemu() -> pathlib.Path:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None or not shutil.which("as"):
-        sys.exit("make_samples.py qemu: needs qemu-system-x86_64 and GNU as/ld")
-    version = subprocess.run([qemu, "--version"], capture_output=True, text=True,
-                             check=True).stdout.split()[3]
+    from kvmfpu.testing.qemu import Qemu, version
+    if not shutil.which("as"):
+        sys.exit("make_samples.py qemu: needs GNU as/ld")
     with tempfile.TemporaryDirectory() as tmp:
         t = pathlib.Path(tmp)
         subprocess.run(["as", "--32", "-o", t / "g.o", ROOT / "tools/samples/tcg_guest.S"],
                        check=True)
         subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start",
                         "-o", t / "g.elf", t / "g.o"], check=True)
-        sock = t / "qmp.sock"
-        proc = subprocess.Popen([qemu, "-accel", "tcg", "-cpu", "max", "-m", "16",
-                                 "-nodefaults", "-display", "none", "-machine", "pc",
-                                 "-kernel", str(t / "g.elf"),
-                                 "-qmp", f"unix:{sock},server=on,wait=off"])
-        try:
-            cmd = _qmp(sock)
+        with Qemu(["-accel", "tcg", "-cpu", "max", "-kernel", str(t / "g.elf")]) as vm:
             for _ in range(200):          # until the guest sits in its HLT loop
-                regs = cmd("human-monitor-command", **{"command-line": "info registers"})
+                regs = vm.hmp("info registers")
                 if "HLT=1" in regs and "EIP=001" in regs:
                     break
                 time.sleep(0.05)
             else:
                 sys.exit("the guest did not reach its HLT")
-            cmd("stop")
-            cmd("migrate", uri=f"exec:cat > {t / 'stream'}")
-            for _ in range(400):
-                if cmd("query-migrate").get("status") in ("completed", "failed"):
-                    break
-                time.sleep(0.05)
-            cmd("quit")
-        finally:
-            proc.wait(timeout=30)
-        raw = (t / "stream").read_bytes()
-    out = SAMPLES / f"qemu-{'.'.join(version.split('.')[:2])}-tcg.mig.xz"
+            vm.cmd("stop")
+            raw = vm.migrate_to(t / "stream").read_bytes()
+    out = SAMPLES / f"qemu-{'.'.join(version().split('.')[:2])}-tcg.mig.xz"
     out.write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))
     return out
 

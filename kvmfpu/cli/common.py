@@ -12,6 +12,17 @@ class UsageError(Exception):
     """Bad input from the user: reported in one line, exit 2."""
 
 
+def input_options(p: argparse.ArgumentParser, *, json_doc: str | None = None) -> None:
+    """--format and --max-size for commands that read captures (and --json with the name
+    of the document it prints)."""
+    from kvmfpu.blob.sources import FORMATS, MAX_SIZE
+    p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
+    p.add_argument("--max-size", type=int, default=MAX_SIZE,
+                   help=f"largest input read, in bytes (default {MAX_SIZE})")
+    if json_doc:
+        p.add_argument("--json", action="store_true", help=f"print the {json_doc} document")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.common import UsageError, input_options
 
 
 def integer(text: str) -> int:
@@ -18,16 +18,13 @@ def integer(text: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from kvmfpu.blob.sources import FORMATS, MAX_SIZE
     d = sub.add_parser("decode", help="decode xsave state (KVM buffers, hex dumps, core files, "
                                       "signal frames, QEMU streams)")
     d.add_argument("file", help="the capture ('-' for standard input)")
     d.add_argument("--host", help="host CPU model or dump whose layout the capture uses "
                                   "(default: inferred; asked for when ambiguous)")
-    d.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
-    d.add_argument("--json", action="store_true", help="kvmfpu-decode/1 JSON")
+    input_options(d, json_doc="kvmfpu-decode/1")
     d.add_argument("--all", action="store_true", help="show registers that are zero too")
-    d.add_argument("--max-size", type=int, default=MAX_SIZE, help="largest input read (bytes)")
     d.add_argument("--xfd", type=integer, default=None,
                    help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
                         "(QEMU streams carry it)")

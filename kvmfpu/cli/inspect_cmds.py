@@ -18,11 +18,10 @@ import argparse
 import json
 from typing import Any
 
-from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.common import UsageError, input_options
 
 
 def add_parser(sub: Any) -> None:
-    from kvmfpu.blob.sources import FORMATS, MAX_SIZE
     v = sub.add_parser("validate", help="would KVM_SET_XSAVE on HOST with KERNEL accept it?",
                        description="Exit status 0: accepted; 1: rejected (errno and reason).")
     v.add_argument("file")
@@ -31,10 +30,7 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--guest-cpu", help="guest CPU model (a host model name; default: host "
                                        "passthrough, KVM_GET_SUPPORTED_CPUID)")
     v.add_argument("--flavor", help="vmx, svm or pvm (default: by the host's vendor)")
-    v.add_argument("--source-host", help="the capture's own layout when it cannot be inferred")
-    v.add_argument("--format", choices=FORMATS)
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--max-size", type=int, default=MAX_SIZE)
+    input_options(v, json_doc="kvmfpu-validate/1")
     v.set_defaults(func=cmd_validate)
 
     d = sub.add_parser("diff", help="differences between two captures, register by register",
@@ -43,9 +39,7 @@ def add_parser(sub: Any) -> None:
     d.add_argument("b")
     d.add_argument("--host", help="layout of both (default: inferred for each)")
     d.add_argument("--host-b", help="layout of B when it differs from A's")
-    d.add_argument("--format", choices=FORMATS)
-    d.add_argument("--json", action="store_true")
-    d.add_argument("--max-size", type=int, default=MAX_SIZE)
+    input_options(d, json_doc="kvmfpu-diff/1")
     d.set_defaults(func=cmd_diff)
 
     c = sub.add_parser("convert", help="re-lay a standard-format buffer for another host")
@@ -53,8 +47,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--from", dest="src", required=True, help="the host the buffer comes from")
     c.add_argument("--to", dest="dst", required=True, help="the host to lay it out for")
     c.add_argument("-o", "--output", required=True, help="where to write the new buffer")
-    c.add_argument("--format", choices=FORMATS)
-    c.add_argument("--max-size", type=int, default=MAX_SIZE)
+    input_options(c)
     c.set_defaults(func=cmd_convert)
 
 

@@ -22,57 +22,24 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 def qemu_stream(tmp_path: Path, accel: str, cpu: str, gdb_regs: bool) -> Path:
     """Start QEMU stopped (-S), optionally set registers through its gdb stub, migrate to a
-    file through QMP, quit."""
-    import json
-    import socket
-    import time
-
-    sock, out = tmp_path / "qmp.sock", tmp_path / f"{accel}.mig"
-    args = [QEMU or "qemu-system-x86_64", "-accel", accel, "-cpu", cpu, "-m", "16", "-S",
-            "-nodefaults", "-display", "none", "-machine", "pc",
-            "-qmp", f"unix:{sock},server=on,wait=off"]
-    port = 20000 + os.getpid() % 20000
-    if gdb_regs:
-        args += ["-gdb", f"tcp:127.0.0.1:{port}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    file, quit."""
+    from kvmfpu.testing.qemu import Qemu, QemuUnavailable, free_port
+    port = free_port()
+    args = ["-accel", accel, "-cpu", cpu, "-S"] + (["-gdb", f"tcp:127.0.0.1:{port}"]
+                                                    if gdb_regs else [])
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(str(sock))
-        except OSError:
-            proc.kill()
-            pytest.skip(f"QEMU ({accel}, {cpu}) did not start: {proc.communicate()[1][-300:]!r}")
-        f = s.makefile("rw")
-
-        def cmd(name: str, **arguments: Any) -> Any:
-            f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
-            f.flush()
-            while True:
-                reply = json.loads(f.readline())
-                if "return" in reply or "error" in reply:
-                    return reply
-        json.loads(f.readline())
-        cmd("qmp_capabilities")
-        if gdb_regs:
-            subprocess.run(["gdb", "-q", "-batch", "-ex", "set architecture i386:x86-64",
-                            "-ex", f"target remote 127.0.0.1:{port}",
-                            "-ex", "set $xmm0.v4_int32 = {0x11111111, 0x22222222, 0x33333333, 0x44444444}",
-                            "-ex", "set $xmm15.v2_int64 = {0x0123456789abcdef, 0x7}",
-                            "-ex", "set $mxcsr = 0x1fa0", "-ex", "set $fctrl = 0x27f",
-                            "-ex", "detach"], capture_output=True, timeout=120, check=False)
-        cmd("migrate", uri=f"exec:cat > {out}")
-        for _ in range(400):
-            if cmd("query-migrate")["return"].get("status") in ("completed", "failed"):
-                break
-            time.sleep(0.05)
-        cmd("quit")
-    finally:
-        proc.wait(timeout=30)
-    return out
+        with Qemu(args) as vm:
+            if gdb_regs:
+                subprocess.run(["gdb", "-q", "-batch", "-ex", "set architecture i386:x86-64",
+                                "-ex", f"target remote 127.0.0.1:{port}",
+                                "-ex", "set $xmm0.v4_int32 = {0x11111111, 0x22222222, "
+                                       "0x33333333, 0x44444444}",
+                                "-ex", "set $xmm15.v2_int64 = {0x0123456789abcdef, 0x7}",
+                                "-ex", "set $mxcsr = 0x1fa0", "-ex", "set $fctrl = 0x27f",
+                                "-ex", "detach"], capture_output=True, timeout=120, check=False)
+            return vm.migrate_to(tmp_path / f"{accel}.mig")
+    except QemuUnavailable as exc:
+        pytest.skip(f"QEMU ({accel}, {cpu}): {exc}")
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
