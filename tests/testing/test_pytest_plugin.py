@@ -69,7 +69,13 @@ def test_real_fixture_skips_cleanly_without_dev_kvm(pytester: pytest.Pytester,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile("""
         import os
-        os.access = lambda *a, **k: False      # pretend /dev/kvm is not usable
+        import pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def no_kvm():                          # pretend /dev/kvm is not usable (restored after)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(os, "access", lambda *a, **k: False)
+                yield
 
         def test_real(kvmfpu_real_vcpu):
             raise AssertionError("must not run")
@@ -80,8 +86,8 @@ def test_real_fixture_skips_cleanly_without_dev_kvm(pytester: pytest.Pytester,
 
 
 def test_entry_point_is_declared() -> None:
-    eps = importlib.metadata.entry_points(group="pytest11")
-    names = {ep.value for ep in eps if ep.name == "kvmfpu"}
+    names = {ep.value for dist in importlib.metadata.distributions() for ep in dist.entry_points
+             if ep.group == "pytest11" and ep.name == "kvmfpu"}
     if not names:
         pytest.skip("kvmfpu is not installed (running from the source tree)")
     assert names == {PLUGIN}

@@ -17,9 +17,8 @@ def test_missing_binary() -> None:
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed")
 def test_bad_arguments_and_a_stream(tmp_path: Path) -> None:
-    with pytest.raises(QemuUnavailable, match="did not start"):
-        with Qemu(["-cpu", "no-such-model"]):
-            pass
+    with pytest.raises(QemuUnavailable, match="did not start"), Qemu(["-cpu", "no-such-model"]):
+        pass
     with Qemu(["-accel", "tcg", "-S"]) as vm:
         assert vm.cmd("query-status")["status"] == "prelaunch"
         stream = vm.migrate_to(tmp_path / "s.mig")
