@@ -129,7 +129,7 @@ def guest_buffer(host: str, kernel: str) -> bytes:
     with v.guest() as g:
         g.set_reg("zmm3", (1 << 511) | 5)
         g.set_reg("k2", 0xFF)
-        g.set_reg("st1", 1 << 63)
+        g.set_reg("st1", 0x3FFF << 64 | 1 << 63)          # 1.0
     return v.get_xsave()
 
 

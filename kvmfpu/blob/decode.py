@@ -306,17 +306,19 @@ def mxcsr_text(v: int) -> str:
     return f"{' '.join(flags(v, MXCSR_FLAGS)) or '-'} RC={ROUNDING[v >> 13 & 3]}"
 
 
-# 2**e is exact in decimal with enough digits (5**16509 has 11,540); round once, to the 21
-# significant digits that tell 64-bit significands apart.
-_EXACT = decimal.Context(prec=12_000, Emax=999_999, Emin=-999_999)
+# Rounded once, to the 21 significant digits that tell 64-bit significands apart.
 _DEC = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
+_WIDE = decimal.Context(prec=999_999, Emax=999_999, Emin=-999_999)
 
 
 def _exact(significand: int, exp2: int) -> str:
-    """significand * 2**exp2, correctly rounded to 21 digits, whatever its range (80-bit
-    values reach 1e4932 and 4e-4951, beyond a double)."""
-    value = _EXACT.multiply(decimal.Decimal(significand),
-                            _EXACT.power(decimal.Decimal(2), exp2))
+    """significand * 2**exp2 correctly rounded to 21 digits, whatever its range (80-bit
+    values reach 1e4932 and 4e-4951, beyond a double): built exactly from integers
+    (2**-k = 5**k / 10**k), then rounded."""
+    if exp2 >= 0:
+        value = decimal.Decimal(significand << exp2)
+    else:
+        value = decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, _WIDE)
     return f"{_DEC.plus(value).normalize(_DEC):g}"
 
 
