@@ -306,19 +306,27 @@ def mxcsr_text(v: int) -> str:
     return f"{' '.join(flags(v, MXCSR_FLAGS)) or '-'} RC={ROUNDING[v >> 13 & 3]}"
 
 
-# Rounded once, to the 21 significant digits that tell 64-bit significands apart.
+# Shown to the 21 significant digits that tell 64-bit significands apart, correctly
+# rounded: computed to 60 digits, and exactly (from integers) in the rare case those 60
+# leave the rounding in doubt.
 _DEC = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
+_P60 = decimal.Context(prec=60, Emax=999_999, Emin=-999_999)
 _WIDE = decimal.Context(prec=999_999, Emax=999_999, Emin=-999_999)
+_TWO = decimal.Decimal(2)
 
 
 def _exact(significand: int, exp2: int) -> str:
     """significand * 2**exp2 correctly rounded to 21 digits, whatever its range (80-bit
-    values reach 1e4932 and 4e-4951, beyond a double): built exactly from integers
-    (2**-k = 5**k / 10**k), then rounded."""
-    if exp2 >= 0:
-        value = decimal.Decimal(significand << exp2)
-    else:
-        value = decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, _WIDE)
+    values reach 1e4932 and 4e-4951, beyond a double)."""
+    ctx = _P60.copy()
+    value = ctx.multiply(decimal.Decimal(significand), ctx.power(_TWO, exp2))
+    if ctx.flags[decimal.Inexact]:
+        beyond = value.as_tuple().digits[21:31]
+        if beyond in ((4,) + (9,) * 9, (5,) + (0,) * 9):    # near a tie: decide exactly
+            if exp2 >= 0:
+                value = decimal.Decimal(significand << exp2)
+            else:
+                value = decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, _WIDE)
     return f"{_DEC.plus(value).normalize(_DEC):g}"
 
 

@@ -110,3 +110,16 @@ def test_anomalies(guest_blob: Any) -> None:
 def test_too_short() -> None:
     with pytest.raises(InputError, match="too short"):
         dec.decode(bytes(100), cpus.load("zen4").layout)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, (1 << 64) - 1),
+       st.one_of(st.integers(-200, 200), st.integers(-16445, 16320)))
+def test_x87_values_are_correctly_rounded(significand: int, exp2: int) -> None:
+    """The shown value is the exact value rounded once to 21 digits (half even)."""
+    import decimal
+    wide = decimal.Context(prec=999_999, Emax=999_999, Emin=-999_999)
+    exact = (decimal.Decimal(significand << exp2) if exp2 >= 0 else
+             decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, wide))
+    d21 = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
+    assert dec._exact(significand, exp2) == f"{d21.plus(exact).normalize(d21):g}"
