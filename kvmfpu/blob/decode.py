@@ -244,9 +244,29 @@ def encode(d: Decoded) -> bytes:
 
 # -- anomalies ----------------------------------------------------------------------------------
 
+def expected_lengths(layout: XsaveLayout, xcr0: int | None = None) -> dict[int, str]:
+    """The lengths a standard-format image of this host comes in, and who writes each."""
+    user = layout.user_mask
+    full = layout.standard_size(user)
+    out = {4096: "KVM_GET_XSAVE"}
+    out.setdefault(full, "every user component: KVM_GET_XSAVE2, ptrace, core notes")
+    out.setdefault(-(-full // 4096) * 4096, "QEMU's KVM_GET_XSAVE2 buffer, whole pages")
+    out.setdefault(layout.standard_size(user & ~xf.DYNAMIC_MASK),
+                   "without AMX tile data: signal frames, threads without AMX permission")
+    if xcr0 is not None:
+        out.setdefault(layout.standard_size(xcr0), f"XSAVE of XCR0 {xcr0:#x}")
+    return out
+
+
 def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
            mxcsr_mask: int | None) -> None:
     a = d.anomalies
+    if not d.compacted:
+        sizes = expected_lengths(layout, xcr0)
+        if d.length not in sizes:
+            known = ", ".join(f"{n} ({who})" for n, who in sorted(sizes.items()))
+            a.append(f"{d.length} bytes is none of the lengths {d.host or 'this host'}'s images "
+                     f"come in: {known}")
     reserved = d.field("header_reserved").value.to_bytes(48, "little")
     if any(reserved):
         a.append(f"header reserved bytes 528-575 are not zero ({sum(1 for x in reserved if x)} "

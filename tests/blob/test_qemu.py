@@ -119,3 +119,15 @@ def test_stream_relaid_for_each_destination() -> None:
 def test_broken_streams(cut: Any, message: str) -> None:
     with pytest.raises(InputError, match=message):
         sources.read(cut(sample_stream()), "qemu")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_one_capture_per_vcpu(tmp_path: Path) -> None:
+    from kvmfpu.testing.qemu import Qemu, QemuUnavailable
+    try:
+        with Qemu(["-accel", "tcg", "-cpu", "max", "-smp", "3", "-S"]) as vm:
+            stream = vm.migrate_to(tmp_path / "smp.mig")
+    except QemuUnavailable as exc:
+        pytest.skip(str(exc))
+    caps = sources.read(stream)
+    assert [c.origin for c in caps] == ["QEMU cpu 0", "QEMU cpu 1", "QEMU cpu 2"]

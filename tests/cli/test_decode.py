@@ -103,6 +103,8 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["decode", KVM_SAMPLE, "--format", "bogus"], "invalid choice"),
         (["decode", str(tmp)], "not a regular file"),
         (["decode", str(tmp / "missing")], "No such file or directory"),
+        (["decode", str(tmp / "empty" / "x")], "Not a directory"),
+        (["decode", "/dev/zero"], "not a regular file"),           # never read: it is endless
         (["decode", KVM_SAMPLE, "--host", "pentium9"], "unknown host 'pentium9'"),
         (["decode", KVM_SAMPLE, "--host", "nehalem"], "no XSAVE"),
         (["decode", KVM_SAMPLE, "--xfd", "zz"], "--xfd: not an integer"),
