@@ -143,9 +143,12 @@ def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = 
     state = "in use" if d.xstate_bv & xf.SSE else "init"
     out.append(f"  SSE ({state}): MXCSR {mxcsr:#x} [{dec.mxcsr_text(mxcsr)}]  "
                f"MXCSR_MASK {d.field('mxcsr_mask').value:#x}")
-    for name, (v, size) in vectors(d).items():
-        if v or all_registers:
-            out.append(f"    {name:6} {_grouped(v, size)}")
+    shown = [(name, v, size) for name, (v, size) in vectors(d).items() if v or all_registers]
+    if shown:
+        lanes = shown[0][2] // 4
+        out.append(f"    vector registers, 32-bit lanes {lanes - 1}..0:")
+    for name, v, size in shown:
+        out.append(f"    {name:6} {_grouped(v, size)}")
     for c in d.components:
         if c.bit in (xf.XFeature.YMM, xf.XFeature.ZMM_HI256, xf.XFeature.HI16_ZMM):
             continue                       # shown as whole vector registers above
