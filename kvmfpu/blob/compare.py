@@ -41,7 +41,8 @@ def registers(d: Decoded, vector_bytes: int | None = None) -> dict[str, tuple[in
         c = d.component(bit)
         if c is not None and c.in_bv:
             for i in range(16):
-                vectors[i] |= d.field(pattern.format(i)).value << shift
+                part = d.get(pattern.format(i))       # absent where a note cut it short
+                vectors[i] |= (part.value if part else 0) << shift
     prefix = {16: "xmm", 32: "ymm", 64: "zmm"}[vb]
     for i, v in enumerate(vectors):
         out[f"{prefix}{i}"] = (v, vb)

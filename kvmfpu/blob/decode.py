@@ -84,10 +84,17 @@ class Decoded:
     _index: dict[str, Field] | None = field(default=None, repr=False, compare=False)
 
     def field(self, name: str) -> Field:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def get(self, name: str) -> Field | None:
+        """The field, or None where the layout (or a component cut short) has none."""
         if self._index is None:
             self._index = {f.name: f for f in (*self.legacy, *self.st, *self.xmm,
                                                 *(f for c in self.components for f in c.fields))}
-        return self._index[name]
+        return self._index.get(name)
 
     def component(self, bit: int) -> Component | None:
         return next((c for c in self.components if c.bit == bit), None)
@@ -301,7 +308,7 @@ def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
         a.append(f"MXCSR {mxcsr:#x} sets bits {mxcsr & ~mask:#x} outside MXCSR_MASK {mask:#x} "
                  "(XRSTOR and KVM_SET_XSAVE reject it)")
     tilecfg = d.component(xf.XFeature.XTILECFG)
-    if tilecfg is not None and tilecfg.in_bv:
+    if tilecfg is not None and tilecfg.in_bv and tilecfg.fields:
         cfg = tilecfg.fields[0].value.to_bytes(64, "little")
         if cfg[0] not in (0, 1) or any(cfg[2:16]):
             a.append("TILECFG is not a valid palette-0/1 configuration (XRSTOR faults)")

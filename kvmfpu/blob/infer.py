@@ -36,9 +36,13 @@ def _signature(layout: XsaveLayout, mask: int) -> tuple[tuple[int, int, int], ..
 
 
 def from_note(note: dict[int, tuple[int, int, int]], user_mask: int) -> XsaveLayout:
+    """The layout an NT_X86_XSAVE_LAYOUT note describes: its records are the components
+    (xfeature numbers 2-63; the note is input, so others are ignored). ``user_mask`` (the
+    capture's own feature mask) adds nothing the note does not place."""
     comps = [Component(b, size, offset, False, bool(flags & 2), bool(flags & 4))
-             for b, (size, offset, flags) in note.items() if b >= 2]
-    return XsaveLayout(comps, user_mask | 3, 0)
+             for b, (size, offset, flags) in note.items() if 2 <= b < 64]
+    placed = sum(1 << c.bit for c in comps)
+    return XsaveLayout(comps, (user_mask & placed) | 3, 0)
 
 
 def choose(capture: Capture, host: str | HostModel | None = None) -> Choice:

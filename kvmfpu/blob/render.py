@@ -40,17 +40,22 @@ def _grouped(value: int, size: int) -> str:
 
 
 def vectors(d: Decoded) -> dict[str, tuple[int, int]]:
-    """Full vector registers (value, size in bytes) from xmm, ymm_hi, zmm_hi256, hi16."""
-    have = {c.bit for c in d.components}
-    width = 64 if {2, 6} <= have else 32 if 2 in have else 16
+    """Full vector registers (value, size in bytes) from xmm, ymm_hi, zmm_hi256, hi16: as
+    wide as every register's parts are present (a layout note may cut a component short)."""
+    def parts(pattern: str) -> list[int] | None:
+        fields = [d.get(pattern.format(i)) for i in range(16)]
+        return None if any(f is None for f in fields) else [f.value for f in fields if f]
+    ymm = parts("ymm{}_hi")
+    zmm = parts("zmm{}_hi256") if ymm is not None else None
+    width = 64 if zmm is not None else 32 if ymm is not None else 16
     prefix = {16: "xmm", 32: "ymm", 64: "zmm"}[width]
     out: dict[str, tuple[int, int]] = {}
     for i in range(16):
         v = d.xmm[i].value
-        if width >= 32:
-            v |= d.field(f"ymm{i}_hi").value << 128
-        if width == 64:
-            v |= d.field(f"zmm{i}_hi256").value << 256
+        if ymm is not None:
+            v |= ymm[i] << 128
+        if zmm is not None:
+            v |= zmm[i] << 256
         out[f"{prefix}{i}"] = (v, width)
     hi16 = d.component(xf.XFeature.HI16_ZMM)
     if hi16 is not None:
@@ -61,6 +66,8 @@ def vectors(d: Decoded) -> dict[str, tuple[int, int]]:
 
 def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
     out: dict[str, str] = {}
+    if not c.fields:                  # a layout note gave the component too few bytes
+        return out
     if c.bit == xf.XFeature.PKRU:
         out["pkru"] = dec.pkru_text(c.fields[0].value)
     elif c.bit == xf.XFeature.XTILECFG:
@@ -75,8 +82,8 @@ def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
         out["bndcfgu"] = dec.bndcfgu_text(c.fields[0].value)
     elif c.bit == xf.XFeature.BNDREGS:
         for i in range(4):
-            lo = d.field(f"bnd{i}_lower").value
-            up = d.field(f"bnd{i}_upper").value
+            lo_f, up_f = d.get(f"bnd{i}_lower"), d.get(f"bnd{i}_upper")
+            lo, up = (lo_f.value if lo_f else 0), (up_f.value if up_f else 0)
             if lo or up:
                 out[f"bnd{i}"] = f"[{lo:#x}, {~up & ((1 << 64) - 1):#x}] (upper stored inverted)"
     return out
