@@ -26,6 +26,7 @@ from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.layout import XsaveLayout
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.sources import Capture
+from kvmfpu.qemu.env import QemuEnv, xsave_all_areas
 
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIGURATION, COMMAND, FOOTER = (
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x7E)
@@ -242,59 +243,46 @@ def parse(data: bytes) -> list[CpuState]:
     return cpus
 
 
+def env_of(cpu: CpuState) -> QemuEnv:
+    """The CPUX86State fields a ``cpu`` section carries (machine.c's vmstate_x86_cpu and its
+    subsections; absent subsections leave QEMU's reset values)."""
+    q = "_q_ZMMReg"
+    env = QemuEnv(fpuc=cpu.int("fpuc", default=legacy.FCW_INIT),
+                  # cpu_pre_save: fpus_vmstate is FSW with TOP; fptag_vmstate bit i =
+                  # !fptags[i], the abridged tag word XSAVE stores.
+                  fpus=cpu.int("fpus_vmstate"), fptag=cpu.int("fptag_vmstate") & 0xFF,
+                  fpop=cpu.int("fpop"), fpip=cpu.int("fpip"), fpdp=cpu.int("fpdp"),
+                  mxcsr=cpu.int("mxcsr", default=legacy.MXCSR_INIT),
+                  xstate_bv=cpu.int("xstate_bv"), xcr0=cpu.int("xcr0", default=xf.FP),
+                  xss=cpu.int("xss"), xfd=cpu.int("msr_xfd", "xfd"),
+                  xfd_err=cpu.int("msr_xfd_err", "xfd_err"), pkru=cpu.int("pkru"),
+                  bndcfgu=cpu.int("bndcs_regs.cfgu"), bndstatus=cpu.int("bndcs_regs.sts"))
+    regs = cpu.find("fpregs") or []
+    env.fpregs = [(int(r.get("tmp", r).get("tmp_mant", 0)), int(r.get("tmp", r).get("tmp_exp", 0)))
+                  for r in regs[:8]] + [(0, 0)] * (8 - min(len(regs), 8))
+    zmm = [0] * 32
+    for i, r in enumerate(cpu.vectors("xmm_reg")[:16]):
+        zmm[i] |= int(r[f"{q}[1]"]) << 64 | int(r[f"{q}[0]"])
+    for i, r in enumerate(cpu.vectors("ymmh_reg")[:16]):
+        zmm[i] |= (int(r[f"{q}[3]"]) << 64 | int(r[f"{q}[2]"])) << 128
+    for i, r in enumerate(cpu.vectors("zmmh_reg")[:16]):
+        zmm[i] |= sum(int(r[f"{q}[{j}]"]) << 64 * (j - 4) for j in range(4, 8)) << 256
+    for i, r in enumerate(cpu.vectors("hi16_zmm_reg")[:16]):
+        zmm[16 + i] = sum(int(r[f"{q}[{j}]"]) << 64 * j for j in range(8))
+    env.zmm = zmm
+    env.opmask = ([int(k) for k in cpu.find("opmask_regs") or []] + [0] * 8)[:8]
+    env.bnd = ([(int(b.get("lb", 0)), int(b.get("ub", 0))) for b in cpu.find("bnd_regs") or []]
+               + [(0, 0)] * 4)[:4]
+    for name in ("xtilecfg", "xtiledata"):
+        value = cpu.find(name)
+        if isinstance(value, bytes):
+            setattr(env, name, value)
+    return env
+
+
 def xsave_buffer(cpu: CpuState, layout: XsaveLayout, size: int) -> bytes:
     """What QEMU's kvm_put_xsave hands KVM_SET_XSAVE on a host with ``layout``."""
-    buf = bytearray(size)
-    # cpu_pre_save: fpus_vmstate is FSW with TOP; fptag_vmstate bit i = !fptags[i], which
-    # is the abridged tag word XSAVE stores.
-    fsw = cpu.int("fpus_vmstate")
-    ftw = cpu.int("fptag_vmstate") & 0xFF
-    struct.pack_into("<HHB", buf, 0, cpu.int("fpuc"), fsw, ftw)
-    struct.pack_into("<HQQ", buf, legacy.FOP, cpu.int("fpop"), cpu.int("fpip"), cpu.int("fpdp"))
-    struct.pack_into("<I", buf, legacy.MXCSR, cpu.int("mxcsr"))
-    regs = cpu.find("fpregs")
-    for i, reg in enumerate(regs or []):
-        tmp = reg.get("tmp", reg)
-        struct.pack_into("<QH", buf, legacy.ST_SPACE + 16 * i, int(tmp.get("tmp_mant", 0)),
-                         int(tmp.get("tmp_exp", 0)))
-    q = "_q_ZMMReg"
-    for i, reg in enumerate(cpu.vectors("xmm_reg")[:16]):
-        struct.pack_into("<QQ", buf, legacy.XMM_SPACE + 16 * i, reg[f"{q}[0]"], reg[f"{q}[1]"])
-    struct.pack_into("<Q", buf, legacy.XSTATE_BV, cpu.int("xstate_bv"))
-
-    def at(bit: int) -> int | None:
-        c = layout.components.get(bit)
-        if c is None or c.supervisor or c.offset + c.size > size:
-            return None
-        return c.offset
-    if (o := at(xf.XFeature.YMM)) is not None:
-        for i, reg in enumerate(cpu.vectors("ymmh_reg")[:16]):
-            struct.pack_into("<QQ", buf, o + 16 * i, reg[f"{q}[2]"], reg[f"{q}[3]"])
-    if (o := at(xf.XFeature.BNDREGS)) is not None and at(xf.XFeature.BNDCSR) is not None:
-        for i, b in enumerate(cpu.find("bnd_regs") or []):
-            struct.pack_into("<QQ", buf, o + 16 * i, int(b.get("lb", 0)), int(b.get("ub", 0)))
-        struct.pack_into("<QQ", buf, at(xf.XFeature.BNDCSR) or 0, cpu.int("bndcs_regs.cfgu"),
-                         cpu.int("bndcs_regs.sts"))
-    if (o := at(xf.XFeature.OPMASK)) is not None:
-        for i, k in enumerate(cpu.find("opmask_regs") or []):
-            struct.pack_into("<Q", buf, o + 8 * i, int(k))
-        if (z := at(xf.XFeature.ZMM_HI256)) is not None:
-            for i, reg in enumerate(cpu.vectors("zmmh_reg")[:16]):
-                struct.pack_into("<QQQQ", buf, z + 32 * i, *(reg[f"{q}[{j}]"] for j in (4, 5, 6, 7)))
-        if (h := at(xf.XFeature.HI16_ZMM)) is not None:
-            for i, reg in enumerate(cpu.vectors("hi16_zmm_reg")[:16]):
-                struct.pack_into("<8Q", buf, h + 64 * i, *(reg[f"{q}[{j}]"] for j in range(8)))
-    if (o := at(xf.XFeature.PKRU)) is not None:
-        struct.pack_into("<I", buf, o, cpu.int("pkru"))
-    if (o := at(xf.XFeature.XTILECFG)) is not None:
-        cfg = cpu.find("xtilecfg")
-        if isinstance(cfg, bytes):
-            buf[o:o + len(cfg)] = cfg
-    if (o := at(xf.XFeature.XTILEDATA)) is not None:
-        data = cpu.find("xtiledata")
-        if isinstance(data, bytes):
-            buf[o:o + len(data)] = data
-    return bytes(buf)
+    return xsave_all_areas(env_of(cpu), layout, size)
 
 
 def buffer_size(layout: XsaveLayout, xcr0: int) -> int:
@@ -303,28 +291,25 @@ def buffer_size(layout: XsaveLayout, xcr0: int) -> int:
     return max(4096, (need + 4095) & ~4095)
 
 
-def held(cpu: CpuState) -> int:
-    """The user components whose registers hold data in the stream (QEMU sends a
-    component's subsection only when the guest CPU has it; zeros are init state)."""
+def held(env: QemuEnv) -> int:
+    """The user components whose registers hold data (zeros are their init state)."""
     mask = xf.FPSSE
-    q = "_q_ZMMReg"
-    if any(r[f"{q}[2]"] or r[f"{q}[3]"] for r in cpu.vectors("ymmh_reg")):
+    if any(z >> 128 & ((1 << 128) - 1) for z in env.zmm[:16]):
         mask |= xf.YMM
-    if any(int(b.get("lb", 0)) or int(b.get("ub", 0)) for b in cpu.find("bnd_regs") or []) \
-            or cpu.int("bndcs_regs.cfgu") or cpu.int("bndcs_regs.sts"):
+    if any(lb or ub for lb, ub in env.bnd) or env.bndcfgu or env.bndstatus:
         mask |= xf.BNDREGS | xf.BNDCSR
-    if any(int(k) for k in cpu.find("opmask_regs") or []):
+    if any(env.opmask):
         mask |= xf.OPMASK
-    if any(any(r[f"{q}[{j}]"] for j in range(4, 8)) for r in cpu.vectors("zmmh_reg")):
+    if any(z >> 256 for z in env.zmm[:16]):
         mask |= xf.ZMM_HI256
-    if any(any(r[f"{q}[{j}]"] for j in range(8)) for r in cpu.vectors("hi16_zmm_reg")):
+    if any(env.zmm[16:]):
         mask |= xf.HI16_ZMM
-    if cpu.int("pkru"):
+    if env.pkru:
         mask |= xf.PKRU
-    for name, bit in (("xtilecfg", xf.XTILECFG), ("xtiledata", xf.XTILEDATA)):
-        value = cpu.find(name)
-        if isinstance(value, bytes) and any(value):
-            mask |= bit
+    if any(env.xtilecfg):
+        mask |= xf.XTILECFG
+    if any(env.xtiledata):
+        mask |= xf.XTILEDATA
     return mask
 
 
@@ -353,21 +338,21 @@ def _captures(data: bytes) -> list[Capture]:
     under_kvm = any(d.get("name") == "kvmclock" for d in desc.get("devices", []))
     out = []
     for cpu in parse(data):
+        env = env_of(cpu)
         xcr0 = cpu.int("xcr0", default=3)
-        need = (xcr0 | cpu.int("xstate_bv") | held(cpu)) & ~xf.XCOMP_COMPACTED
+        need = (xcr0 | env.xstate_bv | held(env)) & ~xf.XCOMP_COMPACTED
         ref = next((m for m in models if not need & ~m.layout.user_mask), None)
         if ref is None:
             raise InputError(f"no packaged host holds the vCPU's {xf.describe_mask(need)}: "
                              "give --host")
         lay = ref.layout
-        cap = Capture(xsave_buffer(cpu, lay, buffer_size(lay, xcr0)), f"QEMU cpu {cpu.instance}",
-                      "qemu")
-        cap.extra.update(xcr0=xcr0, xss=cpu.int("xss"), xfd=cpu.int("msr_xfd", "xfd"),
-                         xfd_err=cpu.int("msr_xfd_err", "xfd_err"))
+        cap = Capture(xsave_all_areas(env, lay, buffer_size(lay, xcr0)),
+                      f"QEMU cpu {cpu.instance}", "qemu")
+        cap.extra.update(xcr0=xcr0, xss=env.xss, xfd=env.xfd, xfd_err=env.xfd_err)
         cap.notes.append(f"guest XCR0 {xf.describe_mask(xcr0)}"
                          + (f", IA32_XFD {cap.extra['xfd']:#x}" if cap.extra["xfd"] else ""))
         cap.notes += _x87_order_note(cpu, under_kvm)
-        cap.rebuild = _rebuilder(cpu, xcr0)
+        cap.rebuild = _rebuilder(env, xcr0)
         cap.reference_host = ref.name
         out.append(cap)
     return out
@@ -387,7 +372,7 @@ def _x87_order_note(cpu: CpuState, under_kvm: bool) -> list[str]:
             "rotated"]
 
 
-def _rebuilder(cpu: CpuState, xcr0: int) -> Callable[[XsaveLayout], bytes]:
+def _rebuilder(env: QemuEnv, xcr0: int) -> Callable[[XsaveLayout], bytes]:
     def build(layout: XsaveLayout) -> bytes:
-        return xsave_buffer(cpu, layout, buffer_size(layout, xcr0))
+        return xsave_all_areas(env, layout, buffer_size(layout, xcr0))
     return build
