@@ -670,10 +670,10 @@ class Cpu:
         problem = xcr0_problem(value, self._supported_xcr0)
         if problem:
             raise GeneralProtection(mn, problem)
-        disabled = self._xcr0 & ~value
-        for s, e in self._rf.component_ranges(disabled & ~3):
-            self._regs[s:e] = self._init[s:e]
-        self._xinuse &= ~(disabled & ~3)
+        # Clearing an XCR0 bit leaves the component's registers (and XINUSE) as they are:
+        # "the processor will preserve MPX state unmodified if software clears XCR0[4:3]",
+        # likewise AVX-512 (SDM Vol. 1 13.3, referring to 13.1). A host PKRU thus survives a
+        # guest that runs with XCR0[9] = 0 (what the KVM PKRU leak before ad856280ddea rests on).
         self._xcr0 = value
         # Conservative: no XSAVEOPT/XSAVES skipping across an XCR0 change.
         self._xrstor_info = None

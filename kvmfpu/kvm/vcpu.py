@@ -675,11 +675,14 @@ class Vcpu:
         if self.gfpu.fpstate.in_use:
             yield
             return
-        self._load_guest_fpu(["kvm_load_guest_fpu"])
-        try:
-            yield
-        finally:
-            self._put_guest_fpu(["kvm_put_guest_fpu"])
+        # The ioctl runs on the vCPU thread: its PKRU is in the register when the guest
+        # FPU is put back (so the guest fpstate's XSTATE_BV keeps PKRU, as on a real host).
+        with self.kvm.hk.running(self.thread):
+            self._load_guest_fpu(["kvm_load_guest_fpu"])
+            try:
+                yield
+            finally:
+                self._put_guest_fpu(["kvm_put_guest_fpu"])
 
     # -- sregs -------------------------------------------------------------------------------
     def get_sregs(self) -> SRegs:
@@ -954,6 +957,10 @@ class Guest:
     def _mem_insn(self, name: str, gpa: int, rfbm: int, size: int) -> None:
         addr = self._gpa(gpa, size)
         self._native(lambda: getattr(self._hk.cpu, name)(addr, rfbm))
+
+    def fxsave(self, gpa: int) -> None:
+        addr = self._gpa(gpa, 512)
+        self._native(lambda: self._hk.cpu.fxsave(addr))
 
     def xsave(self, gpa: int, rfbm: int) -> None:
         self._mem_insn("xsave", gpa, rfbm, self._area())

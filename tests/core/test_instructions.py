@@ -241,13 +241,16 @@ def test_intel_zero_fcs_fds_where_deprecated() -> None:
     assert struct.unpack_from("<H", cpu.memory, B + legacy.FCS)[0] == 0
 
 
-def test_xsetbv_initialises_disabled_components() -> None:
+def test_xsetbv_preserves_disabled_components() -> None:
+    """SDM Vol. 1 13.3: clearing XCR0[7:5] leaves AVX-512 state unmodified."""
     cpu = booted("skylake-sp")
     cpu.set_reg("zmm20", 7)
+    cpu.set_reg("pkru", 0x55555554)
     cpu.xsetbv(0, 0x7)
-    assert cpu.xinuse & xf.AVX512 == 0
-    cpu.xsetbv(0, 0xE7)
-    assert cpu.reg("zmm20") == 0
+    assert cpu.xinuse & xf.AVX512
+    cpu.xsetbv(0, 0x2E7)
+    assert cpu.reg("zmm20") == 7
+    assert cpu.reg("pkru") == 0x55555554
 
 
 def test_compacted_xrstor_initialises_mxcsr_when_sse_not_in_bv() -> None:

@@ -1,0 +1,103 @@
+"""What would make a migration work: the same check re-run with one thing changed (another
+guest model or version, a newer kernel, a QEMU ``-feature`` option, another VMM). Only
+changes whose re-run verdict is better are suggested, with that verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvmfpu.kvm.profiles import NAMED, parse_version
+from kvmfpu.qemu import models
+from kvmfpu.qemu.models import GuestModel
+
+if TYPE_CHECKING:
+    from kvmfpu.migrate.check import Advice, Endpoint, Report
+
+_RANK = {"compatible": 0, "compatible with conditions": 1, "incompatible": 2}
+MAX_PER_KIND = 3
+
+
+def _better(than: str, verdict: str) -> bool:
+    return _RANK[verdict] < _RANK[than]
+
+
+def _newer(kernel: str) -> list[str]:
+    v = parse_version(kernel)
+    return [k for k in NAMED if parse_version(k) > v]
+
+
+def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
+    from kvmfpu.migrate.check import Advice, Endpoint, check
+
+    base = report.verdict
+    out: list[Advice] = []
+
+    def rerun(src: Endpoint = report.src, dst: Endpoint = report.dst,
+              guest: GuestModel = report.guest, vmm: str | None = None) -> Report:
+        v = vmm or report.vmm.name
+        dv = vmm or (report.dst_vmm or report.vmm).name
+        return check(src, dst, guest, vmm=v, dst_vmm=dv, blob=blob, advise=False)
+
+    def first(kind: str, tries: list[tuple[str, Callable[[], Report]]], limit: int = 1) -> None:
+        found = 0
+        for change, fn in tries:
+            r = fn()
+            if _better(base, r.verdict):
+                out.append(Advice(kind, change, r.verdict, r.reason))
+                found += 1
+                if found >= limit:
+                    return
+
+    # newer kernels: destination, source, both
+    dst_k = _newer(report.dst.kernel)
+    src_k = _newer(report.src.kernel)
+    first("kernel", [(f"destination kernel {k}",
+                      lambda k=k: rerun(dst=Endpoint(report.dst.host, k, report.dst.flavor)))
+                     for k in dst_k])
+    first("kernel", [(f"source kernel {k}",
+                      lambda k=k: rerun(src=Endpoint(report.src.host, k, report.src.flavor)))
+                     for k in src_k])
+    if not any(a.kind == "kernel" for a in out):
+        first("kernel", [(f"kernel {k} on both hosts",
+                          lambda k=k: rerun(src=Endpoint(report.src.host, k, report.src.flavor),
+                                            dst=Endpoint(report.dst.host, k, report.dst.flavor)))
+                         for k in sorted(set(dst_k) & set(src_k), key=parse_version)])
+    # QEMU -feature options
+    g = report.guest
+    feats = sorted(g.features) if not g.passthrough else sorted(models.FEATURES)
+    first("QEMU option", [(f"-cpu {g.spec},-{f}", lambda f=f: rerun(guest=models.resolve(
+        f"{g.spec},-{f}"))) for f in feats if f != "xsave"], limit=MAX_PER_KIND)
+    # other guest models: the best verdicts, richest first (this model's versions on ties)
+    ranked = []
+    for n, c in enumerate(_candidates(g)):
+        r = rerun(guest=c)
+        runs_on_source = not any(f.stage == "source" and f.level == "condition"
+                                 for f in r.findings)
+        if _better(base, r.verdict) and runs_on_source:
+            ranked.append((_RANK[r.verdict], -bin(c.components).count("1"), n, c, r))
+    ranked.sort(key=lambda t: t[:3])
+    out += [Advice("guest model", f"-cpu {c.label}", r.verdict, r.reason)
+            for *_, c, r in ranked[:MAX_PER_KIND]]
+    # another VMM
+    if report.vmm.name != "qemu":
+        first("VMM", [("QEMU (carries registers, not the buffer)",
+                       lambda: rerun(vmm="qemu"))])
+    return out
+
+
+def _candidates(g: GuestModel) -> list[GuestModel]:
+    """Other versions of the model, then other models of the vendor, richest first."""
+    out: list[GuestModel] = []
+    if not g.passthrough:
+        out += [v for v in models.versions_of(g.name) if v.version != g.version]
+    vendor = g.vendor
+    others = []
+    for m in models.catalogue():
+        if m.name == g.name or (vendor is not None and m.vendor != vendor):
+            continue
+        c = models.resolve(f"{m.name}-v{m.latest}")
+        if c.xcr0:
+            others.append(c)
+    others.sort(key=lambda c: (-bin(c.components).count("1"), -len(c.features), c.name))
+    return out + others

@@ -1,0 +1,440 @@
+"""Can a guest's xsave state taken on host A (kernel X) be restored on host B (kernel Y)?
+
+The answer comes from running the path on the models, not from rules: the guest runs on
+the source (workload), the VMM saves its state (vmm.save), the state travels by field or
+raw, the destination VMM builds its vCPU and puts the state in its order (vmm.put), and
+then what the destination holds is compared with what left: registers (register_diff of
+the two buffers decoded at their hosts' layouts), XCR0, the xstate MSRs, and the guest's
+own restore of a task context it saved on the source. Every failure is a Finding that
+carries the kernel function, condition and commit of the KvmError or fault behind it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from kvmfpu import cpus
+from kvmfpu.arch import xfeatures as xf
+from kvmfpu.arch.xfeatures import describe_mask
+from kvmfpu.blob import sources
+from kvmfpu.blob.compare import register_diff
+from kvmfpu.blob.decode import Decoded, decode
+from kvmfpu.blob.errors import InputError
+from kvmfpu.core import msrs as msr
+from kvmfpu.core.faults import Fault
+from kvmfpu.cpus.model import HostModel
+from kvmfpu.kvm.cpuid import intern, pack_entries
+from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.profiles import NEWEST, profile
+from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
+from kvmfpu.kvm.vcpu import Vcpu
+from kvmfpu.migrate import workload
+from kvmfpu.migrate.vmm import VMMS, Saved, Vmm, put, save
+from kvmfpu.qemu import guest_cpuid
+from kvmfpu.qemu.env import xrstor_all_areas
+from kvmfpu.qemu.guest_cpuid import QemuCpu
+from kvmfpu.qemu.models import GuestModel, resolve
+
+COMPATIBLE: Final = "compatible"
+CONDITIONS: Final = "compatible with conditions"
+INCOMPATIBLE: Final = "incompatible"
+#: The xstate MSRs whose guest values must survive (read on both sides by the host).
+STATE_MSRS: Final = (msr.IA32_XSS, msr.IA32_XFD, msr.IA32_XFD_ERR, msr.IA32_U_CET,
+                     msr.IA32_S_CET, msr.IA32_PL0_SSP, msr.IA32_PL1_SSP, msr.IA32_PL2_SSP,
+                     msr.IA32_PL3_SSP, msr.IA32_INT_SSP_TAB)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: HostModel
+    kernel: str
+    flavor: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.host.name}@{self.kernel}"
+
+
+def endpoint(text: str | Endpoint, default_kernel: str = NEWEST) -> Endpoint:
+    """``HOST[@KERNEL]``: a packaged host model or a dump file, and a kernel release."""
+    if isinstance(text, Endpoint):
+        return text
+    host, kernel = text, default_kernel
+    if "@" in text and not Path(text).exists():
+        host, kernel = text.rsplit("@", 1)
+    if not host:
+        raise InputError(f"{text!r}: no host before '@'")
+    profile(kernel)                           # UnknownKernel (ValueError) for bad input
+    return Endpoint(cpus.load(host), kernel)
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str                 # "error", "condition" or "info"
+    stage: str                 # "source", "transport", "destination" or "guest"
+    text: str
+    errno: str | None = None
+    function: str | None = None
+    condition: str | None = None
+    commit: str | None = None
+
+    @classmethod
+    def of(cls, level: str, stage: str, text: str, exc: KvmError) -> Finding:
+        return cls(level, stage, f"{text}: -{exc.errno_name}: {exc.reason}", exc.errno_name,
+                   exc.function, exc.condition, exc.commit)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class Advice:
+    kind: str                  # "guest model", "kernel", "QEMU option", "VMM"
+    change: str
+    verdict: str
+    why: str
+
+    def to_json(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SourceRun:
+    """The source half, reusable for every destination (the matrix caches it)."""
+
+    endpoint: Endpoint
+    guest: GuestModel
+    vmm: Vmm
+    cpu: QemuCpu
+    findings: list[Finding]
+    steps: list[str] = field(default_factory=list)
+    saved: Saved | None = None
+    regs: Decoded | None = None            # the guest's registers, as it saved them itself
+    source_lost: set[str] = field(default_factory=set)
+    truth: dict[int, int] = field(default_factory=dict)   # guest MSR values, read by the host
+    ctx: workload.GuestContext | None = None
+    sregs: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.saved is None
+
+
+@dataclass
+class Report:
+    src: Endpoint
+    dst: Endpoint
+    guest: GuestModel
+    vmm: Vmm
+    findings: list[Finding]
+    steps: list[tuple[str, str, str]]
+    lost: list[tuple[str, str, str]] = field(default_factory=list)
+    advice: list[Advice] = field(default_factory=list)
+    blob: str | None = None
+    lost_msrs: set[int] = field(default_factory=set)
+    dst_vmm: Vmm | None = None
+
+    @property
+    def verdict(self) -> str:
+        levels = {f.level for f in self.findings}
+        return INCOMPATIBLE if "error" in levels else CONDITIONS if "condition" in levels \
+            else COMPATIBLE
+
+    @property
+    def reason(self) -> str:
+        """The first error (or condition): one line for a matrix cell."""
+        for level in ("error", "condition"):
+            for f in self.findings:
+                if f.level == level:
+                    return f.text
+        return "every register, XCR0 and xstate MSR arrives intact"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "source": self.src.label, "destination": self.dst.label,
+                "guest": self.guest.to_json(), "vmm": self.vmm.name,
+                "destination_vmm": (self.dst_vmm or self.vmm).name, "blob": self.blob,
+                "findings": [f.to_json() for f in self.findings],
+                "steps": [{"side": a, "step": b, "outcome": c} for a, b, c in self.steps],
+                "lost": [{"register": r, "source": a, "destination": b} for r, a, b in self.lost],
+                "advice": [a.to_json() for a in self.advice]}
+
+
+def _kvm(e: Endpoint) -> Kvm:
+    return Kvm(e.host, e.kernel, e.flavor)
+
+
+def _has(vcpu: Vcpu) -> dict[str, bool]:
+    return dict(vcpu.cpuid.has)
+
+
+def _host_msrs(vcpu: Vcpu) -> dict[int, int]:
+    """The guest's xstate MSR values as the host reads them one by one (those KVM has)."""
+    out = {}
+    for i in STATE_MSRS:
+        got = vcpu.get_msrs([i])
+        if got:
+            out[i] = got[0][1]
+    return out
+
+
+def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = None) -> SourceRun:
+    kvm = _kvm(src)
+    cpu = guest_cpuid.build(kvm, guest, ask_perm=vmm.asks_amx_perm)
+    run = SourceRun(src, guest, vmm, cpu, [])
+    who = "QEMU" if vmm.by_field else "the VMM"
+    for f in cpu.filtered:
+        run.findings.append(Finding("condition", "source", f"{who} on {src.label} drops {f}: "
+                                    "host doesn't support requested feature (the guest runs "
+                                    "without it; with enforce it does not start)"))
+    if cpu.perm_error is not None:
+        run.findings.append(Finding.of("info", "source", "ARCH_REQ_XCOMP_GUEST_PERM failed and "
+                                       f"{who} only warns", cpu.perm_error))
+    vcpu = kvm.create_vm(memory_size=workload.MEMORY).create_vcpu()
+    try:
+        vcpu.set_cpuid2(cpu.entries)
+        run.steps.append("KVM_SET_CPUID2")
+        run.sregs = {"cr4_osxsave": cpu.has("xsave"), "cr4_pke": cpu.has("pku")}
+        vcpu.set_sregs(**run.sregs)
+    except KvmError as exc:
+        run.findings.append(Finding.of("error", "source", f"the guest cannot start on "
+                                       f"{src.label}", exc))
+        return run
+    try:
+        guest_state = workload.run_source(vcpu, cpu.xcr0, cpu.xss)
+    except Fault as fault:
+        run.findings.append(Finding("error", "source", f"the guest faults on {src.label}: "
+                                    f"{fault}"))
+        return run
+    run.ctx = guest_state.ctx
+    run.regs = decode(guest_state.registers, kvm.host.layout, host=src.host.name)
+    run.truth = _host_msrs(vcpu)
+    ids = vmm.msr_list(kvm.msr_index_list(), cpu, _has(vcpu).__getitem__)
+    try:
+        saved = save(vmm, vcpu, cpu, ids)
+    except KvmError as exc:
+        run.findings.append(Finding.of("error", "source", f"{vmm.name} cannot save the state on "
+                                       f"{src.label}", exc))
+        return run
+    run.steps.append(f"{saved.ioctl} ({len(saved.buf)} bytes), KVM_GET_XCRS, KVM_GET_MSRS "
+                     f"({', '.join(msr.name(i) for i in saved.msrs) or 'none'})")
+    if saved.msr_failure:
+        run.findings.append(Finding("info", "source", f"KVM_GET_MSRS stopped early: "
+                                    f"{saved.msr_failure}"))
+    if blob is not None:
+        saved.buf = blob
+        if saved.env is not None:
+            saved.env = xrstor_all_areas(blob, kvm.host.layout, saved.env)
+    run.saved = saved
+    out = decode(saved.buf, kvm.host.layout, host=src.host.name)
+    lost = [d for d in register_diff(run.regs, out) if d[0] != "XSTATE_BV"]
+    if lost and blob is None:
+        run.source_lost = {d[0] for d in lost}
+        run.findings.append(Finding("error", "source", f"{saved.ioctl} on {src.label} does not "
+                                    f"return {len(lost)} register(s) the guest holds "
+                                    f"({_names(lost)})"))
+    if blob is not None:
+        run.regs = out         # the given state is what left the source
+    return run
+
+
+def _names(diff: list[tuple[str, str, str]]) -> str:
+    return ", ".join(d[0] for d in diff[:6]) + (", ..." if len(diff) > 6 else "")
+
+
+def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
+               findings: list[Finding]) -> tuple[list[Any], QemuCpu | None]:
+    saved = run.saved
+    assert saved is not None
+    if vmm.cpuid_from_source:
+        table = intern(pack_entries(saved.cpuid), len(saved.cpuid))
+        if vmm.asks_amx_perm and table.gsx_raw & xf.XTILEDATA:
+            try:
+                kvm.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, int(xf.XFeature.XTILEDATA))
+            except KvmError as exc:
+                findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM "
+                                           "failed", exc))
+        return list(saved.cpuid), None
+    dcpu = guest_cpuid.build(kvm, run.guest, ask_perm=vmm.asks_amx_perm)
+    for f in dcpu.filtered:
+        findings.append(Finding("condition", "destination", f"QEMU on the destination drops "
+                                f"{f}: host doesn't support requested feature (with enforce "
+                                "the destination QEMU does not start)"))
+    lost, gained = run.cpu.features - dcpu.features, dcpu.features - run.cpu.features
+    if lost or gained:
+        parts = ([f"loses {', '.join(sorted(lost))}"] if lost else []) + \
+                ([f"gains {', '.join(sorted(gained))}"] if gained else [])
+        findings.append(Finding("condition", "destination", "the guest's CPUID changes across "
+                                f"the migration: it {' and '.join(parts)}"))
+    if dcpu.perm_error is not None:
+        findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM failed and "
+                                   "QEMU only warns", dcpu.perm_error))
+    return dcpu.entries, dcpu
+
+
+def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
+                    blob_name: str | None = None, vmm: Vmm | None = None) -> Report:
+    """The destination half: ``vmm`` (default: the source's) builds the vCPU and puts the
+    state the source's VMM saved."""
+    vmm = vmm or run.vmm
+    if vmm.by_field != run.vmm.by_field:
+        raise InputError(f"{run.vmm.name} and {vmm.name} carry the state differently (by field "
+                         "vs raw buffer): one cannot restore what the other saved")
+    report = Report(run.endpoint, dst, run.guest, run.vmm, list(run.findings),
+                    [("source", s, "ok") for s in run.steps], blob=blob_name,
+                    dst_vmm=vmm if vmm is not run.vmm else None)
+    if run.failed:
+        return report
+    saved = run.saved
+    assert saved is not None and run.regs is not None
+    kvm = kvm or _kvm(dst)
+    findings = report.findings
+    cpuid, dcpu = _dst_cpuid(run, vmm, kvm, findings)
+    vm = kvm.create_vm(memory_size=workload.MEMORY)
+    try:
+        vcpu = vm.create_vcpu()
+        _put_and_compare(run, vmm, kvm, vcpu, cpuid, dcpu, report)
+    finally:
+        vm.close()
+    return report
+
+
+def _put_and_compare(run: SourceRun, vmm: Vmm, kvm: Kvm, vcpu: Vcpu, cpuid: list[Any],
+                     dcpu: QemuCpu | None, report: Report) -> None:
+    saved, findings = run.saved, report.findings
+    assert saved is not None and run.regs is not None
+    if vmm.by_field:
+        has = intern(pack_entries(cpuid), len(cpuid)).has
+        ids = vmm.msr_list(kvm.msr_index_list(), dcpu, has.__getitem__)
+        values = [(i, saved.msrs.get(i, 0)) for i in ids]
+    else:
+        values = list(saved.msrs.items())
+    steps = put(vmm, vcpu, saved, cpuid, values, run.sregs)
+    put_ids = {i for i, _ in values}
+    for st in steps:
+        outcome = "ok" if st.ok else (f"-{st.error.errno_name}" if st.error else "failed")
+        report.steps.append(("destination", st.name, outcome + (f": {st.detail}" if st.detail
+                                                                  else "")))
+        if st.error is not None:
+            findings.append(Finding.of("error", "destination", st.name, st.error))
+        elif st.fatal:
+            findings.append(Finding("error", "destination", f"{st.name}: {st.detail}"))
+    if not all(st.ok for st in steps):
+        return
+    _compare(run, kvm, vcpu, report, put_ids)
+    _notes(run, kvm, report)
+
+
+def _compare(run: SourceRun, kvm: Kvm, vcpu: Vcpu, report: Report, put_ids: set[int]) -> None:
+    saved, findings = run.saved, report.findings
+    assert saved is not None and run.regs is not None
+    out = vcpu.get_xsave2() if kvm.kernel.has("xsave2") else vcpu.get_xsave()
+    dregs = decode(out, kvm.host.layout, host=kvm.host.name)
+    diff = register_diff(run.regs, dregs)
+    report.lost = [d for d in diff if d[0] != "XSTATE_BV"]
+    new = [d for d in report.lost if d[0] not in run.source_lost]
+    if new:
+        names = _names(new)
+        how = ("the buffer is taken verbatim at the destination's offsets"
+               if not run.vmm.by_field else "the destination does not hold them")
+        findings.append(Finding("error", "destination", f"{len(new)} register(s) differ "
+                                f"after the restore ({names}): {how}"))
+    elif diff and not report.lost:
+        _, a, b = diff[0]
+        findings.append(Finding("info", "destination", f"XSTATE_BV {a} on the source, {b} on the "
+                                "destination; the components in question hold their initial "
+                                "values"))
+    xcr0 = dict(vcpu.get_xcrs()).get(0, 1)
+    if xcr0 != saved.xcr0:
+        findings.append(Finding("error", "destination", f"XCR0 is {saved.xcr0:#x} on the source "
+                                f"and {xcr0:#x} on the destination"))
+    after = _host_msrs(vcpu)
+    gone = []
+    for i, value in run.truth.items():
+        if after.get(i, 0) != value:
+            got = f"{after[i]:#x}" if i in after else "no such MSR"
+            why = ("not saved" if i not in saved.msrs else "not put" if i not in put_ids
+                   else "changed")
+            gone.append(f"{msr.name(i)} {value:#x} -> {got} ({why})")
+            report.lost_msrs.add(i)
+    if gone:
+        findings.append(Finding("error", "destination", f"xstate MSRs not restored: "
+                                f"{'; '.join(gone)}"))
+    if run.ctx is not None:
+        fault = workload.resume(vcpu, run.ctx)
+        report.steps.append(("guest", f"{run.ctx.restore.upper()} of a task context saved on "
+                             "the source", "ok" if fault is None else fault.label))
+        if fault is not None:
+            findings.append(Finding("error", "guest", f"the guest's {run.ctx.restore.upper()} of "
+                                    f"a context it saved with {run.ctx.insn.upper()} on the "
+                                    f"source (RFBM {run.ctx.mask:#x}) faults: {fault}"))
+
+
+def _notes(run: SourceRun, kvm: Kvm, report: Report) -> None:
+    """Conditions and harmless differences worth knowing."""
+    saved, findings = run.saved, report.findings
+    assert saved is not None
+    src_lay, dst_lay = run.endpoint.host.layout, kvm.host.layout
+    moved = [f"{xf.name_of(b)} {src_lay.components[b].offset:#x}->{dst_lay.components[b].offset:#x}"
+             for b in xf.bits(saved.xcr0 & ~xf.FPSSE)
+             if b in src_lay.components and b in dst_lay.components
+             and src_lay.components[b].offset != dst_lay.components[b].offset]
+    if moved and run.vmm.by_field:
+        findings.append(Finding("info", "transport", f"standard-format offsets differ "
+                                f"({', '.join(moved)}); QEMU re-lays the registers "
+                                "(kvm_cpu_xsave_init reads each host's CPUID.(0xD,i))"))
+    if saved.xcr0 & xf.XTILEDATA or len(saved.buf) > 4096:
+        findings.append(Finding("condition", "transport", f"the state takes "
+                                f"{src_lay.standard_size(saved.xcr0)} bytes: both VMMs must "
+                                "request ARCH_REQ_XCOMP_GUEST_PERM before creating vCPUs and "
+                                "use KVM_GET_XSAVE2 (KVM_GET_XSAVE fails with -EINVAL above "
+                                "4096 bytes; QEMU >= 7.0 does both)"))
+    xss = run.truth.get(msr.IA32_XSS, 0)
+    dst_vmm = report.dst_vmm or run.vmm
+    if (xss and msr.IA32_XSS not in report.lost_msrs
+            and dst_vmm.put_order.index("msrs") > dst_vmm.put_order.index("xsave")):
+        findings.append(Finding("info", "destination", f"IA32_XSS ({describe_mask(xss)}) is put "
+                                "after KVM_SET_XSAVE: harmless on KVM, whose KVM_SET_XSAVE "
+                                "carries user components only and keeps supervisor state "
+                                "(fpu_copy_uabi_to_guest_fpstate), and which checks XSS "
+                                "against guest CPUID alone (kvm_set_msr_common, 338543cbe033)"))
+    xfd = run.truth.get(msr.IA32_XFD)
+    if xfd is not None and run.cpu.has("xfd"):
+        findings.append(Finding("info", "destination", f"IA32_XFD {xfd:#x} and IA32_XFD_ERR "
+                                f"{run.truth.get(msr.IA32_XFD_ERR, 0):#x} restored"))
+
+
+def vmm_of(name: str | Vmm) -> Vmm:
+    if isinstance(name, Vmm):
+        return name
+    try:
+        return VMMS[name]
+    except KeyError:
+        raise InputError(f"unknown VMM {name!r} (one of {', '.join(VMMS)})") from None
+
+
+def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
+          vmm: str | Vmm = "qemu", dst_vmm: str | Vmm | None = None, blob: bytes | None = None,
+          blob_name: str | None = None, advise: bool = True) -> Report:
+    """One migration: the source runs ``guest``, ``vmm`` saves its state and ``dst_vmm``
+    (default: the same) restores it on ``dst``."""
+    s, d = endpoint(src), endpoint(dst)
+    g = guest if isinstance(guest, GuestModel) else resolve(guest)
+    v = vmm_of(vmm)
+    dv = vmm_of(dst_vmm) if dst_vmm is not None else v
+    report = run_destination(run_source(s, g, v, blob), d, blob_name=blob_name, vmm=dv)
+    if advise and report.verdict != COMPATIBLE:
+        from kvmfpu.migrate.advice import advise as _advise
+        report.advice = _advise(report, blob)
+    return report
+
+
+def read_blob(path: str | os.PathLike[str]) -> bytes:
+    """The xsave buffer in a capture file (kvm_xsave dump, core file, QEMU stream...): the
+    first vCPU's when the file holds several."""
+    caps = sources.read(path, None, sources.MAX_SIZE)
+    if not caps:
+        raise InputError(f"{os.fspath(path)}: no xsave image found")
+    return bytes(caps[0].data)
