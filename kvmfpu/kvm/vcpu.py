@@ -420,7 +420,13 @@ class Vcpu:
         return index in self.kvm.msr_index_list()
 
     def _cpuid_has(self, feature: str) -> bool:
-        return self.cpuid.has[feature] if self.cpuid is not EMPTY else False
+        if self.cpuid is EMPTY:
+            return False
+        if feature in ("shstk", "ibt"):
+            # guest_cpu_cap_has: guest CPUID & what KVM supports (a CPUID claiming CET on a
+            # host KVM offers none gives no CET MSRs).
+            return self.cpuid.has[feature] and bool(getattr(self.kvm.caps, feature))
+        return self.cpuid.has[feature]
 
     def _set_msr(self, index: int, data: int, host: bool) -> None:
         kvm = self.kvm

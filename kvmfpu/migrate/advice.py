@@ -33,8 +33,7 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
     base = report.verdict
     out: list[Advice] = []
 
-    def rerun(src: Endpoint = report.src, dst: Endpoint = report.dst,
-              guest: GuestModel = report.guest, vmm: str | None = None) -> Report:
+    def rerun(src: Endpoint, dst: Endpoint, guest: GuestModel, vmm: str | None) -> Report:
         v = vmm or report.vmm.name
         dv = vmm or (report.dst_vmm or report.vmm).name
         return check(src, dst, guest, vmm=v, dst_vmm=dv, blob=blob, advise=False)
@@ -49,29 +48,31 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
                 if found >= limit:
                     return
 
+    def at(src: Endpoint | None = None, dst: Endpoint | None = None,
+           guest: GuestModel | None = None, vmm: str | None = None) -> Callable[[], Report]:
+        return lambda: rerun(src or report.src, dst or report.dst, guest or report.guest, vmm)
+
+    def kernel(e: Endpoint, k: str) -> Endpoint:
+        return Endpoint(e.host, k, e.flavor)
+
     # newer kernels: destination, source, both
     dst_k = _newer(report.dst.kernel)
     src_k = _newer(report.src.kernel)
-    first("kernel", [(f"destination kernel {k}",
-                      lambda k=k: rerun(dst=Endpoint(report.dst.host, k, report.dst.flavor)))
-                     for k in dst_k])
-    first("kernel", [(f"source kernel {k}",
-                      lambda k=k: rerun(src=Endpoint(report.src.host, k, report.src.flavor)))
-                     for k in src_k])
+    first("kernel", [(f"destination kernel {k}", at(dst=kernel(report.dst, k))) for k in dst_k])
+    first("kernel", [(f"source kernel {k}", at(src=kernel(report.src, k))) for k in src_k])
     if not any(a.kind == "kernel" for a in out):
         first("kernel", [(f"kernel {k} on both hosts",
-                          lambda k=k: rerun(src=Endpoint(report.src.host, k, report.src.flavor),
-                                            dst=Endpoint(report.dst.host, k, report.dst.flavor)))
+                          at(src=kernel(report.src, k), dst=kernel(report.dst, k)))
                          for k in sorted(set(dst_k) & set(src_k), key=parse_version)])
     # QEMU -feature options
     g = report.guest
     feats = sorted(g.features) if not g.passthrough else sorted(models.FEATURES)
-    first("QEMU option", [(f"-cpu {g.spec},-{f}", lambda f=f: rerun(guest=models.resolve(
-        f"{g.spec},-{f}"))) for f in feats if f != "xsave"], limit=MAX_PER_KIND)
+    first("QEMU option", [(f"-cpu {g.spec},-{f}", at(guest=models.resolve(f"{g.spec},-{f}")))
+                          for f in feats if f != "xsave"], limit=MAX_PER_KIND)
     # other guest models: the best verdicts, richest first (this model's versions on ties)
     ranked = []
     for n, c in enumerate(_candidates(g)):
-        r = rerun(guest=c)
+        r = rerun(report.src, report.dst, c, None)
         runs_on_source = not any(f.stage == "source" and f.level == "condition"
                                  for f in r.findings)
         if _better(base, r.verdict) and runs_on_source:
@@ -81,8 +82,7 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
             for *_, c, r in ranked[:MAX_PER_KIND]]
     # another VMM
     if report.vmm.name != "qemu":
-        first("VMM", [("QEMU (carries registers, not the buffer)",
-                       lambda: rerun(vmm="qemu"))])
+        first("VMM", [("QEMU (carries registers, not the buffer)", at(vmm="qemu"))])
     return out
 
 

@@ -27,10 +27,10 @@ from kvmfpu.core import msrs as msr
 from kvmfpu.core.faults import Fault
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm.cpuid import intern, pack_entries
-from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.errors import HostOops, KvmError
 from kvmfpu.kvm.profiles import NEWEST, profile
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
-from kvmfpu.kvm.vcpu import Vcpu
+from kvmfpu.kvm.vcpu import SRegs, Vcpu
 from kvmfpu.migrate import workload
 from kvmfpu.migrate.vmm import VMMS, Saved, Vmm, put, save
 from kvmfpu.qemu import guest_cpuid
@@ -197,7 +197,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
         vcpu.set_cpuid2(cpu.entries)
         run.steps.append("KVM_SET_CPUID2")
         run.sregs = {"cr4_osxsave": cpu.has("xsave"), "cr4_pke": cpu.has("pku")}
-        vcpu.set_sregs(**run.sregs)
+        vcpu.set_sregs(SRegs(**run.sregs))
     except KvmError as exc:
         run.findings.append(Finding.of("error", "source", f"the guest cannot start on "
                                        f"{src.label}", exc))
@@ -208,6 +208,10 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
         run.findings.append(Finding("error", "source", f"the guest faults on {src.label}: "
                                     f"{fault}"))
         return run
+    except HostOops as oops:
+        run.findings.append(Finding("error", "source", f"the host kernel on {src.label} "
+                                    f"oopses while the guest runs: {oops}"))
+        return run
     run.ctx = guest_state.ctx
     run.regs = decode(guest_state.registers, kvm.host.layout, host=src.host.name)
     run.truth = _host_msrs(vcpu)
@@ -217,6 +221,10 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     except KvmError as exc:
         run.findings.append(Finding.of("error", "source", f"{vmm.name} cannot save the state on "
                                        f"{src.label}", exc))
+        return run
+    except HostOops as oops:
+        run.findings.append(Finding("error", "source", f"saving the state oopses the host "
+                                    f"kernel on {src.label}: {oops}"))
         return run
     run.steps.append(f"{saved.ioctl} ({len(saved.buf)} bytes), KVM_GET_XCRS, KVM_GET_MSRS "
                      f"({', '.join(msr.name(i) for i in saved.msrs) or 'none'})")
@@ -296,6 +304,11 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
     try:
         vcpu = vm.create_vcpu()
         _put_and_compare(run, vmm, kvm, vcpu, cpuid, dcpu, report)
+    except HostOops as oops:
+        findings.append(Finding("error", "destination", f"the host kernel on {dst.label} "
+                                f"oopses: {oops}"))
+    except KvmError as exc:
+        findings.append(Finding.of("error", "destination", "reading the state back fails", exc))
     finally:
         vm.close()
     return report

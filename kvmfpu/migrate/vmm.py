@@ -27,7 +27,7 @@ from typing import Final
 from kvmfpu.core import msrs as msr
 from kvmfpu.kvm.cpuid import CpuidEntry
 from kvmfpu.kvm.errors import KvmError
-from kvmfpu.kvm.vcpu import Vcpu
+from kvmfpu.kvm.vcpu import SRegs, Vcpu
 from kvmfpu.qemu.env import QemuEnv, buffer_size, xrstor_all_areas, xsave_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
 from kvmfpu.uapi import KVM_CAP_XCRS, KVM_CAP_XSAVE2
@@ -172,7 +172,7 @@ def put(vmm: Vmm, vcpu: Vcpu, saved: Saved, cpuid: list[CpuidEntry],
         if what == "cpuid":
             ok = run("KVM_SET_CPUID2", lambda: vcpu.set_cpuid2(cpuid))
         elif what == "sregs":
-            ok = run("KVM_SET_SREGS", lambda: vcpu.set_sregs(**sregs))
+            ok = run("KVM_SET_SREGS", lambda: vcpu.set_sregs(SRegs(**sregs)))
         elif what == "xsave":
             ok = run(f"KVM_SET_XSAVE ({len(buf)}-byte buffer)", lambda: vcpu.set_xsave(buf))
         elif what == "xcrs":
