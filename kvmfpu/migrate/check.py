@@ -166,10 +166,6 @@ def _kvm(e: Endpoint) -> Kvm:
     return Kvm(e.host, e.kernel, e.flavor)
 
 
-def _has(vcpu: Vcpu) -> dict[str, bool]:
-    return dict(vcpu.cpuid.has)
-
-
 def _host_msrs(vcpu: Vcpu) -> dict[int, int]:
     """The guest's xstate MSR values as the host reads them one by one (those KVM has)."""
     out = {}
@@ -215,7 +211,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     run.ctx = guest_state.ctx
     run.regs = decode(guest_state.registers, kvm.host.layout, host=src.host.name)
     run.truth = _host_msrs(vcpu)
-    ids = vmm.msr_list(kvm.msr_index_list(), cpu, _has(vcpu).__getitem__)
+    ids = vmm.msr_list(kvm.msr_index_list(), vcpu.cpuid.has.__getitem__)
     try:
         saved = save(vmm, vcpu, cpu, ids)
     except KvmError as exc:
@@ -253,7 +249,7 @@ def _names(diff: list[tuple[str, str, str]]) -> str:
 
 
 def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
-               findings: list[Finding]) -> tuple[list[Any], QemuCpu | None]:
+               findings: list[Finding]) -> list[Any]:
     saved = run.saved
     assert saved is not None
     if vmm.cpuid_from_source:
@@ -264,7 +260,7 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
             except KvmError as exc:
                 findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM "
                                            "failed", exc))
-        return list(saved.cpuid), None
+        return list(saved.cpuid)
     dcpu = guest_cpuid.build(kvm, run.guest, ask_perm=vmm.asks_amx_perm)
     for f in dcpu.filtered:
         findings.append(Finding("condition", "destination", f"QEMU on the destination drops "
@@ -279,7 +275,7 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
     if dcpu.perm_error is not None:
         findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM failed and "
                                    "QEMU only warns", dcpu.perm_error))
-    return dcpu.entries, dcpu
+    return dcpu.entries
 
 
 def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
@@ -299,11 +295,11 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
     assert saved is not None and run.regs is not None
     kvm = kvm or _kvm(dst)
     findings = report.findings
-    cpuid, dcpu = _dst_cpuid(run, vmm, kvm, findings)
+    cpuid = _dst_cpuid(run, vmm, kvm, findings)
     vm = kvm.create_vm(memory_size=workload.MEMORY)
     try:
         vcpu = vm.create_vcpu()
-        _put_and_compare(run, vmm, kvm, vcpu, cpuid, dcpu, report)
+        _put_and_compare(run, vmm, kvm, vcpu, cpuid, report)
     except HostOops as oops:
         findings.append(Finding("error", "destination", f"the host kernel on {dst.label} "
                                 f"oopses: {oops}"))
@@ -315,12 +311,12 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
 
 
 def _put_and_compare(run: SourceRun, vmm: Vmm, kvm: Kvm, vcpu: Vcpu, cpuid: list[Any],
-                     dcpu: QemuCpu | None, report: Report) -> None:
+                     report: Report) -> None:
     saved, findings = run.saved, report.findings
     assert saved is not None and run.regs is not None
     if vmm.by_field:
         has = intern(pack_entries(cpuid), len(cpuid)).has
-        ids = vmm.msr_list(kvm.msr_index_list(), dcpu, has.__getitem__)
+        ids = vmm.msr_list(kvm.msr_index_list(), has.__getitem__)
         values = [(i, saved.msrs.get(i, 0)) for i in ids]
     else:
         values = list(saved.msrs.items())

@@ -52,7 +52,7 @@ class Vmm:
     put_order: tuple[str, ...]
     source: str
 
-    def msr_list(self, kvm_list: tuple[int, ...], cpu: QemuCpu | None,
+    def msr_list(self, kvm_list: tuple[int, ...],
                  cpuid_has: Callable[[str], bool]) -> list[int]:
         """The xstate MSRs this VMM saves and puts, on a kernel listing ``kvm_list``."""
         if self.msrs == "index-list":

@@ -22,6 +22,15 @@ from kvmfpu.arch.layout import XsaveLayout
 _MASK64 = (1 << 64) - 1
 
 
+def _offset(layout: XsaveLayout, bit: int, size: int) -> int | None:
+    """Where user component ``bit`` sits in a ``size``-byte buffer on the host, or None
+    when the host lacks it or the buffer ends before it (QEMU skips it then)."""
+    c = layout.components.get(bit)
+    if c is None or c.supervisor or c.offset + c.size > size:
+        return None
+    return c.offset
+
+
 @dataclass
 class QemuEnv:
     """The xsave-related CPUX86State fields (values as QEMU holds them under KVM)."""
@@ -65,10 +74,7 @@ def xsave_all_areas(env: QemuEnv, layout: XsaveLayout, size: int) -> bytes:
     struct.pack_into("<Q", buf, legacy.XSTATE_BV, env.xstate_bv)
 
     def at(bit: int) -> int | None:
-        c = layout.components.get(bit)
-        if c is None or c.supervisor or c.offset + c.size > size:
-            return None
-        return c.offset
+        return _offset(layout, bit, size)
     if (o := at(xf.XFeature.YMM)) is not None:
         for i in range(16):
             buf[o + 16 * i:o + 16 * i + 16] = (env.zmm[i] >> 128 & (1 << 128) - 1).to_bytes(16, "little")
@@ -111,10 +117,7 @@ def xrstor_all_areas(buf: bytes, layout: XsaveLayout, env: QemuEnv | None = None
     env.xstate_bv = struct.unpack_from("<Q", buf, legacy.XSTATE_BV)[0]
 
     def at(bit: int) -> int | None:
-        c = layout.components.get(bit)
-        if c is None or c.supervisor or c.offset + c.size > n:
-            return None
-        return c.offset
+        return _offset(layout, bit, n)
     if (o := at(xf.XFeature.YMM)) is not None:
         for i in range(16):
             part = int.from_bytes(buf[o + 16 * i:o + 16 * i + 16], "little")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any, Final
@@ -252,10 +252,9 @@ def resolve(spec: str) -> GuestModel:
     for name, on in options:
         (feats.add if on else feats.discard)(name)
     vdef = next(v for v in model.versions if v.version == version)
-    label = f"{model.name}-v{version}" + "".join(
-        f",{'+' if on else '-'}{f}" for f, on in options)
-    return GuestModel(spec=label, name=model.name, version=version, features=frozenset(feats),
-                      vendor=model.vendor, options=options, unverified=vdef.unverified)
+    g = GuestModel(spec="", name=model.name, version=version, features=frozenset(feats),
+                   vendor=model.vendor, options=options, unverified=vdef.unverified)
+    return replace(g, spec=g.label)
 
 
 def versions_of(name: str) -> list[GuestModel]:
