@@ -81,7 +81,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _print(r: Any) -> None:
     vmm = r.vmm.name + (f" -> {r.dst_vmm.name}" if r.dst_vmm else "")
     print(f"{r.src.label} -> {r.dst.label}, guest {r.guest.label} "
-          f"(XCR0 {r.guest.xcr0:#x}, XSS {r.guest.xss:#x}), VMM {vmm}")
+          f"(XCR0 {r.guest_xcr0:#x}, XSS {r.guest_xss:#x}), VMM {vmm}")
     if r.blob:
         print(f"state: {r.blob}")
     print(f"verdict: {r.verdict.upper()}")
@@ -101,6 +101,12 @@ def _print(r: Any) -> None:
     print("\nsteps:")
     for side, step, outcome in r.steps:
         print(f"  {side:11} {step}: {outcome}")
+    print("\nchecked:")
+    for item in r.scope.checked:
+        print(f"  - {item}")
+    print("not checked:")
+    for item in r.scope.not_checked:
+        print(f"  - {item}")
     if r.advice:
         print("\nwhat would work (each re-run on the models):")
         for a in r.advice:

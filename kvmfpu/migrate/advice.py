@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvmfpu.kvm.profiles import NAMED, parse_version
+from kvmfpu.migrate.report import RANK as _RANK
+from kvmfpu.migrate.report import Advice, Endpoint
 from kvmfpu.qemu import models
 from kvmfpu.qemu.models import GuestModel
 
 if TYPE_CHECKING:
-    from kvmfpu.migrate.check import Advice, Endpoint, Report
-
-_RANK = {"compatible": 0, "compatible with conditions": 1, "incompatible": 2}
+    from kvmfpu.migrate.report import Report
 MAX_PER_KIND = 3
 
 
@@ -28,7 +28,7 @@ def _newer(kernel: str) -> list[str]:
 
 
 def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
-    from kvmfpu.migrate.check import Advice, Endpoint, check
+    from kvmfpu.migrate.check import check
 
     base = report.verdict
     out: list[Advice] = []
@@ -64,40 +64,61 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
         first("kernel", [(f"kernel {k} on both hosts",
                           at(src=kernel(report.src, k), dst=kernel(report.dst, k)))
                          for k in sorted(set(dst_k) & set(src_k), key=parse_version)])
-    # QEMU -feature options
+    # QEMU -feature options: the lost features all at once, else one feature at a time
     g = report.guest
-    feats = sorted(g.features) if not g.passthrough else sorted(models.FEATURES)
-    first("QEMU option", [(f"-cpu {g.spec},-{f}", at(guest=models.resolve(f"{g.spec},-{f}")))
-                          for f in feats if f != "xsave"], limit=MAX_PER_KIND)
-    # other guest models: the best verdicts, richest first (this model's versions on ties)
+    if report.lost_features:
+        spec = g.spec + "".join(f",-{f}" for f in report.lost_features)
+        first("QEMU option", [(f"-cpu {spec}", at(guest=models.resolve(spec)))])
+    else:
+        feats = sorted(g.features) if not g.passthrough else sorted(models.FEATURES)
+        first("QEMU option", [(f"-cpu {g.spec},-{f}", at(guest=models.resolve(f"{g.spec},-{f}")))
+                              for f in feats if f != "xsave"], limit=MAX_PER_KIND)
+    # other guest models: the best verdicts, then the fewest of the guest's features given up,
+    # the same vendor and the nearest generation (QEMU's table order) first
     ranked = []
-    for n, c in enumerate(_candidates(g)):
+    for c in _candidates(g):
         r = rerun(report.src, report.dst, c, None)
-        runs_on_source = not any(f.stage == "source" and f.level == "condition"
-                                 for f in r.findings)
+        runs_on_source = not any(f.stage == "source" and f.level != "info" for f in r.findings)
         if _better(base, r.verdict) and runs_on_source:
-            ranked.append((_RANK[r.verdict], -bin(c.components).count("1"), n, c, r))
-    ranked.sort(key=lambda t: t[:3])
+            given_up = len(g.features - c.features) if not g.passthrough else 0
+            ranked.append((_RANK[r.verdict], given_up, _distance(g, c), c.label, c, r))
+    ranked.sort(key=lambda t: t[:4])
+    # Advice that gives up half the guest's features only when nothing else works.
+    modest = [t for t in ranked if 2 * t[1] <= len(g.features)]
     out += [Advice("guest model", f"-cpu {c.label}", r.verdict, r.reason)
-            for *_, c, r in ranked[:MAX_PER_KIND]]
+            for *_, c, r in (modest or ranked)[:MAX_PER_KIND]]
     # another VMM
     if report.vmm.name != "qemu":
         first("VMM", [("QEMU (carries registers, not the buffer)", at(vmm="qemu"))])
     return out
 
 
+def _order() -> dict[str, int]:
+    return {m.name: i for i, m in enumerate(models.catalogue())}
+
+
+def _distance(g: GuestModel, c: GuestModel) -> tuple[int, int, int]:
+    """Same vendor first, then the same model's versions (nearest first), then models
+    nearer in QEMU's table, which lists each vendor's generations in order."""
+    order = _order()
+    vendor = 0 if g.vendor is None or c.vendor == g.vendor else 1
+    if c.name == g.name and g.version is not None and c.version is not None:
+        return vendor, 0, abs(c.version - g.version)
+    gi = order.get(g.name, 0)
+    return vendor, 1, abs(order.get(c.name, 0) - gi)
+
+
 def _candidates(g: GuestModel) -> list[GuestModel]:
-    """Other versions of the model, then other models of the vendor, richest first."""
+    """Other versions of the model, then the newest version of every other model of the
+    vendor (any vendor for host passthrough)."""
     out: list[GuestModel] = []
     if not g.passthrough:
         out += [v for v in models.versions_of(g.name) if v.version != g.version]
     vendor = g.vendor
-    others = []
     for m in models.catalogue():
         if m.name == g.name or (vendor is not None and m.vendor != vendor):
             continue
         c = models.resolve(f"{m.name}-v{m.latest}")
         if c.xcr0:
-            others.append(c)
-    others.sort(key=lambda c: (-bin(c.components).count("1"), -len(c.features), c.name))
-    return out + others
+            out.append(c)
+    return out

@@ -25,37 +25,36 @@ from kvmfpu.blob.decode import Decoded, decode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.core import msrs as msr
 from kvmfpu.core.faults import Fault
-from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm.cpuid import intern, pack_entries
 from kvmfpu.kvm.errors import HostOops, KvmError
 from kvmfpu.kvm.profiles import NEWEST, profile
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
 from kvmfpu.kvm.vcpu import SRegs, Vcpu
-from kvmfpu.migrate import workload
+from kvmfpu.migrate import guest_cpu, workload
+from kvmfpu.migrate.guest_cpu import QEMU_ENFORCE
+from kvmfpu.migrate.report import (
+    COMPATIBLE,
+    CONDITIONS,
+    INCOMPATIBLE,
+    Advice,
+    Endpoint,
+    Finding,
+    Report,
+    Scope,
+)
+
+__all__ = ["COMPATIBLE", "CONDITIONS", "INCOMPATIBLE", "Advice", "Endpoint", "Finding", "Report",
+           "SourceRun", "check", "endpoint", "read_blob", "run_destination", "run_source", "vmm_of"]
 from kvmfpu.migrate.vmm import VMMS, Saved, Vmm, put, save
 from kvmfpu.qemu import guest_cpuid
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
 from kvmfpu.qemu.models import GuestModel, resolve
 
-COMPATIBLE: Final = "compatible"
-CONDITIONS: Final = "compatible with conditions"
-INCOMPATIBLE: Final = "incompatible"
 #: The xstate MSRs whose guest values must survive (read on both sides by the host).
 STATE_MSRS: Final = (msr.IA32_XSS, msr.IA32_XFD, msr.IA32_XFD_ERR, msr.IA32_U_CET,
                      msr.IA32_S_CET, msr.IA32_PL0_SSP, msr.IA32_PL1_SSP, msr.IA32_PL2_SSP,
                      msr.IA32_PL3_SSP, msr.IA32_INT_SSP_TAB)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: HostModel
-    kernel: str
-    flavor: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.host.name}@{self.kernel}"
 
 
 def endpoint(text: str | Endpoint, default_kernel: str = NEWEST) -> Endpoint:
@@ -69,36 +68,6 @@ def endpoint(text: str | Endpoint, default_kernel: str = NEWEST) -> Endpoint:
         raise InputError(f"{text!r}: no host before '@'")
     profile(kernel)                           # UnknownKernel (ValueError) for bad input
     return Endpoint(cpus.load(host), kernel)
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: str                 # "error", "condition" or "info"
-    stage: str                 # "source", "transport", "destination" or "guest"
-    text: str
-    errno: str | None = None
-    function: str | None = None
-    condition: str | None = None
-    commit: str | None = None
-
-    @classmethod
-    def of(cls, level: str, stage: str, text: str, exc: KvmError) -> Finding:
-        return cls(level, stage, f"{text}: -{exc.errno_name}: {exc.reason}", exc.errno_name,
-                   exc.function, exc.condition, exc.commit)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class Advice:
-    kind: str                  # "guest model", "kernel", "QEMU option", "VMM"
-    change: str
-    verdict: str
-    why: str
-
-    def to_json(self) -> dict[str, str]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -116,50 +85,13 @@ class SourceRun:
     source_lost: set[str] = field(default_factory=set)
     truth: dict[int, int] = field(default_factory=dict)   # guest MSR values, read by the host
     ctx: workload.GuestContext | None = None
+    #: The QEMU feature names the source's KVM_GET_SUPPORTED_CPUID reports.
+    supported: frozenset[str] = frozenset()
     sregs: dict[str, bool] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
         return self.saved is None
-
-
-@dataclass
-class Report:
-    src: Endpoint
-    dst: Endpoint
-    guest: GuestModel
-    vmm: Vmm
-    findings: list[Finding]
-    steps: list[tuple[str, str, str]]
-    lost: list[tuple[str, str, str]] = field(default_factory=list)
-    advice: list[Advice] = field(default_factory=list)
-    blob: str | None = None
-    lost_msrs: set[int] = field(default_factory=set)
-    dst_vmm: Vmm | None = None
-
-    @property
-    def verdict(self) -> str:
-        levels = {f.level for f in self.findings}
-        return INCOMPATIBLE if "error" in levels else CONDITIONS if "condition" in levels \
-            else COMPATIBLE
-
-    @property
-    def reason(self) -> str:
-        """The first error (or condition): one line for a matrix cell."""
-        for level in ("error", "condition"):
-            for f in self.findings:
-                if f.level == level:
-                    return f.text
-        return "every register, XCR0 and xstate MSR arrives intact"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "source": self.src.label, "destination": self.dst.label,
-                "guest": self.guest.to_json(), "vmm": self.vmm.name,
-                "destination_vmm": (self.dst_vmm or self.vmm).name, "blob": self.blob,
-                "findings": [f.to_json() for f in self.findings],
-                "steps": [{"side": a, "step": b, "outcome": c} for a, b, c in self.steps],
-                "lost": [{"register": r, "source": a, "destination": b} for r, a, b in self.lost],
-                "advice": [a.to_json() for a in self.advice]}
 
 
 def _kvm(e: Endpoint) -> Kvm:
@@ -179,12 +111,18 @@ def _host_msrs(vcpu: Vcpu) -> dict[int, int]:
 def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = None) -> SourceRun:
     kvm = _kvm(src)
     cpu = guest_cpuid.build(kvm, guest, ask_perm=vmm.asks_amx_perm)
-    run = SourceRun(src, guest, vmm, cpu, [])
+    run = SourceRun(src, guest, vmm, cpu, [],
+                    supported=guest_cpuid.features_in(kvm.get_supported_cpuid()))
     who = "QEMU" if vmm.by_field else "the VMM"
-    for f in cpu.filtered:
-        run.findings.append(Finding("condition", "source", f"{who} on {src.label} drops {f}: "
-                                    "host doesn't support requested feature (the guest runs "
-                                    "without it; with enforce it does not start)"))
+    if cpu.filtered and getattr(guest, "enforce", False) and vmm.by_field:
+        run.findings.append(Finding("error", "source", f"QEMU refuses to start the guest on "
+                                    f"{src.label}: \"{QEMU_ENFORCE}\" (enforce): "
+                                    f"{'; '.join(cpu.filtered)}"))
+        return run
+    if cpu.filtered:
+        run.findings.append(Finding("info", "source", f"{who} on {src.label} drops "
+                                    f"{'; '.join(cpu.filtered)}: host doesn't support requested "
+                                    "feature (the guest runs without them from the start)"))
     if cpu.perm_error is not None:
         run.findings.append(Finding.of("info", "source", "ARCH_REQ_XCOMP_GUEST_PERM failed and "
                                        f"{who} only warns", cpu.perm_error))
@@ -260,18 +198,32 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
             except KvmError as exc:
                 findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM "
                                            "failed", exc))
+        # The saved CPUID goes back verbatim: what the guest sees and the destination's KVM
+        # cannot provide (bits the source's KVM really offered; runtime bits aside).
+        seen = guest_cpuid.features_in(saved.cpuid) & run.supported
+        lost = seen - guest_cpuid.features_in(kvm.get_supported_cpuid())
+        if lost:
+            findings.append(guest_cpu.lost_features(lost, run.guest, vmm, kvm, "the destination"))
         return list(saved.cpuid)
     dcpu = guest_cpuid.build(kvm, run.guest, ask_perm=vmm.asks_amx_perm)
-    for f in dcpu.filtered:
-        findings.append(Finding("condition", "destination", f"QEMU on the destination drops "
-                                f"{f}: host doesn't support requested feature (with enforce "
-                                "the destination QEMU does not start)"))
     lost, gained = run.cpu.features - dcpu.features, dcpu.features - run.cpu.features
-    if lost or gained:
-        parts = ([f"loses {', '.join(sorted(lost))}"] if lost else []) + \
-                ([f"gains {', '.join(sorted(gained))}"] if gained else [])
-        findings.append(Finding("condition", "destination", "the guest's CPUID changes across "
-                                f"the migration: it {' and '.join(parts)}"))
+    if dcpu.filtered and getattr(run.guest, "enforce", False):
+        findings.append(Finding("error", "destination", f"QEMU refuses to start on the "
+                                f"destination: \"{QEMU_ENFORCE}\" (enforce, x86_cpu_realizefn): "
+                                f"{'; '.join(dcpu.filtered)}", features=tuple(sorted(lost))))
+    elif dcpu.filtered:
+        findings.append(Finding("info", "destination", f"QEMU on the destination drops "
+                                f"{'; '.join(dcpu.filtered)}: host doesn't support requested "
+                                "feature"))
+    if lost:
+        findings.append(guest_cpu.lost_features(lost, run.guest, vmm, kvm, "the destination"))
+    if gained:
+        findings.append(Finding("info", "cpu", f"the guest's CPUID gains {', '.join(sorted(gained))} "
+                                "on the destination (a running guest keeps what it read at boot)"))
+    if run.guest.passthrough:
+        change = guest_cpu.vendor_change(_kvm(run.endpoint), kvm)
+        if change is not None:
+            findings.append(change)
     if dcpu.perm_error is not None:
         findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM failed and "
                                    "QEMU only warns", dcpu.perm_error))
@@ -288,7 +240,27 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
                          "vs raw buffer): one cannot restore what the other saved")
     report = Report(run.endpoint, dst, run.guest, run.vmm, list(run.findings),
                     [("source", s, "ok") for s in run.steps], blob=blob_name,
-                    dst_vmm=vmm if vmm is not run.vmm else None)
+                    dst_vmm=vmm if vmm is not run.vmm else None,
+                    guest_xcr0=run.cpu.xcr0, guest_xss=run.cpu.xss)
+    try:
+        return _run_destination(run, dst, kvm, vmm, report)
+    finally:
+        report.lost_features = tuple(sorted({f for x in report.findings if x.level == "error"
+                                             for f in x.features}))
+        report.scope = _scope(run, vmm, report)
+
+
+def _scope(run: SourceRun, vmm: Vmm, report: Report) -> Scope:
+    saved = run.saved
+    msr_names = sorted({msr.name(i) for i in saved.msrs}) if saved is not None else []
+    compared = len(run.cpu.features) if vmm.by_field or saved is None else \
+        len(guest_cpuid.features_in(saved.cpuid) & run.supported)
+    restore = run.ctx.restore.upper() if run.ctx is not None else None
+    return guest_cpu.scope(vmm, compared, msr_names, restore, vmm.by_field)
+
+
+def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
+                     report: Report) -> Report:
     if run.failed:
         return report
     saved = run.saved

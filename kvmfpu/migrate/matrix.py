@@ -16,7 +16,8 @@ from kvmfpu import cpus
 from kvmfpu.blob.errors import InputError
 from kvmfpu.kvm.profiles import NAMED, profile
 from kvmfpu.kvm.system import Kvm
-from kvmfpu.migrate.check import Endpoint, Report, SourceRun, run_destination, run_source, vmm_of
+from kvmfpu.migrate.check import SourceRun, run_destination, run_source, vmm_of
+from kvmfpu.migrate.report import Endpoint, Report
 from kvmfpu.qemu.models import GuestModel, resolve
 
 #: Short codes for the verdicts (CSV and the page's cells).

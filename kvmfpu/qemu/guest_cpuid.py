@@ -22,6 +22,7 @@ state and are not modelled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kvmfpu.arch import xfeatures as xf
@@ -61,6 +62,13 @@ def _supported_bit(entries: dict[tuple[int, int], CpuidEntry], name: str) -> boo
     b = FEATURES[name]
     e = entries.get((b.leaf, b.subleaf))
     return e is not None and bool(getattr(e, _REGS[b.reg]) >> b.bit & 1)
+
+
+def features_in(entries: Iterable[CpuidEntry]) -> frozenset[str]:
+    """The QEMU feature names a CPUID table sets (KVM_GET_SUPPORTED_CPUID, a saved
+    KVM_GET_CPUID2, a guest table)."""
+    by_key = {(e.function, e.index): e for e in entries}
+    return frozenset(f for f in FEATURES if _supported_bit(by_key, f))
 
 
 def xcomp_guest_supp(kvm: Kvm, supported: list[CpuidEntry]) -> int:

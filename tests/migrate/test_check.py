@@ -55,13 +55,20 @@ def test_pkru_case_guest_epyc_from_milan_to_naples() -> None:
 
 
 def test_pkru_case_guest_epyc_milan_cannot_land_on_naples() -> None:
+    """Zen 1 has no PKU, and 6.6 applies erratum 1386 on family 17h: both features the guest
+    had on Zen 3 are gone (x86_cpu_filter_features drops them; libvirt's virCPUx86UpdateLive
+    would refuse the migration), and QEMU's KVM_SET_SREGS with CR4.PKE fails (kvm_set_cr4)."""
     r = check("zen3@6.6", "zen1@6.6", "EPYC-Milan")
     assert r.verdict == INCOMPATIBLE
-    assert any("drops pku" in f.text for f in r.findings if f.level == "condition")
-    f = next(f for f in r.findings if f.level == "error")
+    cpu = next(f for f in r.findings if f.stage == "cpu")
+    assert cpu.level == "error" and cpu.features == ("pku", "xsaves")
+    assert "missing features: pku,xsaves" in cpu.text and "erratum 1386" in cpu.text
+    assert "the destination CPU (zen1) does not have it" in cpu.text
+    assert r.lost_features == ("pku", "xsaves")
+    f = next(f for f in r.findings if f.level == "error" and f.errno)
     assert (f.errno, f.function) == ("EINVAL", "kvm_set_cr4") and "CR4.PKE" in f.text
-    assert any(a.kind == "QEMU option" and a.change == "-cpu EPYC-Milan-v1,-pku"
-               for a in r.advice)
+    assert any(a.kind == "QEMU option" and a.change == "-cpu EPYC-Milan-v1,-pku,-xsaves"
+               and a.verdict == COMPATIBLE for a in r.advice)
     assert any(a.kind == "guest model" and a.verdict == COMPATIBLE for a in r.advice)
 
 
@@ -111,9 +118,13 @@ def test_amx_guest_toward_a_destination_without_amx() -> None:
     r = check("sapphirerapids@6.6", "skylake-sp@6.6", "SapphireRapids")
     assert r.verdict == INCOMPATIBLE
     assert any("drops amx-tile" in f.text for f in r.findings)
-    f = next(f for f in r.findings if f.level == "error")
+    cpu = next(f for f in r.findings if f.stage == "cpu")
+    assert cpu.level == "error" and {"amx-tile", "xfd"} <= set(cpu.features)
+    f = next(f for f in r.findings if f.level == "error" and f.errno)
     assert f.errno == "EINVAL" and "xtilecfg|xtiledata" in f.text
-    assert any(a.change == "-cpu SapphireRapids-v1,-amx-tile" for a in r.advice)
+    # The advice removes exactly the lost features, and its re-run must say it works.
+    spec = "-cpu SapphireRapids-v1" + "".join(f",-{x}" for x in r.lost_features)
+    assert any(a.change == spec and a.verdict != INCOMPATIBLE for a in r.advice)
     noamx = check("sapphirerapids@6.6", "sapphirerapids-noamx@6.6", "SapphireRapids",
                   advise=False)
     assert noamx.verdict == INCOMPATIBLE
@@ -153,8 +164,11 @@ def test_zen_xsaves_erratum_guest_model() -> None:
     v4 = check("zen2@6.6", "zen2@7.3", "EPYC-Rome-v4", advise=False)
     assert v4.verdict == COMPATIBLE
     v1 = check("zen2@6.1", "zen2@7.3", "EPYC-Rome", advise=False)
-    assert v1.verdict == CONDITIONS
-    assert any("loses xsaves" in f.text for f in v1.findings)
+    # The guest had XSAVES on 6.1 (before b0563468eeac reached 6.1.20) and loses it on 7.3:
+    # libvirt refuses such a migration (virCPUx86UpdateLive "missing features").
+    assert v1.verdict == INCOMPATIBLE
+    cpu = next(f for f in v1.findings if f.stage == "cpu")
+    assert cpu.features == ("xsaves",) and "b0563468eeac" in cpu.text and "seed 001" in cpu.text
 
 
 def test_report_json_round_trip() -> None:
