@@ -68,6 +68,10 @@ class Vmm:
     #: What a short KVM_SET_MSRS count does: "fatal" (QEMU's assert, Firecracker's
     #: VcpuSetMsrsIncomplete) or "skip" (Cloud Hypervisor retries past the faulty MSR).
     msr_short_count: str = "fatal"
+    #: KVM_SET_XCRS only where the host has XSAVE: QEMU's has_xcrs (KVM_CAP_XCRS), Cloud
+    #: Hypervisor from v53.0 (4b671954a 'Support pre-XSAVE x86 CPUs'). False: called
+    #: always, so -EINVAL on a pre-XSAVE host (kvm_vcpu_ioctl_x86_set_xcrs).
+    xcrs_gated: bool = True
 
     @property
     def label(self) -> str:
@@ -245,6 +249,9 @@ CH_XSAVE2: Final = "50.0"
 #: ARCH_REQ_XCOMP_GUEST_PERM with --cpus features=amx: 6b0df31e5 'vmm: Add support for
 #: enabling AMX in vm guests' (2022-03-01), first in v23.0.
 CH_AMX_PERM: Final = "23.0"
+#: XCRS skipped on hosts without XSAVE: 4b671954a 'hypervisor: kvm: Support pre-XSAVE x86
+#: CPUs', first in v53.0.
+CH_XCRS_GATED: Final = "53.0"
 
 
 def _vkey(v: str) -> tuple[int, ...]:
@@ -273,13 +280,15 @@ def firecracker(version: str = FIRECRACKER_RELEASES[-1]) -> Vmm:
         "firecracker src/vmm/src/arch/x86_64/vcpu.rs restore_state @0962fe03; msr.rs SERIALIZABLE_MSR_RANGES",
         version,
         allow_list=frozenset({msr.IA32_XSS}) if xss else frozenset(),
+        xcrs_gated=False,  # restore_state calls set_xcrs unconditionally
     )
 
 
 def cloud_hypervisor(version: str = CH_RELEASES[-1]) -> Vmm:
     """Cloud Hypervisor ``version`` (with --cpus features=amx where AMX matters). set_state
     puts CPUID, MP state, regs, sregs, XSAVE, XCRS, LAPIC, FPU (KVM_SET_FPU, not modelled),
-    MSRs; a short KVM_SET_MSRS count is logged ("Detected faulty MSR") and the rest set."""
+    MSRs; a short KVM_SET_MSRS count is logged ("Detected faulty MSR") and the rest set.
+    Before v53.0 it calls KVM_SET_XCRS even on a host without XSAVE."""
     v = _vkey(version)
     x2 = v >= _vkey(CH_XSAVE2)
     return Vmm(
@@ -296,6 +305,7 @@ def cloud_hypervisor(version: str = CH_RELEASES[-1]) -> Vmm:
         "cloud-hypervisor hypervisor/src/kvm/mod.rs set_state @01b90534, v30.0, v49.0",
         version,
         msr_short_count="skip",
+        xcrs_gated=v >= _vkey(CH_XCRS_GATED),
     )
 
 
@@ -508,7 +518,7 @@ def put(
         elif what == "xsave":
             ok = run(f"KVM_SET_XSAVE ({len(buf)}-byte buffer)", lambda: vcpu.set_xsave(buf))
         elif what == "xcrs":
-            if not vcpu.kvm.check_extension(KVM_CAP_XCRS):  # has_xcrs
+            if vmm.xcrs_gated and not vcpu.kvm.check_extension(KVM_CAP_XCRS):  # has_xcrs
                 steps.append(Step("KVM_SET_XCRS", detail="skipped: no KVM_CAP_XCRS"))
                 continue
             ok = run("KVM_SET_XCRS", lambda: vcpu.set_xcrs([(0, saved.xcr0)]))

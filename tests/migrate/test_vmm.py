@@ -194,3 +194,21 @@ def test_qemu_6_0_same_intel_host_is_unaffected() -> None:
     """On Intel the hard-coded layout is the host's (Skylake-SP leaf 0xD)."""
     r = check("skylake-sp@6.6", "skylake-sp@6.6", "Skylake-Server-v5", vmm=vmm_of("qemu@6.0"), advise=False)
     assert r.verdict == COMPATIBLE
+
+
+@pytest.mark.parametrize(
+    "spec, fails",
+    [("qemu", False), ("cloud-hypervisor@53", False), ("cloud-hypervisor@52", True), ("firecracker", True)],
+)
+def test_kvm_set_xcrs_on_a_host_without_xsave(spec: str, fails: bool) -> None:
+    """kvm_vcpu_ioctl_x86_set_xcrs returns -EINVAL without host XSAVE (2d5b5a665508, the
+    model). QEMU checks has_xcrs (KVM_CAP_XCRS); Cloud Hypervisor skips XCRS from v53.0
+    (4b671954a); Firecracker's restore_state calls set_xcrs always."""
+    kvm = Kvm("nehalem", "6.6")
+    v = kvm.create_vm().create_vcpu()
+    cpuid = kvm.get_supported_cpuid()
+    v.set_cpuid2(cpuid)
+    steps = put(vmm_of(spec), v, Saved(v.get_xsave(), "KVM_GET_XSAVE", 1, {}, cpuid), cpuid, [], {})
+    xcrs = next(s for s in steps if s.name == "KVM_SET_XCRS")
+    assert (xcrs.error is not None and xcrs.error.errno_name == "EINVAL") is fails
+    assert steps[-1].name == ("KVM_SET_XCRS" if fails else "KVM_SET_MSRS")
