@@ -66,7 +66,13 @@ _AMX_PERM: Final = _Fact(
     _PULL_7_0 + "15/22 'x86: Grant AMX permission for guest' "
     "<20220217060434.52460-4-yang.zhong@intel.com>: kvm_request_xsave_components",
 )
-_HOST_CPUID: Final = _Fact("7.0", _AMX_PERM.source + " (kvm_cpu_xsave_init: host_cpuid(0xd, i))")
+#: Still host_cpuid in 11.0: the CET series' v4 06/23 'i386/kvm: Initialize
+#: x86_ext_save_areas[] based on KVM support' is absent from the v5 the 11.0 pull took.
+_HOST_CPUID: Final = _Fact(
+    "7.0",
+    _AMX_PERM.source + " (kvm_cpu_xsave_init: host_cpuid(0xd, i)); unchanged in kvm-cpu.c "
+    "@12d1a768 (10.1 era) and in 11.0 (v5 <20251211060801.3600039-*> has no v4 06/23)",
+)
 _KVM_SUPPORTED: Final = _Fact(
     "6.1",
     "fea4500841024195ec701713e05b92ebf667f192 'target/i386: Populate "
