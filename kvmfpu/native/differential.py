@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmfpu.arch import legacy
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits
@@ -423,3 +424,33 @@ def run(host: HostModel, xcr0: int, count: int, seed: int,
 
 def iter_fault_kinds() -> Iterator[str]:
     yield from Generator.FAULTS
+
+
+_REGS = ("eax", "ebx", "ecx", "edx")
+
+
+def supported_cpuid_differences(real: Sequence[Any], model: Sequence[Any]) -> list[str]:
+    """KVM_GET_SUPPORTED_CPUID of the real device against the model, row for row: rows one
+    side lacks, flags and each register that differ, and a different row order. Entries are
+    anything with ``function, index, flags, eax..edx`` (struct kvm_cpuid_entry2)."""
+    def key(e: Any) -> tuple[int, int]:
+        return (e.function, e.index)
+
+    out: list[str] = []
+    r = {key(e): e for e in real}
+    m = {key(e): e for e in model}
+    for k in sorted(r.keys() | m.keys()):
+        name = f"{k[0]:#x}.{k[1]}"
+        if k not in m:
+            out.append(f"{name}: model lacks the row")
+            continue
+        if k not in r:
+            out.append(f"{name}: real KVM lacks the row")
+            continue
+        for attr in ("flags", *_REGS):
+            a, b = getattr(r[k], attr), getattr(m[k], attr)
+            if a != b:
+                out.append(f"{name} {attr}: real {a:#010x} model {b:#010x}")
+    if not out and [key(e) for e in real] != [key(e) for e in model]:
+        out.append("same rows in a different order")
+    return out
