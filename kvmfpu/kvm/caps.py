@@ -26,9 +26,12 @@ FLAVORS: Final = ("vmx", "svm", "pvm")
 # CPUID.(0DH,1):EAX bits.
 D1_XSAVEOPT, D1_XSAVEC, D1_XGETBV1, D1_XSAVES, D1_XFD = 1, 2, 4, 8, 16
 
-#: kvm_pvm's KVM_GET_SUPPORTED_CPUID, measured on the development machine (Linux
-#: 6.18.44, AMD Zen 5): per (leaf, subleaf, register) the bits it reported. Bits the host
-#: lacks were forced by KVM. Treated as a fixed filter on other hosts (an assumption).
+#: kvm_pvm's KVM_GET_SUPPORTED_CPUID, measured on Linux 6.18.44 kvm_pvm (the development
+#: machine, AMD Zen 5): per (leaf, subleaf, register) the bits it reported. Bits the host
+#: lacks were forced by KVM. Applied by kvmfpu.kvm.cpu_caps after kvm_set_cpu_caps as a fixed
+#: filter on other hosts too (an assumption: the kvm_pvm source of this build is not public).
+#: The leaves kvm_pvm does not filter here follow mainline __do_cpuid_func (shadow paging:
+#: no GuestPhysBits, GBPAGES set, PKU/SHSTK off), which the machine confirms row for row.
 PVM_FILTER: Final[dict[tuple[int, int, int], int]] = {
     (1, 0, 2): 0x81202000, (1, 0, 3): 0x078BFBFF,
     (7, 0, 1): 0x01800002, (7, 0, 2): 0x00000104, (7, 0, 3): 0x20000000,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Final
 
 from kvmfpu import cpus
@@ -27,6 +27,69 @@ ARCH_GET_XCOMP_GUEST_PERM: Final = 0x1024
 ARCH_REQ_XCOMP_GUEST_PERM: Final = 0x1025
 KVM_X86_XCOMP_GUEST_SUPP: Final = 0
 KVM_SUPPORTED_CPUID_MAX: Final = 256
+
+
+# -- KVM_GET_MSR_INDEX_LIST / KVM_GET_MSR_FEATURE_INDEX_LIST ---------------------------------
+# kvm_init_msr_lists (arch/x86/kvm/x86.c, read in Debian 6.1.192 and 6.12.117): msrs_to_save
+# (each kept when the host can read it and kvm_probe_msr_to_save's check passes), then the
+# emulated MSRs the vendor module's has_emulated_msr accepts. (name, condition); the
+# conditions are decided in _msr_condition.
+_L = msr.LISTED
+_SAVE_BASE: Final = (
+    ("IA32_SYSENTER_CS", "always"), ("IA32_SYSENTER_ESP", "always"),
+    ("IA32_SYSENTER_EIP", "always"), ("STAR", "always"), ("CSTAR", "always"),
+    ("KERNEL_GS_BASE", "always"), ("SYSCALL_MASK", "always"), ("LSTAR", "always"),
+    ("IA32_TSC", "always"), ("IA32_CR_PAT", "always"), ("VM_HSAVE_PA", "amd"),
+    ("IA32_FEAT_CTL", "intel"), ("IA32_BNDCFGS", "mpx"), ("TSC_AUX", "tsc_aux"),
+    ("IA32_SPEC_CTRL", "spec_ctrl"), ("IA32_TSX_CTRL", "tsx_ctrl"),
+    ("IA32_UMWAIT_CONTROL", "waitpkg"),
+)
+_SAVE_XSTATE_AND_LBR: Final = (
+    ("IA32_XFD", "xfd"), ("IA32_XFD_ERR", "xfd"),
+    ("IA32_DEBUGCTLMSR", "lbr_list"), ("IA32_LASTBRANCHFROMIP", "lbr_list"),
+    ("IA32_LASTBRANCHTOIP", "lbr_list"), ("IA32_LASTINTFROMIP", "lbr_list"),
+    ("IA32_LASTINTTOIP", "lbr_list"),
+)
+_HYPERV: Final = (
+    "HV_GUEST_OS_ID", "HV_HYPERCALL", "HV_TIME_REF_COUNT", "HV_REFERENCE_TSC", "HV_TSC_FREQUENCY",
+    "HV_APIC_FREQUENCY", "HV_CRASH_P0", "HV_CRASH_P1", "HV_CRASH_P2", "HV_CRASH_P3",
+    "HV_CRASH_P4", "HV_CRASH_CTL", "HV_RESET", "HV_VP_INDEX", "HV_VP_RUNTIME", "HV_SCONTROL",
+    "HV_STIMER0_CONFIG", "HV_VP_ASSIST_PAGE", "HV_REENLIGHTENMENT_CONTROL",
+    "HV_TSC_EMULATION_CONTROL", "HV_TSC_EMULATION_STATUS", "HV_TSC_INVARIANT_CONTROL",
+    "HV_SYNDBG_OPTIONS", "HV_SYNDBG_CONTROL", "HV_SYNDBG_STATUS", "HV_SYNDBG_SEND_BUFFER",
+    "HV_SYNDBG_RECV_BUFFER", "HV_SYNDBG_PENDING_BUFFER",
+)
+_EMULATED: Final = (
+    ("KVM_SYSTEM_TIME", "always"), ("KVM_WALL_CLOCK", "always"),
+    ("KVM_SYSTEM_TIME_NEW", "always"), ("KVM_WALL_CLOCK_NEW", "always"),
+    *((name, "hyperv") for name in _HYPERV),
+    ("KVM_ASYNC_PF_EN", "always"), ("KVM_STEAL_TIME", "always"), ("KVM_PV_EOI_EN", "always"),
+    ("KVM_ASYNC_PF_INT", "always"), ("KVM_ASYNC_PF_ACK", "always"),
+    ("IA32_TSC_ADJUST", "always"), ("IA32_TSC_DEADLINE", "always"),
+    ("IA32_ARCH_CAPABILITIES", "always"), ("IA32_PERF_CAPABILITIES", "always"),
+    ("IA32_MISC_ENABLE", "always"), ("IA32_MCG_STATUS", "always"), ("IA32_MCG_CTL", "always"),
+    ("IA32_MCG_EXT_CTL", "vmx"), ("IA32_SMBASE", "smm"), ("SMI_COUNT", "always"),
+    ("PLATFORM_INFO", "always"), ("MISC_FEATURES_ENABLES", "always"),
+    ("AMD64_VIRT_SPEC_CTRL", "not_vmx"), ("AMD64_TSC_RATIO", "svm"), ("IA32_POWER_CTL", "always"),
+    ("IA32_UCODE_REV", "always"),
+)
+#: The VMX MSRs in emulated_msrs_all (vmx with nested=1): BASIC, TRUE_PINBASED/PROCBASED/
+#: EXIT/ENTRY_CTLS, MISC, CR0_FIXED0, CR4_FIXED0, VMCS_ENUM, PROCBASED_CTLS2, EPT_VPID_CAP,
+#: VMFUNC.
+_EMULATED_VMX: Final = (0x480, 0x48D, 0x48E, 0x48F, 0x490, 0x485, 0x486, 0x488, 0x48A, 0x48B,
+                        0x48C, 0x491)
+_EMULATED_TAIL: Final = (("K7_HWCR", "always"), ("KVM_POLL_CONTROL", "always"))
+#: kvm_pvm on the 6.18 machine: KVM_GET_MSR_FEATURE_INDEX_LIST (measured).
+_PVM_FEATURE_MSRS: Final = ("IA32_UCODE_REV", "IA32_ARCH_CAPABILITIES", "IA32_PERF_CAPABILITIES",
+                            "PLATFORM_INFO")
+#: kvm_pvm on the 6.18 machine: emulated MSRs its has_emulated_msr refuses (measured: no
+#: Hyper-V MSRs, no SMBASE, MCG_EXT_CTL, TSC_RATIO or VMX MSRs).
+_PVM_NOT_EMULATED: Final = frozenset({"hyperv", "smm", "vmx", "svm"})
+#: msrs_to_save_base gained the DEBUGCTL/LBR MSRs between 6.1.192 and 6.12.117 (UNVERIFIED:
+#: first release not confirmed); the PMU MSRs moved to their own list after the base one
+#: (msrs_to_save_pmu) in the same window (UNVERIFIED: taken as 6.4).
+_LBR_LIST_SINCE: Final = (6, 11)
+_PMU_SPLIT_SINCE: Final = (6, 4)
 
 
 class Kvm:
@@ -118,6 +181,20 @@ class Kvm:
         """The xstate-related part of KVM_GET_MSR_INDEX_LIST (msrs_to_save)."""
         return self._msr_list
 
+    @cached_property
+    def _msr_lists(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return _kvm_msr_lists(self.host, self.kernel, self.caps, self._msr_list)
+
+    def msr_index_list_all(self) -> tuple[int, ...]:
+        """All of KVM_GET_MSR_INDEX_LIST: msrs_to_save then emulated_msrs
+        (kvm_init_msr_lists). UNVERIFIED beyond this machine: which MSRs a host can read
+        (rdmsr_safe) is taken from its CPUID and vendor."""
+        return self._msr_lists[0]
+
+    def msr_feature_index_list(self) -> tuple[int, ...]:
+        """KVM_GET_MSR_FEATURE_INDEX_LIST (msr_based_features)."""
+        return self._msr_lists[1]
+
     def get_msr_index_list(self) -> list[int]:
         return list(self._msr_list)
 
@@ -192,3 +269,108 @@ class Kvm:
         """/dev/kvm's ioctls, as fcntl.ioctl would issue them."""
         from kvmfpu.kvm.ioctl import _dispatch
         return _dispatch(self, request, arg, mutate_flag)
+
+
+def _pmu_present(host: HostModel) -> bool:
+    """enable_pmu stays on when perf has a PMU: Intel's architectural PMU (leaf 0xA version,
+    not a hybrid part: kvm_init_pmu_capability); AMD's on bare metal or when a hypervisor
+    offers PERFCTR_CORE (the 6.18 machine, a guest without it, lists no PMU MSR)."""
+    if host.vendor in ("AuthenticAMD", "HygonGenuine"):
+        return not host.has("hypervisor") or bool(host.cpuid(0x8000_0001)[2] >> 23 & 1)
+    return bool(host.cpuid(0xA)[0] & 0xFF) and not host.cpuid(7)[3] >> 15 & 1
+
+
+def _pmu_msrs(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> list[int]:
+    """msrs_to_save_pmu as kvm_probe_msr_to_save keeps it: Intel fixed and general counters
+    up to kvm_pmu_cap's counts (3 fixed, 8 general), the global controls, PEBS_ENABLE and
+    DS_AREA with DS; AMD's four legacy and six core counters and PerfMonV2's globals.
+    UNVERIFIED: PEBS_DATA_CFG (needs the PEBS baseline in PERF_CAPABILITIES) is left out."""
+    if not _pmu_present(host):
+        return []
+    if host.vendor in ("AuthenticAMD", "HygonGenuine"):
+        out = [_L["K7_EVNTSEL0"] + i for i in range(4)] + [_L["K7_PERFCTR0"] + i for i in range(4)]
+        if host.cpuid(0x8000_0001)[2] >> 23 & 1:
+            out += [_L["F15H_PERF_CTL0"] + 2 * i for i in range(6)]
+            out += [_L["F15H_PERF_CTL0"] + 2 * i + 1 for i in range(6)]
+        if kernel.has("cpuid_leaf_80000022") and host.cpuid(0x8000_0022)[0] & 1:
+            out += [_L["AMD64_PERF_CNTR_GLOBAL_CTL"], _L["AMD64_PERF_CNTR_GLOBAL_STATUS"],
+                    _L["AMD64_PERF_CNTR_GLOBAL_STATUS_CLR"], _L["AMD64_PERF_CNTR_GLOBAL_STATUS_SET"]]
+        return out
+    a, _, _, d = host.cpuid(0xA)
+    gp, fixed = min(a >> 8 & 0xFF, 8), min(d & 0x1F, 3)
+    out = [_L["CORE_PERF_FIXED_CTR0"] + i for i in range(fixed)]
+    out += [_L["CORE_PERF_FIXED_CTR_CTRL"], _L["CORE_PERF_GLOBAL_STATUS"], _L["CORE_PERF_GLOBAL_CTRL"]]
+    if not kernel.at_least(*_PMU_SPLIT_SINCE):
+        out.append(_L["CORE_PERF_GLOBAL_OVF_CTRL"])
+    if host.cpuid(1)[3] >> 21 & 1:
+        out += [_L["IA32_PEBS_ENABLE"], _L["IA32_DS_AREA"]]
+    out += [_L["ARCH_PERFMON_PERFCTR0"] + i for i in range(gp)]
+    out += [_L["ARCH_PERFMON_EVENTSEL0"] + i for i in range(gp)]
+    return out
+
+
+def _msr_condition(cond: str, host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> bool:
+    from kvmfpu.kvm.cpu_caps import kvm_cpu_caps
+
+    words = kvm_cpu_caps(host, kernel, caps)
+    amd = host.vendor in ("AuthenticAMD", "HygonGenuine")
+    if cond == "always":
+        return True
+    if cond == "amd":                    # VM_HSAVE_PA: an AMD MSR (#GP on Intel)
+        return amd
+    if cond == "intel":                  # IA32_FEAT_CTL: #GP on AMD
+        return not amd
+    if cond == "mpx":
+        return caps.mpx
+    if cond == "tsc_aux":                # kvm_cpu_cap_has(RDTSCP) || (RDPID)
+        return bool(words[(0x8000_0001, 0, 3)] >> 27 & 1 or words[(7, 0, 2)] >> 22 & 1)
+    if cond == "spec_ctrl":              # readable with Intel's SPEC_CTRL or AMD's IBRS/SSBD/STIBP
+        e8 = host.cpuid(0x8000_0008)[1]
+        return bool(host.cpuid(7)[3] >> 26 & 1 or e8 & (1 << 14 | 1 << 15 | 1 << 24))
+    if cond == "tsx_ctrl":               # needs ARCH_CAPABILITIES.TSX_CTRL_MSR: not in a dump
+        return False
+    if cond == "waitpkg":
+        return bool(words[(7, 0, 2)] >> 5 & 1)
+    if cond == "xfd":
+        return caps.xfd
+    if cond == "lbr_list":
+        return kernel.at_least(*_LBR_LIST_SINCE)
+    if cond == "hyperv":                 # CONFIG_KVM_HYPERV=y (distribution kernels)
+        return caps.flavor != "pvm"
+    if cond == "smm":                    # CONFIG_KVM_SMM=y
+        return caps.flavor != "pvm"
+    if cond == "vmx":                    # MCG_EXT_CTL: svm_has_emulated_msr refuses it
+        return caps.flavor == "vmx"
+    if cond == "not_vmx":                # AMD64_VIRT_SPEC_CTRL: "This is AMD only"
+        return caps.flavor != "vmx"
+    if cond == "svm":
+        return caps.flavor == "svm"
+    raise ValueError(f"unknown MSR list condition {cond!r}")
+
+
+@lru_cache(maxsize=256)
+def _kvm_msr_lists(host: HostModel, kernel: KernelProfile, caps: KvmCaps,
+                   xstate: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def keep(entries: tuple[tuple[str, str], ...]) -> list[int]:
+        return [_L[n] for n, c in entries if _msr_condition(c, host, kernel, caps)]
+
+    pmu = _pmu_msrs(host, kernel, caps)
+    save = keep(_SAVE_BASE)
+    if not kernel.at_least(*_PMU_SPLIT_SINCE):
+        save += pmu
+    lbr = keep(_SAVE_XSTATE_AND_LBR)
+    xfd = [m for m in lbr if m in (msr.IA32_XFD, msr.IA32_XFD_ERR)]
+    # The 6.18 xstate MSRs (IA32_XSS, CET) after XFD: kvmfpu's _msr_list (order UNVERIFIED).
+    save += xfd + [m for m in xstate if m not in xfd] + [m for m in lbr if m not in xfd]
+    if kernel.at_least(*_PMU_SPLIT_SINCE):
+        save += pmu
+    emulated = keep(_EMULATED)
+    if caps.flavor == "vmx":
+        emulated += list(_EMULATED_VMX)
+    emulated += keep(_EMULATED_TAIL)
+    if caps.flavor == "pvm":
+        features = [_L[n] for n in _PVM_FEATURE_MSRS]
+    else:
+        features = list(msr.VMX_MSRS) if caps.flavor == "vmx" else [_L["AMD64_DE_CFG"]]
+        features += [_L["IA32_UCODE_REV"], _L["IA32_ARCH_CAPABILITIES"], _L["IA32_PERF_CAPABILITIES"]]
+    return tuple(save + emulated), tuple(features)

@@ -6,6 +6,7 @@ KVM_GET_XCRS/KVM_GET_MSRS output.
 
 KVM_GET_CPUID2 is compared on CPUID.(0xD,0) only: kvm_pvm rewrites leaves 7 and the other
 0xD subleaves at KVM_SET_CPUID2 in ways kvmfpu does not reproduce (kvmfpu/kvm/pvm.py).
+KVM_GET_SUPPORTED_CPUID is compared whole, row for row (test_supported_cpuid_whole_table).
 
 KVMFPU_DIFF_EXAMPLES sets the number of sequences (default 2000).
 """
@@ -63,3 +64,26 @@ def test_model_matches_real_kvm(backends: tuple[Any, Any]) -> None:
     check()
     assert count["sequences"] >= EXAMPLES * 0.9
     print(f"\ndifferential: {count['sequences']} sequences, {count['ops']} ops, all equal")
+
+
+def test_supported_cpuid_whole_table(backends: tuple[Any, Any]) -> None:
+    """Every row of KVM_GET_SUPPORTED_CPUID (function, index, flags, EAX..EDX, order) of the
+    model equals the real one. Pinned to one CPU, with the host CPUID captured there: KVM
+    reports the APIC IDs of the CPU the ioctl ran on (leaf 1 EBX[31:24], 0xB.0 EDX)."""
+    from kvmfpu.cpus.model import HostModel
+    from kvmfpu.kvm.system import Kvm
+    from kvmfpu.native.differential import supported_cpuid_differences
+    from kvmfpu.native.hostcpuid import capture
+
+    real, model = backends
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        host = HostModel(capture(), name="this-host-pinned")
+        got = real.get_supported_cpuid()
+    finally:
+        os.sched_setaffinity(0, before)
+    want = Kvm(host, model.kernel, model.flavor).get_supported_cpuid()
+    diff = supported_cpuid_differences(got, want)
+    assert not diff, "\n".join(diff)
+    print(f"\nKVM_GET_SUPPORTED_CPUID: {len(got)} rows, all equal")

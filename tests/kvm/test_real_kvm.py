@@ -169,3 +169,36 @@ def test_model_agrees_with_this_machines_kvm() -> None:
     differences = [(n, r, m) for (n, r), (_, m) in zip(real, model, strict=True) if r != m]
     assert not differences, "\n".join(f"{n}:\n  real  {str(r)[:400]}\n  model {str(m)[:400]}"
                                       for n, r, m in differences)
+
+
+# KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0a, struct kvm_msr_list) (uapi linux/kvm.h).
+KVM_GET_MSR_FEATURE_INDEX_LIST = (3 << 30) | (4 << 16) | (0xAE << 8) | 0x0A
+
+
+def _msr_list(fd: int, request: int) -> list[int]:
+    buf = bytearray(struct.pack("<I", 1024) + bytes(4 * 1024))
+    fcntl.ioctl(fd, request, buf)
+    n = struct.unpack_from("<I", buf)[0]
+    return list(struct.unpack_from(f"<{n}I", buf, 4))
+
+
+def test_msr_lists_agree_with_this_machines_kvm() -> None:
+    """KVM_GET_MSR_INDEX_LIST and KVM_GET_MSR_FEATURE_INDEX_LIST, in order: what VMMs
+    save/restore (Firecracker saves the index list and fails a restore on an MSR the
+    destination rejects). Expected: what this machine's kernel returns."""
+    from kvmfpu.native.hostcpuid import this_host
+    from kvmfpu.native.xsave_probe import probe_unavailable
+
+    real_fd = _real_kvm()
+    reason = probe_unavailable()
+    try:
+        if reason:
+            pytest.skip(f"cannot capture this machine's CPUID: {reason}")
+        index, feature = (_msr_list(real_fd, R["KVM_GET_MSR_INDEX_LIST"]),
+                          _msr_list(real_fd, KVM_GET_MSR_FEATURE_INDEX_LIST))
+    finally:
+        os.close(real_fd)
+    model = Kvm(this_host(), _kernel(), _flavor())
+    assert [hex(m) for m in model.msr_index_list_all()] == [hex(m) for m in index]
+    assert [hex(m) for m in model.msr_feature_index_list()] == [hex(m) for m in feature]
+    assert set(model.msr_index_list()) <= set(index)      # the xstate part is a subset

@@ -226,3 +226,37 @@ def test_supported_cpuid_is_cached_and_fast() -> None:
     for _ in range(200):
         assert kvm.get_supported_cpuid() == first
     assert time.perf_counter() - t < 0.5
+
+
+# -- KVM_GET_MSR_INDEX_LIST / KVM_GET_MSR_FEATURE_INDEX_LIST ------------------------------------
+def test_msr_lists_per_vendor() -> None:
+    """kvm_init_msr_lists (x86.c, 6.12.117): VM_HSAVE_PA only on AMD (rdmsr_safe fails on
+    Intel), IA32_FEAT_CTL only on Intel; MCG_EXT_CTL and the VMX MSRs only with vmx
+    (svm_has_emulated_msr), AMD64_VIRT_SPEC_CTRL and TSC_RATIO not with vmx
+    (vmx_has_emulated_msr); feature MSRs: the 18 VMX ones on vmx, DE_CFG on svm."""
+    from kvmfpu.core import msrs as msr
+
+    L = msr.LISTED
+    intel, amd = Kvm("icelake-sp", "6.12"), Kvm("zen4", "6.12")
+    ia, aa = intel.msr_index_list_all(), amd.msr_index_list_all()
+    assert L["VM_HSAVE_PA"] in aa and L["VM_HSAVE_PA"] not in ia
+    assert L["IA32_FEAT_CTL"] in ia and L["IA32_FEAT_CTL"] not in aa
+    assert L["IA32_MCG_EXT_CTL"] in ia and L["IA32_MCG_EXT_CTL"] not in aa
+    assert 0x480 in ia and 0x480 not in aa
+    assert L["AMD64_TSC_RATIO"] in aa and L["AMD64_TSC_RATIO"] not in ia
+    assert intel.msr_feature_index_list()[:18] == tuple(range(0x480, 0x492))
+    assert amd.msr_feature_index_list()[0] == L["AMD64_DE_CFG"]
+    assert len(set(ia)) == len(ia) and len(set(aa)) == len(aa)
+
+
+def test_msr_lists_follow_kvm_features() -> None:
+    """kvm_probe_msr_to_save: XFD/XFD_ERR with XFD (5.17), TSC_AUX with RDTSCP or RDPID,
+    IA32_XSS and the CET MSRs from 6.18 (c0a5f2989122) where KVM supports CET."""
+    from kvmfpu.core import msrs as msr
+
+    assert msr.IA32_XFD in Kvm("sapphirerapids", "6.6").msr_index_list_all()
+    assert msr.IA32_XFD not in Kvm("sapphirerapids", "5.15").msr_index_list_all()
+    assert msr.LISTED["TSC_AUX"] in Kvm("zen4", "6.6").msr_index_list_all()
+    new = Kvm("sapphirerapids", "6.18")
+    assert set(new.msr_index_list()) <= set(new.msr_index_list_all())
+    assert msr.IA32_S_CET in new.msr_index_list_all()
