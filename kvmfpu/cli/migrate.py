@@ -28,11 +28,13 @@ def add_parser(sub: Any) -> None:
                    help="QEMU -cpu value: Model[-vN][,+feature,-feature] or host")
     m.add_argument("--blob", help="the state that left the source (a KVM_GET_XSAVE capture, "
                                   "core file or QEMU stream) instead of the modelled guest's")
-    m.add_argument("--vmm", default="qemu", choices=sorted(VMMS),
-                   help="how the state travels (qemu: field by field; raw and the named "
-                        "snapshot VMMs: the buffer verbatim)")
-    m.add_argument("--dst-vmm", choices=sorted(VMMS), help="the destination's VMM when it "
-                                                           "differs (e.g. raw-noperm)")
+    m.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
+                   help=f"how the state travels (qemu: field by field; raw and the named "
+                        f"snapshot VMMs: the buffer verbatim); one of {', '.join(VMMS)}; "
+                        "qemu, firecracker and cloud-hypervisor take @VERSION (default: the "
+                        "newest modelled)")
+    m.add_argument("--dst-vmm", metavar="NAME[@VERSION]",
+                   help="the destination's VMM when it differs (e.g. qemu@6.2, raw-noperm)")
     m.add_argument("--no-advice", action="store_true", help="skip the what-would-work re-runs")
     m.add_argument("--json", action="store_true", help="print the kvmfpu-migrate/1 document")
     m.set_defaults(func=cmd_migrate)
@@ -44,7 +46,8 @@ def add_parser(sub: Any) -> None:
     x.add_argument("--hosts", nargs="+", metavar="HOST", help="default: every packaged host")
     x.add_argument("--kernels", nargs="+", metavar="K|SRC:DST",
                    help="kernel on both hosts, or a SRC:DST pair (default: the named profiles)")
-    x.add_argument("--vmm", default="qemu", choices=sorted(VMMS))
+    x.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
+                   help="the VMM on both hosts (as for migrate)")
     x.add_argument("--html", required=True, metavar="FILE")
     x.add_argument("--csv", metavar="FILE")
     x.set_defaults(func=cmd_matrix)
@@ -79,7 +82,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _print(r: Any) -> None:
-    vmm = r.vmm.name + (f" -> {r.dst_vmm.name}" if r.dst_vmm else "")
+    vmm = r.vmm.label + (f" -> {r.dst_vmm.label}" if r.dst_vmm else "")
     print(f"{r.src.label} -> {r.dst.label}, guest {r.guest.label} "
           f"(XCR0 {r.guest_xcr0:#x}, XSS {r.guest_xss:#x}), VMM {vmm}")
     if r.blob:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from kvmfpu.kvm.profiles import NAMED, parse_version
 from kvmfpu.migrate.report import RANK as _RANK
 from kvmfpu.migrate.report import Advice, Endpoint
+from kvmfpu.migrate.vmm import Vmm, vmm_of
 from kvmfpu.qemu import models
 from kvmfpu.qemu.models import GuestModel
 
@@ -33,9 +34,9 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
     base = report.verdict
     out: list[Advice] = []
 
-    def rerun(src: Endpoint, dst: Endpoint, guest: GuestModel, vmm: str | None) -> Report:
-        v = vmm or report.vmm.name
-        dv = vmm or (report.dst_vmm or report.vmm).name
+    def rerun(src: Endpoint, dst: Endpoint, guest: GuestModel, vmm: Vmm | str | None) -> Report:
+        v = vmm or report.vmm
+        dv = vmm or report.dst_vmm or report.vmm
         return check(src, dst, guest, vmm=v, dst_vmm=dv, blob=blob, advise=False)
 
     def first(kind: str, tries: list[tuple[str, Callable[[], Report]]], limit: int = 1) -> None:
@@ -49,7 +50,7 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
                     return
 
     def at(src: Endpoint | None = None, dst: Endpoint | None = None,
-           guest: GuestModel | None = None, vmm: str | None = None) -> Callable[[], Report]:
+           guest: GuestModel | None = None, vmm: Vmm | str | None = None) -> Callable[[], Report]:
         return lambda: rerun(src or report.src, dst or report.dst, guest or report.guest, vmm)
 
     def kernel(e: Endpoint, k: str) -> Endpoint:
@@ -87,6 +88,12 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
     modest = [t for t in ranked if 2 * t[1] <= len(g.features)]
     out += [Advice("guest model", f"-cpu {c.label}", r.verdict, r.reason)
             for *_, c, r in (modest or ranked)[:MAX_PER_KIND]]
+    # the newest modelled release of the VMM on both hosts (a QEMU without AMX or a
+    # subsection, a Firecracker that does not save IA32_XSS)
+    newest = vmm_of(report.vmm.name)
+    if newest != report.vmm or (report.dst_vmm is not None and report.dst_vmm.name == newest.name
+                                and report.dst_vmm != newest):
+        first("VMM", [(f"{newest.label} on both hosts", at(vmm=newest))])
     # another VMM
     if report.vmm.name != "qemu":
         first("VMM", [("QEMU (carries registers, not the buffer)", at(vmm="qemu"))])

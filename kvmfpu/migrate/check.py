@@ -45,7 +45,7 @@ from kvmfpu.migrate.report import (
 
 __all__ = ["COMPATIBLE", "CONDITIONS", "INCOMPATIBLE", "Advice", "Endpoint", "Finding", "Report",
            "SourceRun", "check", "endpoint", "read_blob", "run_destination", "run_source", "vmm_of"]
-from kvmfpu.migrate.vmm import VMMS, Saved, Vmm, put, save
+from kvmfpu.migrate.vmm import Saved, Vmm, guest_state, put, save, stream_error, vmm_of
 from kvmfpu.qemu import guest_cpuid
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
@@ -153,7 +153,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     try:
         saved = save(vmm, vcpu, cpu, ids)
     except KvmError as exc:
-        run.findings.append(Finding.of("error", "source", f"{vmm.name} cannot save the state on "
+        run.findings.append(Finding.of("error", "source", f"{vmm.label} cannot save the state on "
                                        f"{src.label}", exc))
         return run
     except HostOops as oops:
@@ -236,11 +236,11 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
     state the source's VMM saved."""
     vmm = vmm or run.vmm
     if vmm.by_field != run.vmm.by_field:
-        raise InputError(f"{run.vmm.name} and {vmm.name} carry the state differently (by field "
+        raise InputError(f"{run.vmm.label} and {vmm.label} carry the state differently (by field "
                          "vs raw buffer): one cannot restore what the other saved")
     report = Report(run.endpoint, dst, run.guest, run.vmm, list(run.findings),
                     [("source", s, "ok") for s in run.steps], blob=blob_name,
-                    dst_vmm=vmm if vmm is not run.vmm else None,
+                    dst_vmm=vmm if vmm != run.vmm else None,
                     guest_xcr0=run.cpu.xcr0, guest_xss=run.cpu.xss)
     try:
         return _run_destination(run, dst, kvm, vmm, report)
@@ -267,6 +267,13 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
     assert saved is not None and run.regs is not None
     kvm = kvm or _kvm(dst)
     findings = report.findings
+    if saved.env is not None:
+        # QEMU loads the stream (every cpu subsection) before kvm_arch_put_registers.
+        err = stream_error(run.vmm, vmm, guest_state(saved.env, run.cpu.features, saved.msrs))
+        if err is not None:
+            findings.append(Finding("error", "transport", f"{vmm.label} on the destination cannot "
+                                    f"load what {run.vmm.label} sent: {err}"))
+            return report
     cpuid = _dst_cpuid(run, vmm, kvm, findings)
     vm = kvm.create_vm(memory_size=workload.MEMORY)
     try:
@@ -385,15 +392,6 @@ def _notes(run: SourceRun, kvm: Kvm, report: Report) -> None:
     if xfd is not None and run.cpu.has("xfd"):
         findings.append(Finding("info", "destination", f"IA32_XFD {xfd:#x} and IA32_XFD_ERR "
                                 f"{run.truth.get(msr.IA32_XFD_ERR, 0):#x} restored"))
-
-
-def vmm_of(name: str | Vmm) -> Vmm:
-    if isinstance(name, Vmm):
-        return name
-    try:
-        return VMMS[name]
-    except KeyError:
-        raise InputError(f"unknown VMM {name!r} (one of {', '.join(VMMS)})") from None
 
 
 def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,

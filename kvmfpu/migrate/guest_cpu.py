@@ -64,7 +64,7 @@ def lost_features(lost: Iterable[str], guest: GuestModel, vmm: Vmm, kvm: Kvm,
     head = (f"the guest loses {len(names)} CPU feature(s) it had on the source, which "
             f"{dst_label} cannot offer: {_listed(names, kvm)}. ")
     if not vmm.by_field:
-        tail = (f"{vmm.name} restores the saved CPUID verbatim (KVM_SET_CPUID2 accepts bits KVM "
+        tail = (f"{vmm.label} restores the saved CPUID verbatim (KVM_SET_CPUID2 accepts bits KVM "
                 "cannot provide), so the guest still sees them and faults (#UD) when it uses "
                 "them; Firecracker supports snapshots only on the same CPU model "
                 "(docs/snapshotting/snapshot-support.md)")
@@ -105,7 +105,7 @@ def scope(vmm: Vmm, compared: int, msr_names: list[str], restore: str | None,
          "destination's KVM offers"),
         "xstate: XCR0, XSTATE_BV and every register of the enabled components, after the "
         f"destination's KVM_SET_XSAVE ({'re-laid by QEMU' if by_field else 'buffer verbatim'})",
-        f"xstate MSRs {vmm.name} carries: {', '.join(msr_names) or 'none'}",
+        f"xstate MSRs {vmm.label} carries: {', '.join(msr_names) or 'none'}",
     ]
     if restore:
         checked.append(f"the guest's own {restore} of a task context it saved on the source")

@@ -18,6 +18,7 @@ from kvmfpu.kvm.profiles import NAMED, profile
 from kvmfpu.kvm.system import Kvm
 from kvmfpu.migrate.check import SourceRun, run_destination, run_source, vmm_of
 from kvmfpu.migrate.report import Endpoint, Report
+from kvmfpu.migrate.vmm import Vmm
 from kvmfpu.qemu.models import GuestModel, resolve
 
 #: Short codes for the verdicts (CSV and the page's cells).
@@ -71,7 +72,7 @@ def kernel_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
-            kernels: Sequence[str] | None = None, *, vmm: str = "qemu") -> Matrix:
+            kernels: Sequence[str] | None = None, *, vmm: str | Vmm = "qemu") -> Matrix:
     g = guest if isinstance(guest, GuestModel) else resolve(guest)
     v = vmm_of(vmm)
     names = list(hosts) if hosts else list(cpus.names())
@@ -80,7 +81,7 @@ def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
     if len(set(labels)) != len(labels):
         raise InputError("the same host appears twice in --hosts")
     pairs = kernel_pairs(kernels or list(NAMED))
-    m = Matrix(g, v.name, labels, pairs)
+    m = Matrix(g, v.label, labels, pairs)
     t0 = time.perf_counter()
     sources: dict[tuple[str, str], SourceRun] = {}
     for ks, kd in pairs:

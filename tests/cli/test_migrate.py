@@ -57,7 +57,7 @@ def test_blob(capsys: pytest.CaptureFixture[str]) -> None:
      "/nonexistent"),
     (["--src", "zen3", "--dst", "zen1", "--guest", "EPYC", "--dst-vmm", "raw"],
      "carry the state differently"),
-    (["--src", "zen3", "--dst", "zen1", "--guest", "EPYC", "--vmm", "vmware"], "invalid choice"),
+    (["--src", "zen3", "--dst", "zen1", "--guest", "EPYC", "--vmm", "vmware"], "unknown VMM 'vmware'"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[str],
                                       message: str) -> None:

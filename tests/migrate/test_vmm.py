@@ -187,7 +187,10 @@ def test_qemu_6_0_between_amd_and_intel_loses_pkru(src: str, dst: str, guest: st
     0x980. From 6.1 each end reads its host's offsets and the guest keeps its PKRU."""
     old = check(src, dst, guest, vmm=vmm_of("qemu@6.0"), advise=False)
     assert old.verdict == INCOMPATIBLE and [d[0] for d in old.lost] == ["pkru"]
-    assert check(src, dst, guest, vmm=vmm_of("qemu@6.2"), advise=False).verdict == COMPATIBLE
+    new = check(src, dst, guest, vmm=vmm_of("qemu@6.2"), advise=False)
+    # The registers arrive whole from 6.1; the verdict still counts the CPU features an AMD
+    # model loses on Intel (and back), which is a different finding.
+    assert not new.lost and not any(f.level == "error" and f.stage != "cpu" for f in new.findings)
 
 
 def test_qemu_6_0_same_intel_host_is_unaffected() -> None:
