@@ -91,6 +91,15 @@ ALIASES: Final[dict[str, str]] = {a: t for a, t in _data()["aliases"]}
 #: (feature, feature it needs), feature_dependencies[] in table order (the order matters:
 #: x86_cpu_expand_features walks it once).
 DEPENDENCIES: Final[tuple[tuple[str, str], ...]] = tuple((f, n) for f, n in _data()["dependencies"])
+#: Non-feature ``-cpu`` properties -> QOM kind ("bool", "int", "str", "on-off-auto").
+PROPERTIES: Final[dict[str, str]] = {n: p["kind"] for n, p in _data()["properties"].items()}
+#: Properties only host and max have (max_x86_cpu_properties[]): "migratable", "host-cache-info".
+HOST_MAX_ONLY: Final[frozenset[str]] = frozenset(
+    n for n, p in _data()["properties"].items() if p.get("host_max_only")
+)
+_PROPERTY_FIRST_SEEN: Final[dict[str, str]] = {
+    n: p["first_seen"] for n, p in _data()["properties"].items() if "first_seen" in p
+}
 _FIRST_SEEN: Final[dict[str, str]] = {n: r for w in _data()["words"] for n, r in w["first_seen"].items()}
 
 
@@ -157,6 +166,11 @@ def first_seen(name: str) -> str:
     10.0), "10.2" (10.1 .. 10.2) or "11.0" (the 11.0 cycle)."""
     c = canonical(name)
     return _FIRST_SEEN.get(c, "7.2")
+
+
+def property_first_seen(name: str) -> str:
+    """Like :func:`first_seen` for a non-feature property ("7.2" or "10.2")."""
+    return _PROPERTY_FIRST_SEEN.get(name, "7.2")
 
 
 @cache
