@@ -142,6 +142,7 @@ class ModelDef:
     model_id: str | None = None
     unnamed_bits: tuple[tuple[str, int], ...] = ()
     partial: str | None = None
+    unmodelled: tuple[str, ...] = ()  # QEMU feature names of the model this data has no word for
 
     @property
     def latest(self) -> int:
@@ -272,6 +273,7 @@ def catalogue() -> tuple[ModelDef, ...]:
                 m.get("model_id"),
                 tuple((w, int(b, 16)) for w, b in m.get("unnamed_bits", {}).items()),
                 m.get("partial"),
+                tuple(m.get("features_unmodelled", ())),
             )
         )
     return tuple(out)

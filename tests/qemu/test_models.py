@@ -256,3 +256,16 @@ def test_describe_every_feature() -> None:
     assert models.describe_feature("avx") == "avx (CPUID[eax=1h].ECX[28])"
     assert models.describe_feature("rdctl-no") == "rdctl-no (MSR 0x10a ARCH_CAPABILITIES bit 0)"
     assert models.FEATURES["sse4.1"] == models.FEATURES[qf.canonical("sse4_1")]
+
+
+def test_11_0_versions_from_libvirts_copies() -> None:
+    # libvirt src/cpu_map/x86_SapphireRapids-v6.xml has its-no, -v5 not (the only difference);
+    # likewise GraniteRapids-v5, SierraForest-v5, ClearwaterForest-v3.
+    for m, v in (("SapphireRapids", 6), ("GraniteRapids", 5), ("SierraForest", 5), ("ClearwaterForest", 3)):
+        new, old = resolve(f"{m}-v{v}"), resolve(f"{m}-v{v - 1}")
+        assert new.msr_features - old.msr_features == {"its-no"} and new.features == old.features
+    # DiamondRapids: libvirt's x86_DiamondRapids.xml, names without a feature word kept apart
+    dmr = next(m for m in models.catalogue() if m.name == "DiamondRapids")
+    assert {"amx-fp8", "movrs", "apx-nci-ndd-nf"} <= set(dmr.unmodelled)
+    g = resolve("DiamondRapids")
+    assert g.has("apxf") and g.has("avx10") and g.has("fred") and g.unverified
