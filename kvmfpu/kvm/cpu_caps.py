@@ -151,11 +151,23 @@ def _common(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> dict[cl.Wo
     return words
 
 
-def _vmx(host: HostModel, kernel: KernelProfile, words: dict[cl.Word, int]) -> None:
+def sgx_enabled(host: HostModel, caps: KvmCaps) -> bool:
+    """kvm_intel's enable_sgx (default 1) survives hardware_setup when the CPU has ENCLS
+    exiting (taken as: every SGX host with VMX) and the host kernel kept SGX (the dump has
+    the SGX bit and SGX1 in leaf 0x12)."""
+    return caps.flavor == "vmx" and _raw(host, "SGX") and bool(host.cpuid(0x12, 0)[0] & 1)
+
+
+def _vmx(host: HostModel, kernel: KernelProfile, caps: KvmCaps, words: dict[cl.Word, int]) -> None:
     """vmx_set_cpu_caps: VMX with nested=1; UMIP (emulated via descriptor-table exiting,
-    which every VMX host with XSAVE has); WAITPKG when the host has it; MPX per KvmCaps;
-    INTEL_PT, DS/DTES64 (PEBS) and SGX left clear (module defaults / not modelled)."""
+    which every VMX host with XSAVE has); WAITPKG when the host has it; MPX per KvmCaps; SGX,
+    SGX_LC and the leaf-0x12 word cleared without enable_sgx; INTEL_PT and DS/DTES64 (PEBS)
+    left clear (pt_mode=0 default; vmx_pebs_supported not modelled)."""
     words[cl.W_1_ECX] |= 1 << cl.BY_NAME["VMX"].bit
+    if not sgx_enabled(host, caps):
+        words[cl.W_7_0_EBX] &= ~(1 << cl.BY_NAME["SGX"].bit)
+        words[cl.W_7_0_ECX] &= ~(1 << cl.BY_NAME["SGX_LC"].bit)
+        words[cl.W_12_EAX] = 0
     words[cl.W_7_0_ECX] |= 1 << cl.BY_NAME["UMIP"].bit
     if _raw(host, "WAITPKG"):
         words[cl.W_7_0_ECX] |= 1 << cl.BY_NAME["WAITPKG"].bit
@@ -196,7 +208,7 @@ def kvm_cpu_caps(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> dict[
     immutable and shared)."""
     words = _common(host, kernel, caps)
     if caps.flavor == "vmx":
-        _vmx(host, kernel, words)
+        _vmx(host, kernel, caps, words)
     elif caps.flavor == "svm":
         _svm(host, kernel, words)
     else:

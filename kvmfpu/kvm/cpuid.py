@@ -9,7 +9,7 @@ permitted | supported XSS when XSAVES or XSAVEC, ECX/EDX = supported XSS; one su
 permitted component, host values with EDX = 0 and ECX[2] (XFD) cleared when KVM lacks XFD.
 Permitted = supported_xcr0 & the process's guest permission (5.17, 445ecdf79be0/
 1ffce0924a8c), also without XTILE_CFG when XTILE_DATA is not permitted (6.4, 55cd57b596e8).
-Not modelled (all zero): SGX (0x12), Intel PT (0x14), SEV (0x8000_001F); the PMU leaf 0xA
+Not modelled (all zero): Intel PT (0x14), SEV (0x8000_001F); the PMU leaf 0xA
 is approximate (see _pmu_leaf).
 """
 
@@ -158,6 +158,15 @@ def _basic_leaf(host: HostModel, kernel: KernelProfile, caps: KvmCaps, words: Ca
                     break
     elif fn == 0xD:
         yield from _leaf_d(host, host.layout, kernel, caps, guest_perm, kernel.has("amx"))
+    elif fn == 0x12 and words[cl.W_7_0_EBX] >> cl.BY_NAME["SGX"].bit & 1:
+        # Subleaf 0: SGX1/SGX2/EDECCSSA, MISCSELECT & EXINFO, the enclave sizes; subleaf 1:
+        # SECS.ATTRIBUTES KVM allows (XFRM in ECX/EDX is the host's). EPC sections: none.
+        yield _entry(fn, 0, words[cl.W_12_EAX], b & cl.SGX_MISC_EXINFO, c, d)
+        a1, _, c1, d1 = host.cpuid(fn, 1)
+        attrs = cl.SGX_ATTRIBUTES
+        if kernel.has("cpuid_sgx_edeccssa"):
+            attrs |= cl.SGX_ATTR_ASYNC_EXIT_NOTIFY
+        yield _entry(fn, 1, a1 & attrs, 0, c1, d1)
     elif fn == 0x1D and words[cl.W_7_0_EDX] >> cl.BY_NAME["AMX_TILE"].bit & 1:
         for sub in range(a + 1):
             yield _entry(fn, sub, *host.cpuid(fn, sub))
@@ -166,8 +175,7 @@ def _basic_leaf(host: HostModel, kernel: KernelProfile, caps: KvmCaps, words: Ca
     elif fn == 0x24 and words[cl.W_7_1_EDX] >> cl.BY_NAME["AVX10"].bit & 1:
         yield _entry(fn, 0, 0, words[cl.W_24_EBX] | min(b & 0xFF, 1), 0, 0)
     else:
-        # Includes 0x12 (SGX) and 0x14 (Intel PT): KVM clears them without SGX/PT support,
-        # which kvmfpu does not model (module defaults).
+        # Includes 0x12 without SGX and 0x14 (Intel PT: pt_mode=0, the kvm_intel default).
         yield _entry(fn, 0, 0, 0, 0, 0)
 
 

@@ -260,3 +260,14 @@ def test_msr_lists_follow_kvm_features() -> None:
     new = Kvm("sapphirerapids", "6.18")
     assert set(new.msr_index_list()) <= set(new.msr_index_list_all())
     assert msr.IA32_S_CET in new.msr_index_list_all()
+
+
+def test_sgx_only_with_enable_sgx() -> None:
+    """vmx_set_cpu_caps clears SGX, SGX_LC and leaf 0x12 without enable_sgx; the libvirt
+    Ice Lake-SP dump sets CPUID.7.EBX[2] but leaf 0x12 has no SGX1 (SGX off in firmware),
+    so KVM offers no SGX and leaf 0x12 is all zero."""
+    kvm = Kvm("icelake-sp", "6.12")
+    assert kvm.host.cpuid(7)[1] >> 2 & 1 and not kvm.host.cpuid(0x12)[0] & 1
+    r = rows(kvm)
+    assert not bit(r[(7, 0)].ebx, 2) and not bit(r[(7, 0)].ecx, 30)
+    assert r[(0x12, 0)].values()[3:] == (0, 0, 0, 0) and (0x12, 1) not in r
