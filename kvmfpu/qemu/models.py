@@ -345,7 +345,8 @@ def features_of(m: ModelDef, version: int) -> frozenset[str]:
     return frozenset(feats)
 
 
-def _non_feature_props(m: ModelDef, version: int) -> dict[str, str]:
+def non_feature_props(m: ModelDef, version: int) -> dict[str, str]:
+    """The version props up to ``version`` that are not features (model-id, stepping...)."""
     out: dict[str, str] = {}
     for v in sorted(m.versions, key=lambda v: v.version):
         if v.version > version:
@@ -568,7 +569,7 @@ def resolve(spec: str, *, qemu: str | None = None, accel: str = "kvm") -> GuestM
     if "pdcm" in feats and not _on(o, "pmu", False) and (qemu is None or _rel(qemu) >= (10, 2)):
         feats.discard("pdcm")  # x86_cpu_expand_features (v10.2.2)
         notes.append("pdcm: cleared without pmu=on")
-    vprops = _non_feature_props(model, version) | o.props
+    vprops = non_feature_props(model, version) | o.props
     options = tuple(o.globals_) + tuple((f, True) for f in o.plus) + tuple((f, False) for f in o.minus)
     msr = frozenset(f for f in feats if f not in FEATURES)
     g = GuestModel(

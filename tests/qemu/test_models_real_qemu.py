@@ -86,6 +86,39 @@ def _static(
     return out
 
 
+def test_identity_properties_equal_qemus() -> None:
+    # family/model/stepping/vendor/model-id and the minimum levels x86_cpu_load_model sets
+    rel = _at()
+    names = _versions_at(rel)
+    cmds = [
+        {"execute": "query-cpu-model-expansion", "arguments": {"type": "static", "model": {"name": n}}}
+        for n in names
+    ]
+    wrong = []
+    for n, a in zip(names, _qmp(cmds), strict=True):
+        p = a["return"]["model"]["props"]
+        g = resolve(n, qemu=rel, accel="tcg")
+        m = next(m for m in models.catalogue() if m.name == g.name)
+        assert g.version is not None
+        vp = models.non_feature_props(m, g.version)
+        # x86_cpu_expand_features raises min-xlevel to 0x8000000A when svm is on (TCG keeps
+        # Opteron_G2/G3's svm; kvm_default_props turn it off)
+        xlevel = max(m.xlevel or 0, 0x8000000A if g.has("svm") else 0)
+        ours = (g.vendor, g.family, g.model, g.stepping, vp.get("model-id", m.model_id), m.level, xlevel)
+        theirs = (
+            p["vendor"],
+            p["family"],
+            p["model"],
+            p["stepping"],
+            p["model-id"],
+            p["min-level"],
+            p["min-xlevel"],
+        )
+        if ours != theirs:
+            wrong.append((n, ours, theirs))
+    assert not wrong
+
+
 def _kvmfpu(spec: str, rel: str, accel: str) -> set[str]:
     g = resolve(spec, qemu=rel, accel=accel)
     return set(g.features | g.msr_features)
