@@ -91,6 +91,18 @@ ALIASES: Final[dict[str, str]] = {a: t for a, t in _data()["aliases"]}
 #: (feature, feature it needs), feature_dependencies[] in table order (the order matters:
 #: x86_cpu_expand_features walks it once).
 DEPENDENCIES: Final[tuple[tuple[str, str], ...]] = tuple((f, n) for f, n in _data()["dependencies"])
+
+
+#: (feature, needed) -> the first release read whose table has the entry, for the entries
+#: v7.2.0 lacks ("10.0": 8.0 .. 10.0; "10.2": 10.1 .. 10.2).
+def _dep_key(k: str) -> tuple[str, str]:
+    f, n = k.split(" <- ")
+    return f, n
+
+
+DEPENDENCY_FIRST_SEEN: Final[dict[tuple[str, str], str]] = {
+    _dep_key(k): r for k, r in _data()["dependencies_first_seen"].items()
+}
 #: Non-feature ``-cpu`` properties -> QOM kind ("bool", "int", "str", "on-off-auto").
 PROPERTIES: Final[dict[str, str]] = {n: p["kind"] for n, p in _data()["properties"].items()}
 #: Properties only host and max have (max_x86_cpu_properties[]): "migratable", "host-cache-info".
@@ -182,11 +194,16 @@ def needs() -> dict[str, tuple[str, ...]]:
     return {f: tuple(ns) for f, ns in out.items()}
 
 
-def apply_dependencies(features: set[str]) -> set[str]:
+def apply_dependencies(features: set[str], release: str | None = None) -> set[str]:
     """x86_cpu_expand_features: one pass over feature_dependencies[] in order; a feature whose
-    needed feature is off is cleared. Returns the names it removed."""
+    needed feature is off is cleared. ``release``: only the entries that release's table is known
+    to have (entries first seen later are left out). Returns the names it removed."""
     removed = set()
+    rel = None if release is None else tuple(int(x) for x in release.split("."))
     for f, n in DEPENDENCIES:
+        first = DEPENDENCY_FIRST_SEEN.get((f, n))
+        if rel is not None and first is not None and rel < tuple(int(x) for x in first.split(".")):
+            continue
         if n not in features and f in features:
             features.discard(f)
             removed.add(f)

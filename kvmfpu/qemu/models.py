@@ -558,7 +558,7 @@ def resolve(spec: str, *, qemu: str | None = None, accel: str = "kvm") -> GuestM
     feats.update(o.plus)
     feats.difference_update(o.minus)
     asked = {f for f, on in o.globals_ if on} | set(o.plus)
-    dropped = qf.apply_dependencies(feats)
+    dropped = qf.apply_dependencies(feats, qemu)
     for f in sorted(dropped & asked):
         notes.append(
             f"{f}: dropped, it needs {', '.join(qf.needs()[f])} (QEMU warns: depends "

@@ -163,3 +163,12 @@ def test_dependencies() -> None:
 def test_first_seen() -> None:
     assert f.first_seen("cet-ss") == "11.0" and f.first_seen("avx") == "7.2"
     assert f.first_seen("avx10") in ("10.0", "10.2")
+
+
+def test_dependencies_per_release() -> None:
+    # v7.2.0's feature_dependencies[] has no sgx -> sgx1 entry (v10.0.13's has): at 7.2 sgx1
+    # survives -sgx, at 10.0 it does not.
+    assert f.DEPENDENCY_FIRST_SEEN[("sgx1", "sgx")] == "10.0"
+    assert f.apply_dependencies({"sgx1"}, "7.2") == set()
+    assert f.apply_dependencies({"sgx1"}, "10.0") == {"sgx1"}
+    assert ("vmx-ept", "vmx-secondary-ctls") not in f.DEPENDENCY_FIRST_SEEN  # in 7.2 already

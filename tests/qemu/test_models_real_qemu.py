@@ -158,6 +158,7 @@ def test_under_kvm_the_kvm_defaults_are_applied_the_same_way() -> None:
         ("EPYC-Rome-v2", {"svm": False}, "svm=off"),  # every SVM bit goes
         ("Westmere-v1", {"avx512f": True, "sse4_1": False}, "avx512f=on,sse4_1=off"),
         ("Snowridge-v1", {"core-capability": False}, "core-capability=off"),
+        ("Skylake-Client-v4", {"sgx1": True}, "sgx1=on"),  # 7.2 has no sgx -> sgx1 entry
     ],
 )
 def test_options_equal_qemus_expansion_with_the_same_properties(
