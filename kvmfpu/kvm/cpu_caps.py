@@ -158,12 +158,28 @@ def sgx_enabled(host: HostModel, caps: KvmCaps) -> bool:
     return caps.flavor == "vmx" and _raw(host, "SGX") and bool(host.cpuid(0x12, 0)[0] & 1)
 
 
+#: intel_pmu_init sets x86_pmu.pebs_ept for these (family 6) models: Ice Lake-X/D, Sapphire
+#: Rapids, Emerald Rapids, Granite Rapids-X/D (arch/x86/events/intel/core.c, 6.12.117).
+PEBS_EPT_MODELS: Final = frozenset({0x6A, 0x6C, 0x8F, 0xCF, 0xAD, 0xAE})
+
+
+def _vmx_pebs(host: HostModel) -> bool:
+    """vmx_pebs_supported: X86_FEATURE_PEBS (taken as: the DS bit) and kvm_pmu_cap.pebs_ept
+    (with enable_pmu: an architectural PMU)."""
+    family, model, _ = host.signature
+    return _raw(host, "DS") and family == 6 and model in PEBS_EPT_MODELS and bool(host.cpuid(0xA)[0] & 0xFF)
+
+
 def _vmx(host: HostModel, kernel: KernelProfile, caps: KvmCaps, words: dict[cl.Word, int]) -> None:
     """vmx_set_cpu_caps: VMX with nested=1; UMIP (emulated via descriptor-table exiting,
     which every VMX host with XSAVE has); WAITPKG when the host has it; MPX per KvmCaps; SGX,
-    SGX_LC and the leaf-0x12 word cleared without enable_sgx; INTEL_PT and DS/DTES64 (PEBS)
-    left clear (pt_mode=0 default; vmx_pebs_supported not modelled)."""
+    SGX_LC and the leaf-0x12 word cleared without enable_sgx; DS/DTES64 with PEBS
+    virtualisation; INTEL_PT left clear (pt_mode=0, the default)."""
     words[cl.W_1_ECX] |= 1 << cl.BY_NAME["VMX"].bit
+    if _vmx_pebs(host):
+        words[cl.W_1_EDX] |= 1 << cl.BY_NAME["DS"].bit
+        if _raw(host, "DTES64"):
+            words[cl.W_1_ECX] |= 1 << cl.BY_NAME["DTES64"].bit
     if not sgx_enabled(host, caps):
         words[cl.W_7_0_EBX] &= ~(1 << cl.BY_NAME["SGX"].bit)
         words[cl.W_7_0_ECX] &= ~(1 << cl.BY_NAME["SGX_LC"].bit)

@@ -205,6 +205,11 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       (5, 18), description="0x8000_0000.EAX may be raised to 0x8000_0021 and the leaf synthesised "
                            "(LFENCE_RDTSC, NULL_SEL_CLR_BASE, NO_SMM_CTL_MSR); before: max 0x8000_001F",
       note="commit id from memory, not confirmed in a source read here"),
+    S("cpuid_deprecated_x87", "unconfirmed", "KVM: x86: Report deprecated x87 features in supported CPUID",
+      (5, 17), description="7.0 EBX FDP_EXCPTN_ONLY (bit 6) and ZERO_FCS_FDS (bit 13) passed through; "
+                           "before: dropped (libvirt's Ice-Lake-Server-disabled.xml lists both)",
+      note="Jim Mattson; in the stable queues of 2022-02-16 for 5.15/5.16 (stable ids such as "
+           "5d35bb268253, release numbers not confirmed); mainline id not confirmed"),
     S("cpuid_no_host_topology", "45e966fcca03",
       "KVM: x86: Do not return host topology information from KVM_GET_SUPPORTED_CPUID", (6, 1),
       description="0xB/0x1F subleaf 0 keeps only EDX (no subleaves); 0x8000_001E all zero; "

@@ -271,3 +271,23 @@ def test_sgx_only_with_enable_sgx() -> None:
     r = rows(kvm)
     assert not bit(r[(7, 0)].ebx, 2) and not bit(r[(7, 0)].ecx, 30)
     assert r[(0x12, 0)].values()[3:] == (0, 0, 0, 0) and (0x12, 1) not in r
+
+
+def test_pebs_ds_bits_with_pebs_ept() -> None:
+    """vmx_set_cpu_caps sets DS and DTES64 when vmx_pebs_supported (x86_pmu.pebs_ept:
+    Ice Lake-X and later servers, arch/x86/events/intel/core.c); libvirt's
+    x86_64-cpuid-Xeon-w7-3465X-disabled.xml (Sapphire Rapids) does not list DS or DTES64
+    among the bits QEMU+KVM could not enable, while it lists ACPI/HTT/TM/PBE."""
+    spr, sky = rows(Kvm("sapphirerapids", "6.12"))[(1, 0)], rows(Kvm("skylake-sp", "6.12"))[(1, 0)]
+    assert bit(spr.edx, 21) and bit(spr.ecx, 2) and bit(spr.ecx, 15)  # DS, DTES64, PDCM
+    assert not any(bit(spr.edx, b) for b in (22, 28, 29, 31))
+    assert not bit(sky.edx, 21) and not bit(sky.ecx, 2)
+
+
+def test_deprecated_x87_bits() -> None:
+    """FDP_EXCPTN_ONLY/ZERO_FCS_FDS: dropped by 5.15.0, passed from 5.17
+    (cpuid_deprecated_x87, "KVM: x86: Report deprecated x87 features in supported CPUID")."""
+    host = Kvm("skylake-sp", "6.1").host
+    assert host.cpuid(7)[1] >> 13 & 1
+    assert not bit(rows(Kvm("skylake-sp", "5.15"))[(7, 0)].ebx, 13)
+    assert bit(rows(Kvm("skylake-sp", "6.1"))[(7, 0)].ebx, 13)
