@@ -136,9 +136,9 @@ XSAVES_OLD = (
     "the capture's kernel did not offer XSAVES to guests; UNVERIFIED which release changed it for this host",
 )
 DS_PEBS = (
-    MODEL_GAP,
-    "KVM offers DS and DTES64 when vmx_pebs_supported() (PEBS baseline in "
-    "IA32_PERF_CAPABILITIES, an MSR the CPUID dump does not give the model)",
+    KERNEL_AT_CAPTURE,
+    "KVM offers DS and DTES64 with guest PEBS (vmx_pebs_supported: PEBS baseline and PEBS via EPT), "
+    "which the capture's kernel did not have yet",
 )
 SBPB = (
     FIRMWARE,
@@ -246,6 +246,7 @@ TABLE: tuple[tuple[str, Why, str], ...] = (
     ("Hygon-C86-7185-32-core", PERFCTR_CORE, "perfctr-core"),
     ("Hygon-C86-7185-32-core", XSAVES_OLD, "xsaves"),
     ("Ice-Lake-Server", SPEC_AMD_BITS, "amd-ssbd ibpb"),
+    ("Ice-Lake-Server", DS_PEBS, "ds dtes64"),
     ("Ice-Lake-Server", MPX, "mpx"),
     ("Ice-Lake-Server", PDCM, "pdcm"),
     ("Ice-Lake-Server", RDPID, "rdpid"),
@@ -257,9 +258,6 @@ TABLE: tuple[tuple[str, Why, str], ...] = (
     ("Ryzen-7-1800X-Eight-Core", SHA, "sha-ni"),
     ("Ryzen-9-3900X-12-Core", NESTED_SVM, NSVM),
     ("Ryzen-9-9950X-16-Core", ARCH_CAPS_ZEN5, "arch-capabilities"),
-    ("Xeon-6731E", DS_PEBS, "ds dtes64"),
-    ("Xeon-6788P", DS_PEBS, "ds dtes64"),
-    ("Xeon-Bronze-3408U", DS_PEBS, "ds dtes64"),
     ("Xeon-E3-1225-v5", SPEC_AMD_BITS, "ibpb"),
     ("Xeon-E3-1225-v5", PV, "kvm-pv-tlb-flush"),
     ("Xeon-E3-1225-v5", PDCM, "pdcm"),
@@ -302,7 +300,6 @@ TABLE: tuple[tuple[str, Why, str], ...] = (
     ("Xeon-Gold-6148", UMIP, "umip"),
     ("Xeon-Gold-6148", VMX, "vmx"),
     ("Xeon-Gold-6148", XSAVES_OLD, "xsaves"),
-    ("Xeon-Gold-6530", DS_PEBS, "ds dtes64"),
     ("Xeon-Gold-6530", ASYNCPF_INT, "kvm-asyncpf-int"),
     ("Xeon-Platinum-8268", SPEC_AMD_BITS, "amd-ssbd ibpb"),
     ("Xeon-Platinum-8268", ARCH_CAPS_8268, "arch-capabilities"),
@@ -314,7 +311,6 @@ TABLE: tuple[tuple[str, Why, str], ...] = (
     ("Xeon-W3520", TSC_DEADLINE, "tsc-deadline"),
     ("Xeon-W3520", UMIP, "umip"),
     ("Xeon-W3520", VMX, "vmx"),
-    ("Xeon-w7-3465X", DS_PEBS, "ds dtes64"),
     ("Xeon-w7-3465X", ASYNCPF_INT, "kvm-asyncpf-int"),
 )
 
