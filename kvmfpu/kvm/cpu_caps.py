@@ -158,9 +158,11 @@ def sgx_enabled(host: HostModel, caps: KvmCaps) -> bool:
     return caps.flavor == "vmx" and _raw(host, "SGX") and bool(host.cpuid(0x12, 0)[0] & 1)
 
 
-#: intel_pmu_init sets x86_pmu.pebs_ept for these (family 6) models: Ice Lake-X/D, Sapphire
-#: Rapids, Emerald Rapids, Granite Rapids-X/D (arch/x86/events/intel/core.c, 6.12.117).
-PEBS_EPT_MODELS: Final = frozenset({0x6A, 0x6C, 0x8F, 0xCF, 0xAD, 0xAE})
+#: x86_pmu.pebs_ept: intel_pmu_init sets it for Ice Lake-X/D, Sapphire Rapids, Emerald
+#: Rapids, Granite Rapids-X/D (arch/x86/events/intel/core.c, 6.12.117); intel_ds_init also
+#: for PEBS format 5/6 (IA32_PERF_CAPABILITIES[11:8], not in a CPUID dump), taken as true for
+#: Sierra Forest (0xAF: libvirt's Xeon-6731E host expansion offers DS and DTES64; UNVERIFIED).
+PEBS_EPT_MODELS: Final = frozenset({0x6A, 0x6C, 0x8F, 0xCF, 0xAD, 0xAE, 0xAF})
 
 
 def _vmx_pebs(host: HostModel) -> bool:
