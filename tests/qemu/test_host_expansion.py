@@ -127,9 +127,9 @@ SPEC_AMD_BITS = (
 )
 ARCH_CAPS = (
     KERNEL_AT_CAPTURE,
-    "the capture's kernel did not list MSR_IA32_ARCH_CAPABILITIES in "
-    "KVM_GET_MSR_INDEX_LIST (KVM emulates it on every host since 5.x), so QEMU cleared "
-    "arch-capabilities (kvm.c has_msr_arch_capabs); UNVERIFIED which kernel",
+    "the host does not enumerate ARCH_CAPABILITIES (or is AMD/Hygon); the capture's kernel did "
+    "not yet emulate the MSR on every host (KVM_GET_MSR_INDEX_LIST without 0x10a: QEMU clears "
+    "arch-capabilities, kvm.c has_msr_arch_capabs); UNVERIFIED which kernel",
 )
 XSAVES_OLD = (
     KERNEL_AT_CAPTURE,
@@ -404,6 +404,37 @@ def test_host_expansion_matches_the_capture(name: str) -> None:
     assert not stale, f"{name}: explained but agreeing now: {sorted(stale)}"
     for category, reason in why.values():
         assert category in CATEGORIES and reason
+    # The direction each explanation claims: only MPX and SBPB were on in the capture.
+    for n, w in why.items():
+        assert bad[n] == ((True, False) if w in (MPX, SBPB) else (False, True)), (name, n, bad[n])
+
+
+def _bit(host: cpus.HostModel, leaf: int, sub: int, reg: int, bit: int) -> bool:
+    return bool(host.cpuid(leaf, sub)[reg] >> bit & 1)
+
+
+#: Facts of the CPUID dump an explanation rests on: why -> predicate over the host.
+EVIDENCE: dict[Why, Any] = {
+    UMIP: lambda h: not _bit(h, 7, 0, 2, 2),  # the host lacks UMIP: KVM's emulation it is
+    PDCM_HYBRID: lambda h: _bit(h, 7, 0, 3, 15),  # a hybrid part
+    VMX: lambda h: h.vendor == "GenuineIntel" and _bit(h, 1, 0, 2, 5),
+    SVM: lambda h: h.vendor != "GenuineIntel" and _bit(h, 0x8000_0001, 0, 2, 2),
+    NESTED_SVM: lambda h: h.vendor != "GenuineIntel",
+    SPEC_AMD_BITS: lambda h: h.vendor == "GenuineIntel",
+    SBPB: lambda h: not _bit(h, 0x8000_0021, 0, 0, 27) and not _bit(h, 0x8000_0021, 0, 0, 28),
+    SHA: lambda h: _bit(h, 7, 0, 1, 29),
+    MPX: lambda h: _bit(h, 7, 0, 1, 14),
+    PKU: lambda h: _bit(h, 7, 0, 2, 3),
+    ARCH_CAPS: lambda h: not _bit(h, 7, 0, 3, 29) or h.vendor != "GenuineIntel",
+}
+
+
+def test_explanations_rest_on_the_dumps() -> None:
+    for name, why in EXPLAINED.items():
+        host = cpus.load(DATA / f"{name}.json")
+        for n, w in why.items():
+            if w in EVIDENCE:
+                assert EVIDENCE[w](host), (name, n, w[1])
 
 
 def agreement() -> dict[str, Any]:
