@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Final
 
 from kvmfpu.arch import xfeatures as xf
@@ -221,7 +222,7 @@ def _pvm(words: dict[cl.Word, int]) -> None:
 
 
 @lru_cache(maxsize=512)
-def kvm_cpu_caps(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> dict[cl.Word, int]:
+def kvm_cpu_caps(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> CapWords:
     """The feature words of KVM_GET_SUPPORTED_CPUID (cached: hosts, profiles and caps are
     immutable and shared)."""
     words = _common(host, kernel, caps)
@@ -231,4 +232,4 @@ def kvm_cpu_caps(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> dict[
         _svm(host, kernel, words)
     else:
         _pvm(words)
-    return words
+    return MappingProxyType(words)  # shared through the cache: read-only
