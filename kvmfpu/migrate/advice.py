@@ -117,15 +117,19 @@ def _distance(g: GuestModel, c: GuestModel) -> tuple[int, int, int]:
 
 def _candidates(g: GuestModel) -> list[GuestModel]:
     """Other versions of the model, then the newest version of every other model of the
-    vendor (any vendor for host passthrough)."""
+    vendor (any vendor for host passthrough), as the guest's QEMU release has them."""
     out: list[GuestModel] = []
-    if not g.passthrough:
-        out += [v for v in models.versions_of(g.name) if v.version != g.version]
-    vendor = g.vendor
     for m in models.catalogue():
-        if m.name == g.name or (vendor is not None and m.vendor != vendor):
+        if m.name != g.name and g.vendor is not None and m.vendor != g.vendor:
             continue
-        c = models.resolve(f"{m.name}-v{m.latest}")
-        if c.xcr0:
-            out.append(c)
+        versions = []
+        for v in sorted(m.versions, key=lambda v: v.version):
+            try:
+                versions.append(models.resolve(f"{m.name}-v{v.version}", qemu=g.qemu))
+            except models.UnknownModel:
+                continue               # not in that QEMU release
+        if m.name == g.name and not g.passthrough:
+            out += [c for c in versions if c.version != g.version]
+        elif m.name != g.name and versions and versions[-1].xcr0:
+            out.append(versions[-1])
     return out

@@ -46,10 +46,10 @@ from kvmfpu.migrate.report import (
 __all__ = ["COMPATIBLE", "CONDITIONS", "INCOMPATIBLE", "Advice", "Endpoint", "Finding", "Report",
            "SourceRun", "check", "endpoint", "read_blob", "run_destination", "run_source", "vmm_of"]
 from kvmfpu.migrate.vmm import Saved, Vmm, guest_state, put, save, stream_error, vmm_of
-from kvmfpu.qemu import guest_cpuid
+from kvmfpu.qemu import guest_cpuid, models
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
-from kvmfpu.qemu.models import GuestModel, resolve
+from kvmfpu.qemu.models import GuestModel, UnknownModel, resolve
 
 #: The xstate MSRs whose guest values must survive (read on both sides by the host).
 STATE_MSRS: Final = (msr.IA32_XSS, msr.IA32_XFD, msr.IA32_XFD_ERR, msr.IA32_U_CET,
@@ -187,7 +187,7 @@ def _names(diff: list[tuple[str, str, str]]) -> str:
 
 
 def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
-               findings: list[Finding]) -> list[Any]:
+               findings: list[Finding]) -> list[Any] | None:
     saved = run.saved
     assert saved is not None
     if vmm.cpuid_from_source:
@@ -205,7 +205,21 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
         if lost:
             findings.append(guest_cpu.lost_features(lost, run.guest, vmm, kvm, "the destination"))
         return list(saved.cpuid)
-    dcpu = guest_cpuid.build(kvm, run.guest, ask_perm=vmm.asks_amx_perm)
+    try:
+        dguest = guest_at(run.guest, vmm)
+    except UnknownModel as exc:
+        also = []
+        if run.cpu.xcr0 & xf.XTILE and not vmm.asks_amx_perm:
+            also.append(f"{vmm.label} has no AMX (ARCH_REQ_XCOMP_GUEST_PERM and KVM_GET_XSAVE2 "
+                        "came with QEMU 7.0)")
+        if saved.env is not None:
+            err = stream_error(run.vmm, vmm, guest_state(saved.env, run.cpu.features, saved.msrs))
+            if err is not None:
+                also.append("the stream would not load either: " + " / ".join(err.splitlines()))
+        findings.append(Finding("error", "destination", f"{vmm.label} cannot start the guest: "
+                                f"{exc}" + "".join(f"; {a}" for a in also)))
+        return None
+    dcpu = guest_cpuid.build(kvm, dguest, ask_perm=vmm.asks_amx_perm)
     lost, gained = run.cpu.features - dcpu.features, dcpu.features - run.cpu.features
     if dcpu.filtered and getattr(run.guest, "enforce", False):
         findings.append(Finding("error", "destination", f"QEMU refuses to start on the "
@@ -267,14 +281,17 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
     assert saved is not None and run.regs is not None
     kvm = kvm or _kvm(dst)
     findings = report.findings
+    # The destination QEMU starts with the guest's -cpu first (_dst_cpuid), then loads the
+    # stream (every cpu subsection), then kvm_arch_put_registers puts the state.
+    cpuid = _dst_cpuid(run, vmm, kvm, findings)
+    if cpuid is None:
+        return report
     if saved.env is not None:
-        # QEMU loads the stream (every cpu subsection) before kvm_arch_put_registers.
         err = stream_error(run.vmm, vmm, guest_state(saved.env, run.cpu.features, saved.msrs))
         if err is not None:
             findings.append(Finding("error", "transport", f"{vmm.label} on the destination cannot "
                                     f"load what {run.vmm.label} sent: {err}"))
             return report
-    cpuid = _dst_cpuid(run, vmm, kvm, findings)
     vm = kvm.create_vm(memory_size=workload.MEMORY)
     try:
         vcpu = vm.create_vcpu()
@@ -394,15 +411,38 @@ def _notes(run: SourceRun, kvm: Kvm, report: Report) -> None:
                                 f"{run.truth.get(msr.IA32_XFD_ERR, 0):#x} restored"))
 
 
+def model_release(vmm: Vmm) -> str | None:
+    """The QEMU release whose CPU models a versioned QEMU has (the newest modelled one at or
+    below it; models.RELEASES starts at 6.2); None for other VMMs."""
+    if not vmm.by_field or vmm.version is None:
+        return None
+    def series(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:2])
+
+    older = [r for r in models.RELEASES if series(r) <= series(vmm.version)]
+    return older[-1] if older else models.RELEASES[0]
+
+
+def guest_at(guest: str | GuestModel, vmm: Vmm) -> GuestModel:
+    """``guest`` as the VMM's QEMU release resolves it (UnknownModel when that release lacks
+    the model version or a feature)."""
+    rel = model_release(vmm)
+    if isinstance(guest, GuestModel):
+        if rel is None or guest.qemu == rel or guest.passthrough:
+            return guest
+        guest = guest.spec
+    return resolve(guest, qemu=rel)
+
+
 def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
           vmm: str | Vmm = "qemu", dst_vmm: str | Vmm | None = None, blob: bytes | None = None,
           blob_name: str | None = None, advise: bool = True) -> Report:
     """One migration: the source runs ``guest``, ``vmm`` saves its state and ``dst_vmm``
     (default: the same) restores it on ``dst``."""
     s, d = endpoint(src), endpoint(dst)
-    g = guest if isinstance(guest, GuestModel) else resolve(guest)
     v = vmm_of(vmm)
     dv = vmm_of(dst_vmm) if dst_vmm is not None else v
+    g = guest_at(guest, v)
     report = run_destination(run_source(s, g, v, blob), d, blob_name=blob_name, vmm=dv)
     if advise and report.verdict != COMPATIBLE:
         from kvmfpu.migrate.advice import advise as _advise

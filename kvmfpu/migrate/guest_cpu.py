@@ -42,7 +42,7 @@ def why_missing(feature: str, kvm: Kvm) -> str:
     host = kvm.host
     bit = FEATURES.get(feature)
     if bit is not None and not host.cpuid(bit.leaf, bit.subleaf)[bit.reg] >> bit.bit & 1:
-        return f"the destination CPU ({host.name}) does not have it"
+        return f"the destination CPU ({host.name}) does not have it (its CPUID, as dumped)"
     if feature == "xsaves" and kvm.hk.cfg.zen_erratum_applied:
         sw = BY_NAME["zen_xsaves_erratum"]
         return (f"the destination kernel {kvm.kernel.name} stops using XSAVES on AMD family 17h "

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import bits, describe_mask
 from kvmfpu.kvm.cpuid import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, CpuidEntry, xstate_required_size
 from kvmfpu.kvm.errors import KvmError
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, KVM_X86_XCOMP_GUEST_SUPP, Kvm
+from kvmfpu.qemu import host_cpu
 from kvmfpu.qemu.models import FEATURES, GuestModel, describe_feature
 
 _REGS = ("eax", "ebx", "ecx", "edx")
@@ -58,17 +60,41 @@ class QemuCpu:
         return not self.filtered
 
 
-def _supported_bit(entries: dict[tuple[int, int], CpuidEntry], name: str) -> bool:
-    b = FEATURES[name]
-    e = entries.get((b.leaf, b.subleaf))
-    return e is not None and bool(getattr(e, _REGS[b.reg]) >> b.bit & 1)
+_Loc = tuple[int, int, int]          # (leaf, subleaf, register)
+
+
+@cache
+def _named_bits() -> dict[_Loc, tuple[int, tuple[tuple[int, str], ...]]]:
+    """Per CPUID register: the mask of the bits QEMU names, and (bit, name) for each."""
+    out: dict[_Loc, list[tuple[int, str]]] = {}
+    for name, b in FEATURES.items():
+        out.setdefault((b.leaf, b.subleaf, b.reg), []).append((b.bit, name))
+    return {k: (sum(1 << bit for bit, _ in v), tuple(v)) for k, v in out.items()}
+
+
+@lru_cache(maxsize=512)
+def _wanted(feats: frozenset[str]) -> dict[_Loc, int]:
+    """The register bits a feature set turns on."""
+    out: dict[_Loc, int] = {}
+    for f in feats:
+        b = FEATURES.get(f)
+        if b is not None:
+            key = (b.leaf, b.subleaf, b.reg)
+            out[key] = out.get(key, 0) | 1 << b.bit
+    return out
 
 
 def features_in(entries: Iterable[CpuidEntry]) -> frozenset[str]:
     """The QEMU feature names a CPUID table sets (KVM_GET_SUPPORTED_CPUID, a saved
     KVM_GET_CPUID2, a guest table)."""
-    by_key = {(e.function, e.index): e for e in entries}
-    return frozenset(f for f in FEATURES if _supported_bit(by_key, f))
+    named = _named_bits()
+    out = []
+    for e in entries:
+        for r, value in enumerate((e.eax, e.ebx, e.ecx, e.edx)):
+            hit = named.get((e.function, e.index, r))
+            if hit is not None and value & hit[0]:
+                out += [name for bit, name in hit[1] if value >> bit & 1]
+    return frozenset(out)
 
 
 def xcomp_guest_supp(kvm: Kvm, supported: list[CpuidEntry]) -> int:
@@ -110,19 +136,24 @@ def build(kvm: Kvm, model: GuestModel, *, ask_perm: bool = True) -> QemuCpu:
     d1 = by_key.get((0xD, 1))
     offered_xss = 0 if d1 is None else d1.ecx | d1.edx << 32
     filtered: list[str] = []
+    # x86_cpu_filter_features compares with x86_cpu_get_supported_feature_word: KVM's table
+    # plus QEMU's own fix-ups (hypervisor, tsc-deadline, arat ...: host_cpu.FIXUPS).
+    offered = host_cpu.supported_features(kvm)
     if model.passthrough:
-        feats = {f for f in FEATURES if _supported_bit(by_key, f)}
+        # -cpu host: query-cpu-model-expansion's view (supported, autoenabled, migratable).
+        feats = {f for f, on in host_cpu.host_expansion(kvm).items() if on}
         for f, on in model.options:
-            if on and f not in feats:
+            if on and f not in offered:
                 filtered.append(describe_feature(f))
-            (feats.add if on and _supported_bit(by_key, f) else feats.discard)(f)
+            (feats.add if on and f in offered else feats.discard)(f)
         requested = offered_xcr0 | offered_xss if "xsave" in feats else 0
         if "xsaves" not in feats:
             requested &= ~xf.SUPERVISOR_MASK
     else:
         feats = set()
         for f in sorted(model.features):
-            if _supported_bit(by_key, f):
+            if f in offered or f not in FEATURES:
+                # MSR-word features (IA32_ARCH_CAPABILITIES, VMX) are not checked here.
                 feats.add(f)
             else:
                 filtered.append(describe_feature(f))
@@ -145,14 +176,16 @@ def build(kvm: Kvm, model: GuestModel, *, ask_perm: bool = True) -> QemuCpu:
 
 def _entries(kvm: Kvm, supported: list[CpuidEntry], feats: frozenset[str], xcr0: int,
              xss: int) -> list[CpuidEntry]:
+    named, wanted = _named_bits(), _wanted(feats)
     out: list[CpuidEntry] = []
     for e in supported:
         if e.function == 0xD:
             continue
         regs = [e.eax, e.ebx, e.ecx, e.edx]
-        for name, b in FEATURES.items():
-            if (b.leaf, b.subleaf) == (e.function, e.index) and b.leaf != 0xD:
-                regs[b.reg] = regs[b.reg] | 1 << b.bit if name in feats else regs[b.reg] & ~(1 << b.bit)
+        for r in range(4):
+            hit = named.get((e.function, e.index, r))
+            if hit is not None:
+                regs[r] = (regs[r] & ~hit[0]) | wanted.get((e.function, e.index, r), 0)
         out.append(CpuidEntry(e.function, e.index, e.flags, *regs))
     if "xsave" in feats:
         out.extend(_leaf_d(kvm, supported, feats, xcr0, xss))
