@@ -77,15 +77,16 @@ def advise(report: Report, blob: bytes | None = None) -> list[Advice]:
     # other guest models: the best verdicts, then the fewest of the guest's features given up,
     # the same vendor and the nearest generation (QEMU's table order) first
     ranked = []
-    for c in _candidates(g):
+    had = report.guest_features
+    for c in _candidates(g, g.vendor or report.src.host.vendor):
         r = rerun(report.src, report.dst, c, None)
         runs_on_source = not any(f.stage == "source" and f.level != "info" for f in r.findings)
         if _better(base, r.verdict) and runs_on_source:
-            given_up = len(g.features - c.features) if not g.passthrough else 0
+            given_up = len(had - c.features)
             ranked.append((_RANK[r.verdict], given_up, _distance(g, c), c.label, c, r))
     ranked.sort(key=lambda t: t[:4])
     # Advice that gives up half the guest's features only when nothing else works.
-    modest = [t for t in ranked if 2 * t[1] <= len(g.features)]
+    modest = [t for t in ranked if 2 * t[1] <= len(had)]
     out += [Advice("guest model", f"-cpu {c.label}", r.verdict, r.reason)
             for *_, c, r in (modest or ranked)[:MAX_PER_KIND]]
     # the newest modelled release of the VMM on both hosts (a QEMU without AMX or a
@@ -115,12 +116,12 @@ def _distance(g: GuestModel, c: GuestModel) -> tuple[int, int, int]:
     return vendor, 1, abs(order.get(c.name, 0) - gi)
 
 
-def _candidates(g: GuestModel) -> list[GuestModel]:
-    """Other versions of the model, then the newest version of every other model of the
-    vendor (any vendor for host passthrough), as the guest's QEMU release has them."""
+def _candidates(g: GuestModel, vendor: str) -> list[GuestModel]:
+    """Other versions of the model, then every version of the vendor's other models (for
+    host passthrough: the source host's vendor), as the guest's QEMU release has them."""
     out: list[GuestModel] = []
     for m in models.catalogue():
-        if m.name != g.name and g.vendor is not None and m.vendor != g.vendor:
+        if m.name != g.name and m.vendor != vendor:
             continue
         versions = []
         for v in sorted(m.versions, key=lambda v: v.version):
@@ -130,6 +131,6 @@ def _candidates(g: GuestModel) -> list[GuestModel]:
                 continue               # not in that QEMU release
         if m.name == g.name and not g.passthrough:
             out += [c for c in versions if c.version != g.version]
-        elif m.name != g.name and versions and versions[-1].xcr0:
-            out.append(versions[-1])
+        elif m.name != g.name:
+            out += [c for c in versions if c.xcr0]
     return out

@@ -255,7 +255,8 @@ def run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None = None,
     report = Report(run.endpoint, dst, run.guest, run.vmm, list(run.findings),
                     [("source", s, "ok") for s in run.steps], blob=blob_name,
                     dst_vmm=vmm if vmm != run.vmm else None,
-                    guest_xcr0=run.cpu.xcr0, guest_xss=run.cpu.xss)
+                    guest_xcr0=run.cpu.xcr0, guest_xss=run.cpu.xss,
+                    guest_features=run.cpu.features)
     try:
         return _run_destination(run, dst, kvm, vmm, report)
     finally:

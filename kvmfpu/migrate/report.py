@@ -100,6 +100,8 @@ class Report:
     guest_xss: int = 0
     #: Guest CPU features present on the source and absent on the destination.
     lost_features: tuple[str, ...] = ()
+    #: The CPU features the guest had on the source (QEMU's realize there).
+    guest_features: frozenset[str] = frozenset()
     scope: Scope = field(default_factory=Scope)
 
     @property

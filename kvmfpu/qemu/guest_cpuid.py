@@ -32,7 +32,7 @@ from kvmfpu.kvm.cpuid import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, CpuidEntry, xstate
 from kvmfpu.kvm.errors import KvmError
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, KVM_X86_XCOMP_GUEST_SUPP, Kvm
 from kvmfpu.qemu import host_cpu
-from kvmfpu.qemu.models import FEATURES, GuestModel, describe_feature
+from kvmfpu.qemu.models import FEATURES, GuestModel, components_of, describe_feature
 
 _REGS = ("eax", "ebx", "ecx", "edx")
 
@@ -146,9 +146,8 @@ def build(kvm: Kvm, model: GuestModel, *, ask_perm: bool = True) -> QemuCpu:
             if on and f not in offered:
                 filtered.append(describe_feature(f))
             (feats.add if on and f in offered else feats.discard)(f)
-        requested = offered_xcr0 | offered_xss if "xsave" in feats else 0
-        if "xsaves" not in feats:
-            requested &= ~xf.SUPERVISOR_MASK
+        # the same x86_cpu_enable_xsave_components as for a named model
+        requested = components_of(feats) & (offered_xcr0 | offered_xss | xf.FPSSE)
     else:
         feats = set()
         for f in sorted(model.features):

@@ -152,6 +152,23 @@ class ModelDef:
         return next(v for v in self.versions if v.version == version)
 
 
+def components_of(features: frozenset[str] | set[str]) -> int:
+    """x86_cpu_enable_xsave_components: the XCR0 | XSS components a feature set enables."""
+    if "xsave" not in features:
+        return 0
+    mask = xf.FPSSE
+    for bits, needs in SAVE_AREAS:
+        if any(f in features for f in needs):
+            mask |= bits
+    if "xsaves" not in features:
+        mask &= ~xf.SUPERVISOR_MASK
+    if "mpx" in features and "apxf" in features:
+        # APX reuses MPX's area: QEMU marks both unavailable ("Add APX EGPRs into xsave
+        # area", qemu-devel <20251227094759.35658-21-pbonzini@redhat.com>).
+        mask &= ~(xf.MPX | xf.APX)
+    return mask
+
+
 @dataclass(frozen=True)
 class GuestModel:
     """A resolved ``-cpu`` value: a model version with its options, or host passthrough."""
@@ -191,21 +208,7 @@ class GuestModel:
     @property
     def components(self) -> int:
         """x86_cpu_enable_xsave_components before filtering: XCR0 | XSS bits requested."""
-        if self.passthrough:
-            return xf.KNOWN_MASK
-        if "xsave" not in self.features:
-            return 0
-        mask = xf.FPSSE
-        for bits, needs in SAVE_AREAS:
-            if any(f in self.features for f in needs):
-                mask |= bits
-        if "xsaves" not in self.features:
-            mask &= ~xf.SUPERVISOR_MASK
-        if "mpx" in self.features and "apxf" in self.features:
-            # APX reuses MPX's area: QEMU marks both unavailable ("Add APX EGPRs into xsave
-            # area", qemu-devel <20251227094759.35658-21-pbonzini@redhat.com>).
-            mask &= ~(xf.MPX | xf.APX)
-        return mask
+        return xf.KNOWN_MASK if self.passthrough else components_of(self.features)
 
     @property
     def xcr0(self) -> int:
