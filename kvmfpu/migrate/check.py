@@ -45,7 +45,16 @@ from kvmfpu.migrate.report import (
 
 __all__ = ["COMPATIBLE", "CONDITIONS", "INCOMPATIBLE", "Advice", "Endpoint", "Finding", "Report",
            "SourceRun", "check", "endpoint", "read_blob", "run_destination", "run_source", "vmm_of"]
-from kvmfpu.migrate.vmm import Saved, Vmm, guest_state, put, save, stream_error, vmm_of
+from kvmfpu.migrate.vmm import (
+    Saved,
+    Vmm,
+    guest_state,
+    put,
+    save,
+    stream_error,
+    unknown_subsections,
+    vmm_of,
+)
 from kvmfpu.qemu import guest_cpuid, models
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
@@ -288,10 +297,13 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
     if cpuid is None:
         return report
     if saved.env is not None:
-        err = stream_error(run.vmm, vmm, guest_state(saved.env, run.cpu.features, saved.msrs))
+        state = guest_state(saved.env, run.cpu.features, saved.msrs)
+        err = stream_error(run.vmm, vmm, state)
         if err is not None:
+            unknown = ", ".join(unknown_subsections(run.vmm, vmm, state))
             findings.append(Finding("error", "transport", f"{vmm.label} on the destination cannot "
-                                    f"load what {run.vmm.label} sent: {err}"))
+                                    f"load what {run.vmm.label} sent (the cpu device's {unknown}, "
+                                    f"unknown to it): {' / '.join(err.splitlines())}"))
             return report
     vm = kvm.create_vm(memory_size=workload.MEMORY)
     try:

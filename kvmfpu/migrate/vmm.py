@@ -416,6 +416,16 @@ def guest_state(env: QemuEnv, features: frozenset[str], msrs: dict[int, int]) ->
     return qv.GuestState.of(features, env, pl0_ssp=msrs.get(msr.IA32_PL0_SSP, 0))
 
 
+def unknown_subsections(src: Vmm, dst: Vmm, guest: qv.GuestState) -> list[str]:
+    """The cpu subsections the source QEMU sends for ``guest`` that the destination QEMU
+    does not know, each with the release that brought it."""
+    if not (src.by_field and dst.by_field):
+        return []
+    s, d = src.qemu or qv.release(qv.NEWEST), dst.qemu or qv.release(qv.NEWEST)
+    return [f"{n} (QEMU {qv.subsection(n).since})" for n in qv.subsections_sent(s, guest)
+            if n not in d.subsections]
+
+
 def stream_error(src: Vmm, dst: Vmm, guest: qv.GuestState) -> str | None:
     """What the destination QEMU prints when it cannot load the ``cpu`` device the source
     QEMU sends for ``guest`` (an unknown subsection), or None when it loads it."""
