@@ -30,7 +30,7 @@ from kvmfpu.kvm.errors import HostOops, KvmError
 from kvmfpu.kvm.profiles import NEWEST, profile
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
 from kvmfpu.kvm.vcpu import SRegs, Vcpu
-from kvmfpu.migrate import guest_cpu, workload
+from kvmfpu.migrate import guest_cpu, vmm_msrs, workload
 from kvmfpu.migrate.guest_cpu import QEMU_ENFORCE
 from kvmfpu.migrate.report import (
     COMPATIBLE,
@@ -96,6 +96,8 @@ class SourceRun:
     ctx: workload.GuestContext | None = None
     #: The QEMU feature names the source's KVM_GET_SUPPORTED_CPUID reports.
     supported: frozenset[str] = frozenset()
+    #: The source's KVM_GET_MSR_INDEX_LIST (the whole list, for snapshot VMMs' MSRs).
+    msr_list: tuple[int, ...] = ()
     sregs: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -121,7 +123,8 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     kvm = _kvm(src)
     cpu = guest_cpuid.build(kvm, guest, ask_perm=vmm.asks_amx_perm)
     run = SourceRun(src, guest, vmm, cpu, [],
-                    supported=guest_cpuid.features_in(kvm.get_supported_cpuid()))
+                    supported=guest_cpuid.features_in(kvm.get_supported_cpuid()),
+                    msr_list=tuple(kvm.msr_index_list_all()))
     who = "QEMU" if vmm.by_field else "the VMM"
     if cpu.filtered and getattr(guest, "enforce", False) and vmm.by_field:
         run.findings.append(Finding("error", "source", f"QEMU refuses to start the guest on "
@@ -280,7 +283,8 @@ def _scope(run: SourceRun, vmm: Vmm, report: Report) -> Scope:
     compared = len(run.cpu.features) if vmm.by_field or saved is None else \
         len(guest_cpuid.features_in(saved.cpuid) & run.supported)
     restore = run.ctx.restore.upper() if run.ctx is not None else None
-    return guest_cpu.scope(vmm, compared, msr_names, restore, vmm.by_field)
+    others = len(set(vmm_msrs.saved_msrs(run.vmm, run.msr_list)) - set(STATE_MSRS))
+    return guest_cpu.scope(vmm, compared, msr_names, restore, vmm.by_field, others)
 
 
 def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
@@ -305,6 +309,11 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
                                     f"load what {run.vmm.label} sent (the cpu device's {unknown}, "
                                     f"unknown to it): {' / '.join(err.splitlines())}"))
             return report
+    if not vmm.by_field:
+        saved_all = vmm_msrs.saved_msrs(run.vmm, run.msr_list)
+        bad = vmm_msrs.restore_finding(vmm, saved_all, kvm.msr_index_list_all(), dst.label)
+        if bad is not None:
+            findings.append(bad)
     vm = kvm.create_vm(memory_size=workload.MEMORY)
     try:
         vcpu = vm.create_vcpu()

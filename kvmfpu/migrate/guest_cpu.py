@@ -96,7 +96,7 @@ def vendor_change(src: Kvm, dst: Kvm) -> Finding | None:
 
 
 def scope(vmm: Vmm, compared: int, msr_names: list[str], restore: str | None,
-          by_field: bool) -> Scope:
+          by_field: bool, other_msrs: int = 0) -> Scope:
     """What a check covers and what it leaves out."""
     checked = [
         (f"guest CPUID: {compared} CPU features the guest had on the source, against what the "
@@ -107,13 +107,17 @@ def scope(vmm: Vmm, compared: int, msr_names: list[str], restore: str | None,
         f"destination's KVM_SET_XSAVE ({'re-laid by QEMU' if by_field else 'buffer verbatim'})",
         f"xstate MSRs {vmm.label} carries: {', '.join(msr_names) or 'none'}",
     ]
+    if other_msrs:
+        checked.append(f"the other {other_msrs} MSRs {vmm.label} saves from KVM_GET_MSR_INDEX_LIST, "
+                       "against the destination's list (their values are not modelled)")
     if restore:
         checked.append(f"the guest's own {restore} of a task context it saved on the source")
     not_checked = [
         "TSC frequency and invtsc (QEMU and libvirt check them at start)",
         "CPUID leaves other than feature bits (cache, topology, brand, PMU leaf 0xA): they come "
         "from the destination",
-        "MSRs outside the xstate set (IA32_ARCH_CAPABILITIES, PMU, nested VMX capabilities)",
+        ("MSRs outside the xstate set (IA32_ARCH_CAPABILITIES, PMU, nested VMX capabilities)"
+         if by_field else "the values of MSRs outside the xstate set"),
         "Hyper-V enlightenments, device state, memory and the machine type",
         "microcode and errata other than the modelled ones",
     ]
