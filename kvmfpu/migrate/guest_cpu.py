@@ -121,4 +121,7 @@ def scope(vmm: Vmm, compared: int, msr_names: list[str], restore: str | None,
         "Hyper-V enlightenments, device state, memory and the machine type",
         "microcode and errata other than the modelled ones",
     ]
+    if not by_field:
+        not_checked.append(f"{vmm.label}'s own CPUID normalisation and CPU templates: the guest "
+                           "CPUID here is what QEMU builds for the model on the source host")
     return Scope(checked, not_checked)
