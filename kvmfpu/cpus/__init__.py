@@ -1,8 +1,12 @@
 """Host CPU models.
 
-``load(name_or_path)`` accepts a packaged model name (``kvmfpu cpus`` lists them), a
-``cpuid -r`` dump, a libvirt cputestdata XML file, or a kvmfpu JSON host file.
-Packaged models come from real CPUID dumps; each file names its source.
+``load(name_or_path)`` accepts a packaged model name (``kvmfpu cpus`` lists them), ``this``
+or ``.`` (this machine, read through CPUID: :mod:`kvmfpu.cpus.capture`), a ``cpuid -r`` dump,
+a libvirt cputestdata XML file, a kvmfpu JSON host file (what ``kvmfpu cpus NAME --json`` and
+``kvmfpu cpus --capture`` write), or a Firecracker ``cpu-template-helper fingerprint dump``
+(:mod:`kvmfpu.cpus.fingerprint`). Packaged models come from real CPUID dumps; each file names
+its source. A model's ``kernel`` is the `uname -r` it was read under when the input records
+one (a capture, a fingerprint), the default kernel for that host.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
+from kvmfpu.cpus import capture
 from kvmfpu.cpus.dumps import MAX_DUMP_BYTES, Dump, DumpError, parse_json, parse_text
 from kvmfpu.cpus.model import HostModel
 
@@ -44,20 +49,25 @@ def _packaged(name: str) -> HostModel:
 
 def _model(dump: Dump, default_name: str) -> HostModel:
     return HostModel(dump.table, name=dump.name or default_name, title=dump.title,
-                     source=dump.source, mxcsr_mask=dump.mxcsr_mask)
+                     source=dump.source, mxcsr_mask=dump.mxcsr_mask, kernel=dump.kernel,
+                     microcode=dump.microcode, cpuid_view=dump.cpuid_view, msrs=dump.msrs)
 
 
 def load(name_or_path: str | os.PathLike[str] | HostModel) -> HostModel:
-    """A host model by packaged name, or from a dump file (``cpuid -r``, libvirt XML, JSON)."""
+    """A host model by packaged name, ``this``/``.``, or from a dump file (``cpuid -r``,
+    libvirt XML, kvmfpu JSON, Firecracker fingerprint)."""
     if isinstance(name_or_path, HostModel):
         return name_or_path
     text = os.fspath(name_or_path)
+    if text in capture.THIS:  # a file named "this": ./this
+        return capture.this_host()
     if _NAME.match(text) and text in names():
         return _packaged(text)
     path = Path(text)
     if not path.exists():
         raise UnknownHost(
-            f"unknown host {text!r}: not a model name ({', '.join(names())}) and no such file")
+            f"unknown host {text[:80]!r}: not a model name ({', '.join(names())}), "
+            "not 'this' and no such file")
     if path.is_dir():
         raise UnknownHost(f"{text}: is a directory, not a CPUID dump")
     try:

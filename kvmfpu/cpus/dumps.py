@@ -1,20 +1,27 @@
-"""Read CPUID dumps: ``cpuid -r`` text, libvirt ``cputestdata`` XML, and kvmfpu JSON.
+"""Read CPUID dumps: ``cpuid -r`` text, libvirt ``cputestdata`` XML, kvmfpu JSON, and
+Firecracker ``cpu-template-helper fingerprint dump`` JSON (:mod:`kvmfpu.cpus.fingerprint`).
 
 The kvmfpu JSON format (``"format": "kvmfpu-host/1"``)::
 
     {"format": "kvmfpu-host/1", "name": "skylake-sp", "title": "...",
      "source": {"kind": "libvirt", "repo": "...", "path": "...", "commit": "..."},
      "cpuid": [["0x0000000d", "0x00", "0x000002ff", "0x00000a88", "0x00000a88", "0x0"], ...],
-     "mxcsr_mask": "0xffff"}            (optional override)
+     "mxcsr_mask": "0xffff",            (optional override)
+     "kernel": "6.18.44-fc-v857",       (optional: `uname -r` of the host it was read on)
+     "microcode": "0x1000065",          (optional: /proc/cpuinfo's microcode field)
+     "cpuid_view": "host",              (optional: whose CPUID this is, see HostModel)
+     "msrs": {"0x00000277": "0x0007040600070406", ...}}   (optional: MSR values read)
 
 ``cpuid`` rows are [leaf, subleaf, eax, ebx, ecx, edx]; objects with those keys are
-accepted too, and numbers may be ints or hex strings.
+accepted too, and numbers may be ints or hex strings. ``kvmfpu cpus NAME --json`` prints a
+list of such objects (with derived fields, ignored here); a one-element list loads too.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +33,13 @@ CpuidTable = dict[CpuidKey, CpuidRegs]
 
 FORMAT = "kvmfpu-host/1"
 MAX_DUMP_BYTES = 4 << 20
+#: __NEW_UTS_LEN (include/uapi/linux/utsname.h): `uname -r` is at most 64 characters.
+MAX_RELEASE_CHARS = 64
+
+#: Whose CPUID a dump holds. "host": the processor as the host kernel sees it (cpuid -r,
+#: libvirt cputestdata, a capture); "firecracker-guest": a Firecracker guest's CPUID on that
+#: host (KVM_GET_SUPPORTED_CPUID after Firecracker's normalisation), see kvmfpu.cpus.fingerprint.
+CPUID_VIEWS = ("host", "firecracker-guest")
 
 
 class DumpError(ValueError):
@@ -39,9 +53,13 @@ class Dump:
     title: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     mxcsr_mask: int | None = None
+    kernel: str | None = None
+    microcode: str | None = None
+    cpuid_view: str = "host"
+    msrs: dict[int, int] = field(default_factory=dict)
 
 
-def _int(value: Any, what: str) -> int:
+def _int(value: Any, what: str, bits: int = 32) -> int:
     if isinstance(value, bool):
         raise DumpError(f"{what}: expected a number, got {value!r}")
     if isinstance(value, int):
@@ -53,9 +71,32 @@ def _int(value: Any, what: str) -> int:
             raise DumpError(f"{what}: not a number: {value!r}") from None
     else:
         raise DumpError(f"{what}: expected a number, got {type(value).__name__}")
-    if not 0 <= n < 1 << 32:
-        raise DumpError(f"{what}: {n:#x} is not a 32-bit value")
+    if not 0 <= n < 1 << bits:
+        shown = f"{n:#x}" if n.bit_length() <= 128 else f"a {n.bit_length()}-bit number"
+        raise DumpError(f"{what}: {shown} is not a {bits}-bit value")
     return n
+
+
+def release_string(value: Any, what: str) -> str:
+    """A `uname -r` string as a dump records it (printable, at most 64 characters)."""
+    if not isinstance(value, str):
+        raise DumpError(f"{what}: expected a string, got {type(value).__name__}")
+    if not value or len(value) > MAX_RELEASE_CHARS or not value.isprintable() or " " in value:
+        raise DumpError(f"{what}: {value[:70]!r} is not a kernel release (`uname -r`)")
+    return value
+
+
+def load_json(text: str) -> Any:
+    """json.loads with its failures as DumpError: malformed, too deep, or a number too long."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DumpError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DumpError("not a host description: JSON nested too deeply") from None
+    except ValueError:  # a number past int()'s digit limit (sys.get_int_max_str_digits, 3.11)
+        raise DumpError(f"not a host description: a number longer than "
+                        f"{sys.get_int_max_str_digits()} digits") from None
 
 
 _CPUID_R_LINE = re.compile(
@@ -109,12 +150,30 @@ def parse_libvirt_xml(text: str) -> CpuidTable:
 
 
 def parse_json(text: str) -> Dump:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DumpError(f"not valid JSON: {exc}") from None
+    """A kvmfpu-host/1 object (or a one-element list of them), or a Firecracker fingerprint."""
+    data = load_json(text)
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise DumpError(f"a list of {len(data)} host descriptions: a file holds one "
+                            "(`kvmfpu cpus NAME --json` with one NAME)")
+        data = data[0]
     if not isinstance(data, dict):
         raise DumpError("JSON host file must be an object")
+    from kvmfpu.cpus import fingerprint  # imports this module
+
+    if fingerprint.looks_like(data):
+        return fingerprint.parse(data)
+    return _parse_host_object(data)
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DumpError(f"{key!r} must be a string")
+    return value
+
+
+def _parse_host_object(data: Mapping[str, Any]) -> Dump:
     fmt = data.get("format", FORMAT)
     if fmt != FORMAT:
         raise DumpError(f"unknown format {fmt!r} (expected {FORMAT!r})")
@@ -139,34 +198,67 @@ def parse_json(text: str) -> Dump:
     if not isinstance(source, dict):
         raise DumpError("'source' must be an object")
     mxcsr = data.get("mxcsr_mask")
+    kernel = data.get("kernel")
+    view = data.get("cpuid_view", "host")
+    if view not in CPUID_VIEWS:
+        raise DumpError(f"cpuid_view {str(view)[:40]!r}: expected one of {', '.join(CPUID_VIEWS)}")
+    msrs = data.get("msrs", {})
+    if not isinstance(msrs, dict):
+        raise DumpError("'msrs' must be an object of MSR index -> value")
     return Dump(
         table=table,
-        name=data.get("name"),
-        title=data.get("title"),
+        name=_optional_str(data, "name"),
+        title=_optional_str(data, "title"),
         source=source,
         mxcsr_mask=None if mxcsr is None else _int(mxcsr, "mxcsr_mask"),
+        kernel=None if kernel is None else release_string(kernel, "kernel"),
+        microcode=_optional_str(data, "microcode"),
+        cpuid_view=view,
+        msrs={_int(k, "msrs index"): _int(v, f"msrs[{k}]", 64) for k, v in msrs.items()},
     )
 
 
 def parse_text(text: str) -> Dump:
     """Sniff the format of a dump's text and parse it."""
     head = text.lstrip()[:200]
-    if head.startswith("{"):
+    if head.startswith(("{", "[")):
         return parse_json(text)
     if head.startswith("<"):
         return Dump(parse_libvirt_xml(text), source={"kind": "libvirt-xml"})
     return Dump(parse_cpuid_r(text), source={"kind": "cpuid -r"})
 
 
+def cpuid_rows(table: Mapping[CpuidKey, CpuidRegs]) -> list[list[str]]:
+    """The ``cpuid`` list of kvmfpu-host/1, sorted by (leaf, subleaf)."""
+    return [[f"{leaf:#010x}", f"{sub:#04x}", f"{a:#010x}", f"{b:#010x}", f"{c:#010x}", f"{d:#010x}"]
+            for (leaf, sub), (a, b, c, d) in sorted(table.items())]
+
+
+def optional_fields(dump: Dump) -> dict[str, Any]:
+    """The optional kvmfpu-host/1 keys a dump carries (each only when set)."""
+    out: dict[str, Any] = {}
+    if dump.mxcsr_mask is not None:
+        out["mxcsr_mask"] = f"{dump.mxcsr_mask:#x}"
+    if dump.kernel is not None:
+        out["kernel"] = dump.kernel
+    if dump.microcode is not None:
+        out["microcode"] = dump.microcode
+    if dump.cpuid_view != "host":
+        out["cpuid_view"] = dump.cpuid_view
+    if dump.msrs:
+        out["msrs"] = msrs_json(dump.msrs)
+    return out
+
+
+def msrs_json(msrs: Mapping[int, int]) -> dict[str, str]:
+    """The ``msrs`` object of kvmfpu-host/1, sorted by index."""
+    return {f"{k:#010x}": f"{v:#018x}" for k, v in sorted(msrs.items())}
+
+
 def to_json(dump: Dump) -> str:
     """Serialise in the kvmfpu-host/1 format, one CPUID row per line."""
-    rows = [
-        f'    ["{leaf:#010x}", "{sub:#04x}", "{a:#010x}", "{b:#010x}", "{c:#010x}", "{d:#010x}"]'
-        for (leaf, sub), (a, b, c, d) in sorted(dump.table.items())
-    ]
+    rows = ["    " + json.dumps(row) for row in cpuid_rows(dump.table)]
     head: dict[str, Any] = {"format": FORMAT, "name": dump.name, "title": dump.title,
-                            "source": dump.source}
-    if dump.mxcsr_mask is not None:
-        head["mxcsr_mask"] = f"{dump.mxcsr_mask:#x}"
+                            "source": dump.source, **optional_fields(dump)}
     text = json.dumps(head, indent=2)
     return text[:-2] + ',\n  "cpuid": [\n' + ",\n".join(rows) + "\n  ]\n}\n"

@@ -1,4 +1,24 @@
-"""A host CPU model: a real CPUID dump plus what kvmfpu derives from it."""
+"""A host CPU model: a real CPUID dump plus what kvmfpu derives from it.
+
+Whose CPUID (``cpuid_view``):
+
+* ``"host"``: the processor as the host kernel sees it (``cpuid -r``, libvirt cputestdata,
+  ``--host this``). Inside a virtual machine that is the CPUID its hypervisor presents, which
+  is also what a KVM running there builds KVM_GET_SUPPORTED_CPUID from.
+* ``"firecracker-guest"``: a Firecracker fingerprint's CPUID, i.e. the GUEST's CPUID under
+  Firecracker on that host: KVM_GET_SUPPORTED_CPUID of the host's kernel (already the host's
+  CPUID masked by what that KVM virtualises, kvm_set_cpu_caps) after Firecracker's
+  normalisation (src/vmm/src/cpu_config/x86_64/cpuid/{normalize,amd/normalize,intel/normalize}.rs
+  at 81b38b9dad60). The host's raw CPUID is unknown. What follows for verdicts:
+  a bit set here is set on the host too (KVM reports no XSAVE component or feature the host
+  lacks, apart from the bits it emulates and those Firecracker forces: hypervisor,
+  tsc-deadline, Intel FDP_EXCPTN_ONLY/ZERO_FCS_FDS, AMD TOPOEXT); a bit clear here may still be
+  on the host, hidden by that kernel's KVM or by Firecracker (e.g. IA32_XSS components a 6.1
+  KVM does not support, WAITPKG, ARCH_CAPABILITIES on AMD). Verdicts at the fingerprint's own
+  kernel are as faithful as the fingerprint; at another kernel they can miss what only that
+  kernel would expose. Leaf 0xD subleaf 0/1 EBX and leaf 1 OSXSAVE are the vCPU's values at
+  dump time (XCR0, CR4), not capabilities; kvmfpu derives sizes from the components.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +30,7 @@ from typing import Any
 from kvmfpu.arch.layout import XsaveLayout
 from kvmfpu.arch.xfeatures import bits, describe_mask
 from kvmfpu.cpus.behaviour import CoreBehaviour, behaviour_for
-from kvmfpu.cpus.dumps import CpuidKey, CpuidRegs
+from kvmfpu.cpus.dumps import FORMAT, CpuidKey, CpuidRegs, cpuid_rows, msrs_json
 from kvmfpu.cpus.features import FEATURES, INDEXED_LEAVES
 
 
@@ -18,8 +38,19 @@ class HostModel:
     """One processor as its CPUID describes it. Immutable; share freely."""
 
     def __init__(self, table: Mapping[CpuidKey, CpuidRegs], *, name: str, title: str | None = None,
-                 source: Mapping[str, Any] | None = None, mxcsr_mask: int | None = None):
+                 source: Mapping[str, Any] | None = None, mxcsr_mask: int | None = None,
+                 kernel: str | None = None, microcode: str | None = None,
+                 cpuid_view: str = "host", msrs: Mapping[int, int] | None = None):
         self.name = name
+        #: `uname -r` of the kernel the description was read under (a capture, a Firecracker
+        #: fingerprint's kernel_version), else None: the default kernel for HOST[@KERNEL].
+        self.kernel = kernel
+        #: The microcode revision as /proc/cpuinfo prints it ("0xa101158"), when recorded.
+        self.microcode = microcode
+        #: Whose CPUID the table is: "host" or "firecracker-guest" (see the module docstring).
+        self.cpuid_view = cpuid_view
+        #: MSR values the description recorded (a fingerprint's guest MSRs at boot), by index.
+        self.msrs: Mapping[int, int] = dict(msrs or {})
         self._table = dict(table)
         self.source: dict[str, Any] = dict(source or {})
         self._mxcsr_override = mxcsr_mask
@@ -106,6 +137,7 @@ class HostModel:
         fam, mod, step = self.signature
         lay = self.layout
         return {
+            "format": FORMAT,
             "name": self.name,
             "title": self.title,
             "vendor": self.vendor,
@@ -135,6 +167,14 @@ class HostModel:
                 for b, c in sorted(lay.components.items())
             },
             "source": self.source,
+            "cpuid_view": self.cpuid_view,
+            "kernel": self.kernel,
+            "microcode": self.microcode,
+            **({"mxcsr_mask": f"{self._mxcsr_override:#x}"} if self._mxcsr_override is not None
+               else {}),
+            **({"msrs": msrs_json(self.msrs)} if self.msrs else {}),
+            # The table itself, so that this object loads back (kvmfpu.cpus.load).
+            "cpuid": cpuid_rows(self._table),
         }
 
     def __repr__(self) -> str:
