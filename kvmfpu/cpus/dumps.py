@@ -124,7 +124,7 @@ def parse_cpuid_r(text: str, cpu: int = 0) -> CpuidTable:
         if not seen_header:
             current = 0
         if current == cpu:
-            leaf, sub, a, b, c, d = (int(g, 16) for g in m.groups())
+            leaf, sub, a, b, c, d = (_int(g, f"line {lineno}") for g in m.groups())
             table[(leaf, sub)] = (a, b, c, d)
     if not table:
         raise DumpError(f"no CPUID lines for CPU {cpu}")

@@ -183,3 +183,20 @@ def test_bad_usage_is_one_line_exit_2(
 def test_no_traceback_from_a_real_process(kvmfpu_cmd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r = kvmfpu_cmd("cpus", "diff", _deep(tmp_path), "zen4")
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_without_the_probe_this_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the probe cannot be built (no compiler or cffi), `this` and --capture say why."""
+    monkeypatch.setattr(capture, "capture_unavailable", lambda: "cannot build the probe: no cc")
+    capture._this.cache_clear()
+    try:
+        for args in (["cpus", "this"], ["cpus", "--capture", str(tmp_path / "x.json")]):
+            rc, _, err = _run(capsys, *args)
+            assert rc == 2 and err == (
+                "kvmfpu: error: cannot read this machine's CPUID: cannot build the probe: no cc\n"
+            )
+        assert not list(tmp_path.iterdir())
+    finally:
+        capture._this.cache_clear()

@@ -85,6 +85,12 @@ def test_to_json_carries_the_optional_fields() -> None:
         ('{"cpuid": [[0,0,0,0,0,0]], "name": 5}', "'name' must be a string"),
         ('{"cpuid": [[0,0,0,0,0,0]], "msrs": {"0x10": "0x1' + "0" * 16 + '"}}', "64-bit"),
         ('{"firecracker_version": "1.0"}', "missing kernel_version"),
+        # cpuid -r registers are 32 bits (the parser used to keep wider values).
+        (
+            "   0x00000000 0x00: eax=0x1" + "0" * 9 + " ebx=0x0 ecx=0x0 edx=0x0\n",
+            "line 1: 0x1000000000 is not",
+        ),
+        ("   0x00000000 0x00: eax=0x" + "f" * 100_000 + " ebx=0x0 ecx=0x0 edx=0x0\n", "400000-bit number"),
     ],
 )
 def test_bad_json_is_one_clear_error(text: str, message: str) -> None:
