@@ -1,6 +1,7 @@
 """What two host descriptions differ in: the question before any migration between them.
 
-Compared: identity (vendor, family/model/stepping, brand, whose CPUID, kernel, microcode),
+Compared: identity (vendor, family/model/stepping, brand, MXCSR_MASK, whose CPUID, kernel,
+microcode),
 every bit of the given CPUID feature words (by location, and by name where the word names
 it), the XSAVE masks (CPUID.(0DH,0):EDX:EAX, CPUID.(0DH,1):EDX:ECX), each component's leaf
 0xD geometry (size, standard offset, supervisor, 64-byte alignment, XFD), the standard and
@@ -183,6 +184,9 @@ class HostDiff:
         for who, other, diffs in ((b, a, self.only_a), (a, b, self.only_b)):
             if diffs:
                 parts.append(f"{who} lacks {len(diffs)} of {other}'s feature bits{_few(diffs)}")
+        if "mxcsr_mask" in self.identity:
+            ma, mb = self.identity["mxcsr_mask"]
+            parts.append(f"MXCSR_MASK {ma:#x}/{mb:#x}")
         if self.xcr0_differs:
             parts.append(f"XCR0 {self.a.supported_xcr0:#x}/{self.b.supported_xcr0:#x}")
         if self.xss_differs:
@@ -198,7 +202,7 @@ class HostDiff:
             parts.append(f"standard size {sa}/{sb}")
         if self.msrs_only_a or self.msrs_only_b:
             parts.append(f"MSRs {len(self.msrs_only_a)} only in {a}, {len(self.msrs_only_b)} only in {b}")
-        rest = [k for k in self.identity if k not in ("vendor", "family", "model")]
+        rest = [k for k in self.identity if k not in ("vendor", "family", "model", "mxcsr_mask")]
         if rest and not parts:
             parts.append(", ".join(rest) + " only")
         return f"{a} vs {b}: " + "; ".join(parts)
@@ -287,6 +291,8 @@ def _identity(m: HostModel) -> dict[str, Any]:
         "model": mod,
         "stepping": step,
         "brand": m.brand,
+        # XRSTOR/FXRSTOR #GP on an MXCSR bit outside the mask (SDM Vol.1 11.6.6): AMD's MM bit 17.
+        "mxcsr_mask": m.behaviour.mxcsr_mask,
         "cpuid_view": m.cpuid_view,
         "kernel": m.kernel,
         "microcode": m.microcode,

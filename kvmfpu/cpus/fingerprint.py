@@ -17,7 +17,9 @@ Format (firecracker-microvm/firecracker at 81b38b9dad6056d7a48073e95ac5a9aed51cb
   ``cpuid_to_modifiers``): a bitmap with an ``x`` is a CPU template, not a fingerprint.
 
 The CPUID is the guest's under Firecracker on that host, not the host's own: see
-:mod:`kvmfpu.cpus.model` for what that means for verdicts. The MSRs are the guest's at boot
+:mod:`kvmfpu.cpus.model` for what that means for verdicts. A dump taken with ``--template``
+(docs/cpu_templates/cpu-template-helper.md) holds the templated CPUID and does not say so:
+it then describes that template on that host. The MSRs are the guest's at boot
 (Firecracker's MSR list minus template/dump/x86_64.rs ``MSR_EXCLUSION_LIST``).
 """
 

@@ -52,6 +52,9 @@ def test_skylake_to_zen4_layout_and_features() -> None:
     mpx = next(x for x in d.only_a if x.name == "mpx")
     assert mpx.location == "CPUID.(0x7,0):EBX[14]"
     assert d.identity["vendor"] == ("GenuineIntel", "AuthenticAMD")
+    # kvmfpu.cpus.behaviour: 0x2FFFF on AMD with MisAlignSse (FXSAVE on the development
+    # machine), 0xFFFF on Intel: an AMD guest's MXCSR.MM would #GP in XRSTOR on Intel.
+    assert d.identity["mxcsr_mask"] == (0xFFFF, 0x2FFFF) and "MXCSR_MASK 0xffff/0x2ffff" in d.summary()
 
 
 def test_direction_is_symmetric() -> None:
