@@ -105,6 +105,9 @@ def _print_host(m: cpus.HostModel) -> None:
     print(f"  source: {where}")
     if m.kernel or m.microcode:
         print(f"  read under kernel {m.kernel or 'unknown'}, microcode {m.microcode or 'unknown'}")
+    if m.msrs:
+        whose = " (the guest's values at boot)" if m.cpuid_view == "firecracker-guest" else ""
+        print(f"  MSRs: {len(m.msrs)} recorded{whose}: {' '.join(f'{i:#x}' for i in sorted(m.msrs))}")
     if m.cpuid_view != "host":
         print(f"  CPUID: {m.cpuid_view} (the guest's view on that host, not the host's own: "
               "bits KVM or the VMM hid are unknown)")

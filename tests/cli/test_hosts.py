@@ -36,6 +36,7 @@ def test_fingerprint_is_described_with_its_kernel(capsys: pytest.CaptureFixture[
     assert rc == 0
     assert "read under kernel 6.1.172-216.329.amzn2023.x86_64, microcode 0xa101158" in out
     assert "CPUID: firecracker-guest" in out and "XCR0 supported 0x2e7" in out
+    assert "MSRs: 33 recorded (the guest's values at boot): 0x11 0x12 0x34" in out  # msr_modifiers
 
 
 def test_cpuid_r_text_is_described(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
