@@ -7,13 +7,22 @@ import json
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
-from kvmfpu.kvm.profiles import NAMED, SWITCHES, UnknownKernel, format_version, profile
+from kvmfpu.kvm.profiles import (
+    LTS_EXTRA,
+    NAMED,
+    SWITCHES,
+    UnknownKernel,
+    format_version,
+    profile,
+)
 
 
 def add_parser(sub: Any) -> None:
     k = sub.add_parser("kernels", help="list the kernel profiles and behaviour switches")
-    k.add_argument("version", nargs="*", help="versions to show (default: the named profiles; "
-                                              "any release such as 6.1.60 or 6.18-rc5 works)")
+    k.add_argument("version", nargs="*", help="versions to show (default: the LTS and named "
+                                              "profiles; any release such as 6.1.60 or 6.18-rc5 "
+                                              "works, and a distribution's uname -r such as "
+                                              "5.15.0-91-generic or 6.1.0-18-amd64)")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_kernels)
 
@@ -31,21 +40,32 @@ def _switch_json(name: str) -> dict[str, Any]:
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     try:
-        profiles = [profile(v) for v in (args.version or NAMED)]
+        profiles = [profile(v) for v in (args.version or (*LTS_EXTRA, *NAMED))]
     except UnknownKernel as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps({
-            "profiles": [{"name": p.name, "switches": sorted(p.switches)} for p in profiles],
+            "profiles": [{"name": p.name, "upstream": p.upstream, "distro": p.distro,
+                          "notes": list(p.notes), "switches": sorted(p.switches)}
+                         for p in profiles],
             "switches": [_switch_json(s.name) for s in SWITCHES],
         }, indent=2))
         return 0
     width = max(len(s.name) for s in SWITCHES)
-    print(f"{'switch':{width}}  " + " ".join(f"{p.name:>8}" for p in profiles))
+    cols = [max(8, len(p.name)) for p in profiles]
+    print(f"{'switch':{width}}  " + " ".join(f"{p.name:>{c}}" for p, c in zip(profiles, cols, strict=True)))
     for s in SWITCHES:
-        marks = " ".join(f"{'x' if s.name in p.switches else '.':>8}" for p in profiles)
+        marks = " ".join(f"{'x' if s.name in p.switches else '.':>{c}}"
+                         for p, c in zip(profiles, cols, strict=True))
         print(f"{s.name:{width}}  {marks}")
     print()
+    for p in profiles:
+        if p.notes:
+            print(f"{p.name} (upstream {p.upstream}{', ' + p.distro if p.distro else ''}):")
+            for n in p.notes:
+                print(f"    {n}")
+    if any(p.notes for p in profiles):
+        print()
     for s in SWITCHES:
         print(f"{s.name}: {s.describe()}")
         if s.description:

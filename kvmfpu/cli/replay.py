@@ -14,11 +14,14 @@ def add_parser(sub: Any) -> None:
     r = sub.add_parser("replay", help="replay a seed bug on a kernel (or ACRN) version",
                        description="Exit status: 1 when the replay shows the bug, 0 when not.")
     r.add_argument("name", nargs="?", help="scenario name (see --list)")
-    r.add_argument("--kernel", help="kernel version (e.g. 5.17, 6.18.7, 6.18-rc5; for "
-                                    "acrn-xss an ACRN release such as acrn-2.5); default: the "
-                                    "last affected release")
+    r.add_argument("--kernel", help="kernel version (e.g. 5.17, 6.18.7, 6.18-rc5, or a "
+                                    "distribution's uname -r such as 5.15.0-91-generic; for "
+                                    "acrn-xss an ACRN release such as acrn-2.5; for pkru-leak "
+                                    "the source kernel); default: the last affected release")
     r.add_argument("--host", help="host CPU model or dump file (default: the scenario's)")
     r.add_argument("--src", help="fpsse-migration: the source host (default nehalem)")
+    r.add_argument("--dst-kernel", help="pkru-leak: the destination kernel (default 6.2; "
+                                        "--kernel is the source's)")
     r.add_argument("--guest-kernel", help="acrn-xss: the Service VM's Linux version (default 5.4)")
     r.add_argument("--list", action="store_true", help="list the scenarios")
     r.add_argument("--json", action="store_true")
@@ -51,6 +54,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if scenario.name != "fpsse-migration":
             raise UsageError("--src applies to fpsse-migration only")
         options["src"] = args.src
+    if args.dst_kernel:
+        if scenario.name != "pkru-leak":
+            raise UsageError("--dst-kernel applies to pkru-leak only")
+        options["dst_kernel"] = args.dst_kernel
     if args.guest_kernel:
         if scenario.name != "acrn-xss":
             raise UsageError("--guest-kernel applies to acrn-xss only")

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Final
 
+from kvmfpu.kvm import distro as _distro
+from kvmfpu.kvm.distro import DistroKernel, RefusedKernel
+
 Version = tuple[int, int, int]
 
 
@@ -26,13 +29,29 @@ class UnknownKernel(ValueError):
     """Not a version kvmfpu can model."""
 
 
+def distro_kernel(text: str) -> DistroKernel | None:
+    """The distribution kernel ``text`` names (``uname -r`` of Ubuntu, Debian, Proxmox,
+    openEuler, Amazon Linux or any ``X.Y.Z-suffix``), None for an upstream version."""
+    try:
+        return _distro.parse(text)
+    except RefusedKernel as exc:
+        raise UnknownKernel(str(exc)) from None
+
+
 def parse_version(text: str) -> Version:
     """``"6.1"`` -> (6, 1, 0); ``"6.1.60"`` -> (6, 1, 60); ``"6.1.y"`` -> (6, 1, 9999);
-    ``"6.18-rc5"`` -> (6, 18, -95) (release candidates sort before the release)."""
+    ``"6.18-rc5"`` -> (6, 18, -95) (release candidates sort before the release); a
+    distribution string gives its upstream base (``"6.1.0-18-amd64"`` -> (6, 1, 76))."""
+    if len(text) > 200:
+        raise UnknownKernel(f"{text[:40]!r}...: a kernel release is not {len(text)} characters")
     m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+|y)|-rc(\d+))?", text.strip())
     if not m:
+        dk = distro_kernel(text)
+        if dk is not None:
+            return dk.base
         raise UnknownKernel(f"{text!r} is not a kernel version (want e.g. 6.1, 6.1.60, 6.1.y, "
-                            "6.18-rc5)")
+                            "6.18-rc5, or a distribution's uname -r such as 5.15.0-91-generic, "
+                            "6.1.0-18-amd64, 6.8.12-4-pve)")
     sub, rc = m.group(3), m.group(4)
     if rc is not None:
         if not 1 <= int(rc) <= 10:
@@ -93,9 +112,11 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       description="guest FPU as a struct fpu_guest/fpstate; KVM_GET/SET_XSAVE go through "
                   "fpu_copy_guest_fpstate_to_uabi/fpu_copy_uabi_to_guest_fpstate (before: KVM's "
                   "fill_xsave/load_xsave: raw legacy area, no header checks, MXCSR always checked)"),
-    S("kernel_xsavec", "8ad7e8f69695", "x86/fpu/xsave: Support XSAVEC in the kernel", (6, 1),
+    S("kernel_xsavec", "8ad7e8f69695", "x86/fpu/xsave: Support XSAVEC in the kernel", (5, 19),
       description="without XSAVES the kernel saves with XSAVEC into compacted buffers (before: "
-                  "XSAVEOPT/XSAVE, standard format)"),
+                  "XSAVEOPT/XSAVE, standard format)",
+      note="5.19, not 6.1: tip x86/fpu April 2022 (20220404104820.598704095@linutronix.de); a "
+           "5.19-rc1 regression bisected between 5.18 and 5.19-rc1 to it"),
     S("xsave2", "be50b2065dfa",
       "kvm: x86: Add support for getting/setting expanded xstate buffer", (5, 17),
       description="KVM_CAP_XSAVE2 and KVM_GET_XSAVE2; KVM_GET_XSAVE -EINVAL when uabi_size > 4096"),
@@ -111,14 +132,20 @@ SWITCHES: Final[tuple[Switch, ...]] = (
                   "(CVE-2022-49557)"),
     S("perm_overwrite_bug", "063452fd94d1",
       "x86/fpu/xstate: Fix the ARCH_REQ_XCOMP_PERM implementation", (5, 17), until=(5, 18),
+      fixed_in=((5, 16, 20), (5, 17, 2)),
       description="bug: a granted guest permission replaces the permitted set instead of adding "
-                  "to it", note="5.17.y stable fix release not confirmed"),
+                  "to it (the host-side ARCH_REQ_XCOMP_PERM has it from 5.16; the model has "
+                  "guest permissions, 5.17)",
+      note="mainline in the 5.18-rc1 merge; 5.16.20 confirmed (its release mail lists Yang "
+           "Zhong's fix); 5.17.2 from the spec, UNVERIFIED"),
     S("user_xfeatures_from_cpuid", "ad856280ddea",
       "x86/kvm/fpu: Limit guest user_xfeatures to supported bits of XCR0", (5, 17),
-      backports=((5, 16, 15),), until=(6, 6), fixed_in=((6, 5, 9), (6, 1, 60)),
+      until=(6, 6), fixed_in=((6, 5, 9), (6, 1, 60)),
       description="KVM_SET_CPUID2 sets fpstate->user_xfeatures to the guest-supported XCR0, so "
                   "KVM_SET_XSAVE rejects features outside guest CPUID (validate_user_xstate_header); "
-                  "ended by 8647c52e9504"),
+                  "ended by 8647c52e9504",
+      note="no 5.16.y backport: only the AUTOSEL posting (20220301201344.18191-7-sashal@kernel.org) "
+           "was found, and as posted it needs c270ce393dfd (5.17); 6.5.9/6.1.60 UNVERIFIED"),
     S("xcr0_valid_from_user_xfeatures", "988896bb6182",
       "x86/kvm/fpu: Remove kvm_vcpu_arch.guest_supported_xcr0", (5, 17), until=(6, 0),
       fixed_in=((5, 19, 12),),
@@ -143,7 +170,11 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       "x86/fpu: Fix copy_xstate_to_uabi() to copy init states correctly", (6, 0), until=(6, 1),
       fixed_in=((6, 0, 7),),
       description="bug: KVM_GET_XSAVE2 of an AMX guest whose XSTATE_BV[18]=0 dereferences a NULL "
-                  "init address (host oops)"),
+                  "init address (host oops)",
+      note="UNVERIFIED window: the NULL init address exists only after a401f45e3875 (Exclude "
+           "dynamic states from init_fpstate), merged in the same push as the fix and taken "
+           "with it by 6.0.7; before it (5.17-6.0.6) the copy probably read past the end of "
+           "the static init_fpstate (no oops); modelled as the oops until read in a 6.0 tree"),
     S("xfd_clears_xstate_bv", "b45f72177594",
       "x86/fpu: Clear XSTATE_BV[i] in guest XSAVE state whenever XFD[i]=1", (6, 19),
       backports=((6, 18, 7), (6, 12, 67), (6, 6, 122), (6, 1, 162)),
@@ -152,7 +183,7 @@ SWITCHES: Final[tuple[Switch, ...]] = (
     S("xss_keep_on_init", "be4f3b3f8227", "KVM: x86: Keep MSR_IA32_XSS unchanged for INIT",
       (5, 17), backports=((5, 16, 5), (5, 15, 19)),
       description="INIT leaves IA32_XSS alone (before: zeroed on INIT and RESET)",
-      note="5.15.y/5.16.y stable numbers not confirmed"),
+      note="5.16.5 and 5.15.19 confirmed (spec, Corrections)"),
     S("xstate_reset_on_init_only", "c26675447faf",
       "KVM: x86: Zero XSTATE components on INIT by iterating over supported features", (6, 18),
       description="kvm_xstate_reset: INIT zeroes MPX and CET components supported by KVM "
@@ -174,30 +205,51 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       "x86/CPU/AMD: Disable XSAVES on AMD family 0x17", (6, 3),
       backports=((6, 2, 7), (6, 1, 20), (5, 15, 103)),
       description="the kernel stops using XSAVES on Zen 1/2 (erratum 1386): KVM no longer "
-                  "offers XSAVES (XSAVEC stays); seed 001",
+                  "offers XSAVES (XSAVEC stays); seed 001; from 29ba89f18952 (6.10) only without "
+                  "the microcode fix (zen_erratum_microcode)",
       note="stable: the 2023-03-15 review batch (4.14.310 ... 6.2.7); the 5.15 stable "
            "revlist has it after \"Linux 5.15.102\" (released 2023-03-13), so 5.15.103, not "
-           "the 5.15.102 the spec gives"),
+           "the 5.15.102 the spec gives; 5.10.y/5.4.y revlists carry it too but their release "
+           "numbers are not confirmed, so the 5.4/5.10 profiles lack it (UNVERIFIED)"),
     S("set_cpuid_after_run_identical", "c6617c61e8fe",
       "KVM: x86: Partially allow KVM_SET_CPUID{,2} after KVM_RUN", (5, 17),
+      backports=((5, 16, 3),),
       description="after KVM_RUN, KVM_SET_CPUID2 succeeds only with identical entries (-EINVAL "
-                  "otherwise); 5.15 allows any change"),
+                  "otherwise); 5.15 allows any change",
+      note="5.16.3 from the spec (Corrections), UNVERIFIED here"),
     S("set_cpuid_after_run_forbidden", "feb627e8d6f6",
       "KVM: x86: Forbid KVM_SET_CPUID{,2} after KVM_RUN", (5, 16), until=(5, 17),
+      fixed_in=((5, 16, 3),),
       description="bug-like window: 5.16 refused any KVM_SET_CPUID2 after KVM_RUN (QEMU CPU "
                   "hotplug broke); c6617c61e8fe relaxed it to identical entries",
-      note="c6617c61e8fe reached 5.16.y stable; the release number is not confirmed"),
+      note="the window ends at 5.16.3, where c6617c61e8fe arrived (spec, Corrections; "
+           "UNVERIFIED here)"),
     S("filter_xtilecfg_without_perm", "55cd57b596e8",
       "KVM: x86: Filter out XTILE_CFG if XTILE_DATA isn't permitted", (6, 4),
       description="KVM_GET_SUPPORTED_CPUID and KVM_CAP_XSAVE2 drop XTILE_CFG without permission"),
     S("mp_state_validation", "22c6a0ef6b26",
       "KVM: x86: check validity of argument to KVM_SET_MP_STATE", (6, 0),
       description="KVM_SET_MP_STATE accepts only defined x86 states (-EINVAL otherwise)"),
-    S("msr_host_zero_write_advertised", "kvm_do_msr_access",
-      "KVM: x86: host writes of 0 to advertised-but-unsupported MSRs succeed", (6, 12),
+    S("msr_host_zero_write_advertised", "64a5d7a1091f",
+      "KVM: x86: Suppress failures on userspace access to advertised, unsupported MSRs", (6, 12),
       description="a host-initiated read, or write of 0, to an MSR KVM lists but the guest "
-                  "lacks succeeds (matters for IA32_XSS from 6.18)",
-      note="commit id not confirmed; present in 6.12.117"),
+                  "lacks succeeds (kvm_do_msr_access; with 44dd0f5732b4; matters for IA32_XSS "
+                  "from 6.18)",
+      note="id from the spec (Corrections); present in 6.12.117"),
+    S("zen_erratum_microcode", "29ba89f18952", "x86/CPU/AMD: Improve the erratum 1386 workaround",
+      (6, 10),
+      description="XSAVES stays on family 17h when the microcode has the erratum fix "
+                  "(erratum_1386_microcode[]: 17h model 0x01 stepping 2 >= 0x0800126e, model 0x31 "
+                  "stepping 0 >= 0x08301052)",
+      note="B. Petkov 2024-03-24, in the x86/cpu pull for v6.10 (ZkHBjIwLlEkVD2Vu@gmail.com); "
+           "stable backports not confirmed (Proxmox cherry-picked it into 6.5, pve-kernel "
+           "f2f95ef); kvmfpu.linux.config does not yet read the host's microcode revision "
+           "(ERRATUM_1386_MICROCODE)"),
+    S("pve_set_xsave_mask_pkru", "pve-kernel 1559d22",
+      "kvm: xsave set: mask-out PKRU bit in xfeatures if vCPU has no support", (99, 0),
+      description="Proxmox only (6.2.16-5 and later series): KVM_SET_XSAVE clears XSTATE_BV[9] "
+                  "when the vCPU's CPUID has no PKRU (what leaky 5.15 sources send)",
+      note="T. Lamprecht 2023-07-14; not upstream, so active only in Proxmox profiles"),
     # -- KVM_GET_SUPPORTED_CPUID: features and leaves KVM learned (kvmfpu.kvm.cpuid_leaves).
     # Read in Debian 6.1.192 and 6.12.117 and the linux-next snapshot 1c60d04aac53
     # (ColinIanKing/linux-next); "absent/present in" says where a first release is unconfirmed.
@@ -311,16 +363,55 @@ BY_NAME: Final = {s.name: s for s in SWITCHES}
 
 #: The named profiles (mainline releases) and the newest release kvmfpu confirmed.
 NAMED: Final = ("5.15", "5.17", "6.0", "6.1", "6.6", "6.12", "6.18", "7.3")
+#: The older LTS releases still in service (Firecracker's 5.10 -> 6.1 table, Debian 11,
+#: Ubuntu 20.04, Amazon Linux 2): profiles like NAMED, kept out of the matrix's default
+#: kernel list so that its run time stays as measured.
+LTS_EXTRA: Final = ("5.4", "5.10")
 NEWEST: Final = "7.3"
+OLDEST: Final = (5, 4)
+
+#: erratum_1386_microcode[] (arch/x86/kernel/cpu/amd.c, 29ba89f18952; read in proxmox/pve-kernel
+#: f2f95ef's copy): (family, model, stepping) -> the first microcode revision with the fix.
+ERRATUM_1386_MICROCODE: Final = {(0x17, 0x01, 0x2): 0x0800126E, (0x17, 0x31, 0x0): 0x08301052}
+
+
+def erratum_1386_fixed_by_microcode(family: int, model: int, stepping: int,
+                                    microcode: int | str | None) -> bool:
+    """x86_cpu_has_min_microcode_rev(erratum_1386_microcode): an exact family/model/stepping
+    match with a revision at or past the fix (an unknown revision is not fixed). The
+    revision may be given as /proc/cpuinfo prints it ("0x8301055")."""
+    need = ERRATUM_1386_MICROCODE.get((family, model, stepping))
+    if need is None or microcode is None:
+        return False
+    if isinstance(microcode, str):
+        try:
+            microcode = int(microcode, 16)
+        except ValueError:
+            return False
+    return microcode >= need
+
+#: What every pre-5.16 profile models as 5.15 does (said in its notes).
+PRE_5_15_NOTE: Final = (
+    "before 5.15: KVM_GET/SET_XSAVE as 5.15's fill_xsave/load_xsave (the same masks and checks "
+    "since 5.2's PKRU handling: XSTATE_BV & (guest_supported_xcr0 | FP | SSE), MXCSR always "
+    "checked); KVM_GET_SUPPORTED_CPUID and MSR lists are modelled as 5.15's (features KVM "
+    "gained between this release and 5.15 are not removed)")
 
 
 @dataclass(frozen=True)
 class KernelProfile:
-    version: Version
+    version: Version                         # the upstream release (a distro kernel's base)
     switches: frozenset[str] = field(default_factory=frozenset)
+    distro: str | None = None                # "ubuntu", "debian", "proxmox", ... or None
+    release: str | None = None               # the distribution's string (uname -r)
+    notes: tuple[str, ...] = ()              # what the profile assumes or could not establish
 
     @property
     def name(self) -> str:
+        return self.release or format_version(self.version)
+
+    @property
+    def upstream(self) -> str:
         return format_version(self.version)
 
     def has(self, switch: str) -> bool:
@@ -338,21 +429,54 @@ class KernelProfile:
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "upstream": self.upstream,
+            "distro": self.distro,
+            "notes": list(self.notes),
             "switches": {s.name: s.name in self.switches for s in SWITCHES},
         }
 
 
-@cache
-def profile(name: str | Version) -> KernelProfile:
-    """The profile of a kernel version ("6.6", "6.1.60", "6.1.y" or a tuple)."""
-    v = name if isinstance(name, tuple) else parse_version(name)
-    if v[:2] < (5, 15):
-        raise UnknownKernel(f"{format_version(v)}: kvmfpu models Linux 5.15 and later")
+def _check_range(v: Version, text: str) -> None:
+    if v[:2] < OLDEST:
+        raise UnknownKernel(f"{text}: kvmfpu models Linux {OLDEST[0]}.{OLDEST[1]} and later")
     newest = parse_version(NEWEST)
     if v[:2] > newest[:2]:
-        raise UnknownKernel(f"{format_version(v)} is newer than the newest release kvmfpu "
-                            f"knows ({NEWEST})")
-    return KernelProfile(v, frozenset(s.name for s in SWITCHES if s.active(v)))
+        raise UnknownKernel(f"{text} is newer than the newest release kvmfpu knows ({NEWEST})")
+
+
+@cache
+def profile(name: str | Version) -> KernelProfile:
+    """The profile of a kernel version ("6.6", "6.1.60", "6.1.y", a tuple) or of a
+    distribution kernel ("5.15.0-91-generic", "6.1.0-18-amd64", "6.8.12-4-pve", any
+    "X.Y.Z-suffix"): the upstream base's switches plus the distribution's backports."""
+    dk = None
+    if isinstance(name, tuple):
+        v = name
+    else:
+        if len(name) > 200:
+            raise UnknownKernel(f"{name[:40]!r}...: a kernel release is not {len(name)} characters")
+        if re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+|y)|-rc(\d+))?", name.strip()):
+            v = parse_version(name)
+        else:
+            dk = distro_kernel(name)
+            v = dk.base if dk is not None else parse_version(name)
+    label = dk.release if dk is not None else format_version(v)
+    if dk is not None and dk.base[:2] < OLDEST:
+        raise UnknownKernel(f"{label}: built on {format_version(dk.base)}; kvmfpu models Linux "
+                            f"{OLDEST[0]}.{OLDEST[1]} and later")
+    _check_range(v, label)
+    active = {s.name for s in SWITCHES if s.active(v)}
+    notes: list[str] = []
+    if dk is not None:
+        unknown = [n for n in (*dk.adds, *dk.removes) if n not in BY_NAME]
+        if unknown:                       # distro data names a switch this table lacks
+            raise KeyError(f"distro data for {label} names unknown switches {unknown}")
+        active = (active | set(dk.adds)) - set(dk.removes)
+        notes += dk.notes
+    if v[:2] < (5, 15):
+        notes.append(PRE_5_15_NOTE)
+    return KernelProfile(v, frozenset(active), dk.distro if dk else None,
+                         dk.release if dk else None, tuple(notes))
 
 
 def named_profiles() -> list[KernelProfile]:

@@ -2,9 +2,9 @@
 
 Functions keep their Linux names (arch/x86/kernel/fpu/{core,xstate}.c, v6.12 unless a
 version switch says otherwise) and use the core's instructions the way Linux does:
-os_xsave picks XSAVES, then XSAVEC (6.1+), then XSAVEOPT, then XSAVE
+os_xsave picks XSAVES, then XSAVEC (5.19+, 8ad7e8f69695), then XSAVEOPT, then XSAVE
 (XSTATE_XSAVE's ALTERNATIVE_3); os_xrstor uses XRSTORS with XSAVES, XRSTOR otherwise;
-buffers are compacted (X86_FEATURE_XCOMPACTED) when XSAVES or (6.1+) XSAVEC is used.
+buffers are compacted (X86_FEATURE_XCOMPACTED) when XSAVES or (5.19+) XSAVEC is used.
 A fault the kernel takes on its own buffers becomes a :class:`HostOops`.
 """
 

@@ -4,7 +4,12 @@
 __copy_xstate_to_uabi_buf(XSTATE_COPY_XSAVE) and fpu_copy_uabi_to_guest_fpstate ->
 copy_uabi_to_xstate/validate_user_xstate_header (arch/x86/kernel/fpu/{core,xstate}.c,
 read in 6.12.117). 5.15: KVM's own fill_xsave/load_xsave (arch/x86/kvm/x86.c), as quoted
-by the 5.16 patch that removed them. Copies follow precomputed plans (hot path).
+by the 5.16 patch that removed them. 5.4 and 5.10 take the same paths: their
+kvm_vcpu_ioctl_x86_set_xsave checks XSTATE_BV against the supported XCR0 (kvm_supported_xcr0(),
+a global supported_xcr0 from 5.7) and MXCSR against mxcsr_feature_mask, and their fill_xsave
+masks XSTATE_BV with guest_supported_xcr0 | FP | SSE and copies PKRU from vcpu->arch.pkru
+inside the same per-feature loop (the 5.14 rework 20210611163111.931697147@linutronix.de
+quotes the older loop). Copies follow precomputed plans (hot path).
 """
 
 from __future__ import annotations
@@ -154,6 +159,13 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
         _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "", "uabi_copy")
         return bv
     bv, cb = _QQ.unpack_from(ubuf, legacy.XSTATE_BV)
+    if (k.kernel.has("pve_set_xsave_mask_pkru") and bv & xf.PKRU
+            and not fps.user_xfeatures & xf.PKRU):
+        # Proxmox's kvm_vcpu_ioctl_x86_set_xsave (pve-kernel 1559d22) clears the PKRU bit a
+        # leaky source sent when the vCPU's CPUID lacks PKRU. The model reads that from
+        # user_xfeatures, which is the guest CPUID's XCR0 | FP | SSE wherever the strip
+        # matters (ad856280ddea active); with 8647c52e9504 nothing rejects the bit anyway.
+        bv &= ~xf.PKRU
     if bv & ~xcr0:
         raise einval("fpu_copy_uabi_to_guest_fpstate",
                      f"XSTATE_BV sets {describe_mask(bv & ~xcr0)} outside KVM's supported XCR0 "

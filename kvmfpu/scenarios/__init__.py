@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmfpu.kvm.profiles import NEWEST
-from kvmfpu.scenarios import acrn_xss, fpsse_migration, init_xstate, xfd_xstate_bv, zen_xsaves
+from kvmfpu.scenarios import (
+    acrn_xss,
+    fpsse_migration,
+    init_xstate,
+    pkru_leak,
+    xfd_xstate_bv,
+    zen_xsaves,
+)
 from kvmfpu.scenarios.replay import Event, NotApplicable, Replay
 
 __all__ = ["SCENARIOS", "Event", "NotApplicable", "Replay", "Scenario", "UnknownScenario", "get",
@@ -76,7 +83,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a vCPU without XSAVE in CPUID", "linux", "nehalem->skylake-sp", fpsse_migration.run,
         introduced_by="ad856280ddea", fixed_by="a1020a25e697", first_affected="5.17",
         last_affected="5.19", first_fixed="6.0", stable_fixes=("5.19.12",),
-        note="5.16.15 and later 5.16.y took ad856280ddea but never the fix"),
+        note="5.16.y never took ad856280ddea (only its AUTOSEL posting exists; it needs 5.17's "
+             "c270ce393dfd), so 5.16 is unaffected"),
     Scenario(
         "xfd-xstate-bv", xfd_xstate_bv.SEED,
         "XFD[18]=1 with XSTATE_BV[18]=1 in the saved guest state -> host #NM",
@@ -84,6 +92,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         introduced_by="820a6ee944e7", fixed_by="b45f72177594", first_affected="5.17",
         last_affected="6.18", first_fixed="6.19",
         stable_fixes=("6.18.7", "6.12.67", "6.6.122", "6.1.162")),
+    Scenario(
+        "pkru-leak", pkru_leak.SEED,
+        "Ubuntu/Proxmox 5.15 source leaks the host PKRU bit into a qemu64 guest's "
+        "KVM_GET_XSAVE; a 6.2 destination refuses it", "linux (source)",
+        "skylake-sp->skylake-sp", pkru_leak.run,
+        introduced_by="Ubuntu jammy's backport of the 5.16 guest-FPU rework (69f6ed1d14c6) "
+                      "without ad856280ddea",
+        fixed_by="mainline 5.15's fill_xsave (never leaks); on the destination 8647c52e9504 "
+                 "(6.6; 6.5.9, 6.1.60) or pve-kernel 1559d22 (6.2.16-5-pve)",
+        first_affected="5.16", last_affected="5.15.0-91-generic", first_fixed="5.15",
+        note="the version is the source kernel (--dst-kernel: the destination, default 6.2); "
+             "mainline 5.15 is the unaffected counterpart, not a later fix"),
     Scenario(
         "init-xstate", init_xstate.SEED,
         "INIT zeroes MPX and CET xstate and keeps the rest; 6.18-rc crash on a CET host "

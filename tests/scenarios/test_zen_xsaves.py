@@ -50,3 +50,28 @@ def test_before_the_erratum_kvm_switches_xss_for_the_guest() -> None:
 def test_the_68_notice_is_mentioned_only_from_68() -> None:
     assert any("d52734d00b8e" in n for n in zen_xsaves.run("6.8", host="zen2").notes)
     assert not any("d52734d00b8e" in n for n in zen_xsaves.run("6.7", host="zen2").notes)
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("zen4", "family 0x19; erratum 1386 (and b0563468eeac) is family 17h's"),
+    ("zen3", "family 0x19"), ("skylake-sp", "not an AMD part (GenuineIntel)"),
+])
+def test_not_applied_names_the_real_reason(host: str, reason: str) -> None:
+    """init_amd_zen1/init_amd_zen2 clear XSAVES on family 17h only (b0563468eeac,
+    arch/x86/kernel/cpu/amd.c): on other parts the verdict names the family or vendor, not
+    the kernel release (issue 16)."""
+    r = zen_xsaves.run("7.3", host=host)
+    assert not r.bug and reason in r.verdict
+    assert "does not apply the erratum on this release" not in r.verdict
+
+
+def test_family_17h_before_the_erratum_names_the_release() -> None:
+    r = zen_xsaves.run("6.2", host="zen2")
+    assert "6.2 predates b0563468eeac" in r.verdict
+
+
+def test_from_610_the_replay_says_the_microcode_matters() -> None:
+    """29ba89f18952 (x86/cpu pull for v6.10) keeps XSAVES when the microcode has the fix."""
+    r = zen_xsaves.run("6.12", host="zen2")
+    assert any("29ba89f18952" in n and "erratum_1386_microcode" in n for n in r.notes)
+    assert not any("29ba89f18952" in n for n in zen_xsaves.run("6.6", host="zen2").notes)
