@@ -31,6 +31,11 @@ def einval(function: str, condition: str, commit: str | None = None) -> KvmError
     return KvmError(_errno.EINVAL, function, condition, commit=commit)
 
 
+def closed_fd(what: str) -> KvmError:
+    """What ioctl(2) gives on a closed fd: the syscall's fdget fails (fs/ioctl.c)."""
+    return KvmError(_errno.EBADF, "ioctl", f"the {what} fd is closed")
+
+
 class HostOops(RuntimeError):
     """The host kernel itself faulted (a WARN or panic in real life), e.g. the #NM in
     ``restore_fpregs_from_fpstate`` that seed 003 describes. Carries the CPU fault and the

@@ -1,24 +1,33 @@
 """Raw ioctls on the model, with the real request numbers and uapi byte layouts.
 
-``ioctl(fd, request, arg)`` behaves like ``fcntl.ioctl`` on model file descriptors: an
-int ``arg`` is passed by value and the result returned; a writable buffer is read and
-filled in place (the int result returned); an immutable ``bytes`` buffer gives back a
-filled copy. Errors are :class:`KvmError` (an OSError with the kernel's errno). Kvm, Vm
-and Vcpu objects also have an ``ioctl(request, arg)`` method and a ``fileno()``.
+``ioctl(fd, request, arg)`` behaves like ``fcntl.ioctl`` (Python 3.11's
+Modules/fcntlmodule.c, checked against this machine's /dev/kvm) on model file
+descriptors: ``fd`` is an int or has ``fileno()``; the request is taken modulo 2**32 (the
+kernel's ``unsigned int cmd``); an int ``arg`` must fit a C int and is passed by value, the
+result returned; a writable buffer is read and filled in place (the int result returned);
+``bytes``, a read-only buffer, a ``str`` (UTF-8) or a writable buffer with
+``mutate_flag=False`` travel as a copy of at most 1024 bytes and come back as bytes.
+A buffer given to an int-valued ioctl is a non-zero user address, as it is to the kernel.
+Errors are :class:`KvmError` (an OSError with the kernel's errno): a request on the wrong
+kind of fd gives what that fd's kernel handler gives. Kvm, Vm and Vcpu objects also have an
+``ioctl(request, arg)`` method and a ``fileno()``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
+import operator
 import os
 import struct
 import weakref
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
 
 from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import CpuidEntry, pack_entries, unpack_entries
-from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
 
 if TYPE_CHECKING:
@@ -34,6 +43,55 @@ _XCR = struct.Struct("<IIQ")
 _MSR = struct.Struct("<IIQ")
 _ATTR = struct.Struct("<IIQQ")
 
+#: fcntl.ioctl's copy buffer (IOCTL_BUFSZ in Modules/fcntlmodule.c).
+IOCTL_BUFSZ: Final = 1024
+_C_INT_MIN, _C_INT_MAX = -(1 << 31), (1 << 31) - 1
+#: What an int-valued ioctl sees when it is given a buffer: its user address (fcntl passes
+#: a pointer). Any user address is non-zero and no capability, type or vCPU id.
+_BUFFER_ADDRESS: Final = 0x7F00_0000_0000
+#: x86: struct kvm_run, the PIO data page and the coalesced MMIO ring (kvm_dev_ioctl;
+#: 12288 measured on this machine's 6.18 kernel).
+KVM_VCPU_MMAP_SIZE: Final = 3 * 4096
+
+#: The requests kvmfpu issues, by the fd kind whose handler serves them: kvm_dev_ioctl and
+#: kvm_arch_dev_ioctl (/dev/kvm: KVM_GET_MSRS reads feature MSRs), kvm_vm_ioctl and
+#: kvm_arch_vm_ioctl, kvm_vcpu_ioctl and kvm_arch_vcpu_ioctl (virt/kvm/kvm_main.c,
+#: arch/x86/kvm/x86.c; torvalds/linux 00116795aa87). Measured on this machine's 6.18
+#: kvm_pvm: every other pairing gives the handler's default errno (_UNSERVED), and
+#: KVM_GET/HAS_DEVICE_ATTR on a VM fd give ENOTTY (no VM attributes there).
+_SYSTEM: Final = frozenset({
+    "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_GET_MSR_INDEX_LIST", "KVM_CHECK_EXTENSION",
+    "KVM_GET_VCPU_MMAP_SIZE", "KVM_GET_SUPPORTED_CPUID", "KVM_GET_MSRS",
+    "KVM_GET_DEVICE_ATTR", "KVM_HAS_DEVICE_ATTR"})
+_VM: Final = frozenset({"KVM_CHECK_EXTENSION", "KVM_CREATE_VCPU", "KVM_CREATE_IRQCHIP"})
+_VCPU_ONLY_NOT: Final = frozenset({
+    "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_GET_MSR_INDEX_LIST", "KVM_CHECK_EXTENSION",
+    "KVM_GET_VCPU_MMAP_SIZE", "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU",
+    "KVM_CREATE_IRQCHIP"})
+#: The errno (and function) of each handler's default case: kvm_arch_dev_ioctl and
+#: kvm_arch_vcpu_ioctl start from -EINVAL, kvm_arch_vm_ioctl from -ENOTTY (measured here).
+_UNSERVED: Final = {"system": (errno.EINVAL, "kvm_dev_ioctl"),
+                    "vm": (errno.ENOTTY, "kvm_arch_vm_ioctl"),
+                    "vcpu": (errno.EINVAL, "kvm_arch_vcpu_ioctl")}
+
+
+@cache
+def _requests() -> dict[str, int]:
+    return uapi.requests()
+
+
+@cache
+def _names() -> dict[int, str]:
+    return {v: k for k, v in _requests().items()}
+
+
+@cache
+def served(kind: str) -> frozenset[int]:
+    """The request numbers kvmfpu knows that the ``kind`` ("system", "vm", "vcpu") fd's
+    kernel handler serves."""
+    names = {"system": _SYSTEM, "vm": _VM,
+             "vcpu": frozenset(_requests()) - _VCPU_ONLY_NOT}[kind]
+    return frozenset(_requests()[n] for n in names)
 
 
 def fileno(obj: object) -> int:
@@ -46,71 +104,121 @@ def fileno(obj: object) -> int:
     return int(fd)
 
 
+def forget(obj: object) -> None:
+    """The object's fd is closed: looking it up gives EBADF from now on."""
+    fd = getattr(obj, "_kvmfpu_fd", None)
+    if fd is not None:
+        _fds.pop(fd, None)
+
+
 def lookup(fd: int) -> Any:
     try:
         return _fds[fd]
     except KeyError:
-        raise KvmError(errno.EBADF, "ioctl", f"fd {fd} is not a kvmfpu model fd") from None
+        raise KvmError(errno.EBADF, "ioctl", f"fd {fd} is not an open kvmfpu model fd") from None
 
 
-def ioctl(fd: int, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+def ioctl(fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
     """fcntl.ioctl for model fds."""
-    obj = lookup(fd)
-    return _dispatch(obj, request, arg, mutate_flag)
+    if not isinstance(fd, int):
+        get = getattr(fd, "fileno", None)
+        if get is None:
+            raise TypeError(f"argument must be an int, or have a fileno() method, not "
+                            f"{type(fd).__name__}")
+        fd = get()
+    if fd < 0:
+        raise ValueError("file descriptor cannot be a negative integer")
+    return _dispatch(lookup(fd), request, arg, mutate_flag)
+
+
+def _c_int(arg: Any) -> int:
+    """fcntl's "i" conversion of an int argument."""
+    value = operator.index(arg)
+    if value > _C_INT_MAX:
+        raise OverflowError("signed integer is greater than maximum")
+    if value < _C_INT_MIN:
+        raise OverflowError("signed integer is less than minimum")
+    return value
 
 
 def _dispatch(obj: Any, request: int, arg: Any, mutate_flag: bool = True) -> Any:
     from kvmfpu.kvm.system import Kvm
-    from kvmfpu.kvm.vcpu import Vcpu
     from kvmfpu.kvm.vm import Vm
 
-    if isinstance(arg, (bytes, bytearray, memoryview)):
-        immutable = isinstance(arg, bytes) or not mutate_flag or memoryview(arg).readonly
-        buf = bytearray(arg) if immutable else memoryview(arg).cast("B")
-        if isinstance(obj, Kvm):
-            result = system_ioctl(obj, request, buf)
-        elif isinstance(obj, Vm):
-            result = vm_ioctl(obj, request, buf)
-        else:
-            result = vcpu_ioctl(obj, request, buf)
-        return bytes(buf) if immutable else result
-    if isinstance(obj, Kvm):
-        return system_ioctl(obj, request, arg)
-    if isinstance(obj, Vm):
-        return vm_ioctl(obj, request, arg)
-    if isinstance(obj, Vcpu):
-        return vcpu_ioctl(obj, request, arg)
-    raise KvmError(errno.ENOTTY, "ioctl", f"{type(obj).__name__} takes no ioctls")
+    request = operator.index(request) & 0xFFFF_FFFF
+    handler = system_ioctl if isinstance(obj, Kvm) else vm_ioctl if isinstance(obj, Vm) \
+        else vcpu_ioctl
+    kind = arg.__class__
+    if kind is bytearray and mutate_flag:            # the hot path: filled in place
+        return handler(obj, request, arg)
+    if kind is int or kind is bool:
+        return handler(obj, request, _c_int(arg))
+    if isinstance(arg, str):
+        arg = arg.encode()
+    try:
+        view = memoryview(arg)
+    except TypeError:
+        return handler(obj, request, _c_int(arg))
+    if view.readonly or not mutate_flag:
+        if view.nbytes > IOCTL_BUFSZ:
+            raise ValueError("ioctl string arg too long")
+        buf = bytearray(view.cast("B") if view.ndim != 1 or view.format != "B" else view)
+        handler(obj, request, buf)
+        return bytes(buf)
+    return handler(obj, request, view if view.format == "B" and view.ndim == 1 else view.cast("B"))
 
 
 def _need(buf: Any, n: int, what: str) -> memoryview:
     if not isinstance(buf, (bytearray, memoryview)):
-        raise KvmError(errno.EFAULT, what, "this ioctl needs a buffer argument")
+        # An int is the struct's user address (fcntl passes it as is).
+        if buf == 0 or not 0 < buf < _TASK_SIZE_MAX or not _vm_copy(False, buf, bytearray(1)):
+            raise KvmError(errno.EFAULT, what, f"address {buf & (1 << 64) - 1:#x} is not "
+                                               "readable user memory (copy_from_user)")
+        raise KvmError(errno.ENOSYS, "kvmfpu", f"{what}: the model takes the struct as a "
+                                               f"Python buffer; it does not follow the raw "
+                                               f"address {buf:#x}")
     view = memoryview(buf).cast("B")
     if len(view) < n:
         raise KvmError(errno.EFAULT, what, f"buffer of {len(view)} bytes, the kernel accesses {n}")
     return view
 
 
+def _scalar(arg: Any) -> int:
+    """An int-valued ioctl's argument: a buffer stands for its (non-zero) address."""
+    return arg if isinstance(arg, int) else _BUFFER_ADDRESS
+
+
 def _name(request: int) -> str:
-    for k, v in uapi.requests().items():
-        if v == request:
-            return k
-    return f"{request:#x}"
+    return _names().get(request, f"{request:#x}")
 
 
 def _not_modelled(request: int) -> KvmError:
     return KvmError(errno.ENOSYS, "kvmfpu", f"{_name(request)} is not modelled")
 
 
+def _unserved(kind: str, request: int) -> KvmError:
+    err, function = _UNSERVED[kind]
+    what = {"system": "/dev/kvm", "vm": "a VM", "vcpu": "a vCPU"}[kind]
+    return KvmError(err, function, f"{_name(request)} is not an ioctl of {what} fd (the "
+                                   "handler's default case)")
+
+
 def system_ioctl(kvm: Kvm, request: int, arg: Any = 0) -> int:
-    r = uapi.requests()
+    r = _requests()
+    if request not in served("system"):
+        raise _unserved("system", request)
     if request == r["KVM_GET_API_VERSION"]:
+        if _scalar(arg):
+            raise KvmError(errno.EINVAL, "kvm_dev_ioctl", "KVM_GET_API_VERSION: arg must be 0")
         return kvm.get_api_version()
+    if request == r["KVM_GET_VCPU_MMAP_SIZE"]:
+        if _scalar(arg):
+            raise KvmError(errno.EINVAL, "kvm_dev_ioctl", "KVM_GET_VCPU_MMAP_SIZE: arg must be 0")
+        return KVM_VCPU_MMAP_SIZE
     if request == r["KVM_CHECK_EXTENSION"]:
-        return kvm.check_extension(int(arg))
+        return kvm.check_extension(_scalar(arg))
     if request == r["KVM_CREATE_VM"]:
-        return fileno(kvm.create_vm(int(arg)))
+        return fileno(kvm.create_vm(_scalar(arg)))
     if request == r["KVM_GET_SUPPORTED_CPUID"]:
         view = _need(arg, 8, "KVM_GET_SUPPORTED_CPUID")
         nent = _U32.unpack_from(view, 0)[0]
@@ -139,58 +247,128 @@ def system_ioctl(kvm: Kvm, request: int, arg: Any = 0) -> int:
         if request == r["KVM_HAS_DEVICE_ATTR"]:
             kvm.has_device_attr(group, attr)
             return 0
-        _put_user(addr, struct.pack("<Q", kvm.get_device_attr(group, attr)),
-                  "kvm_x86_dev_get_attr")
+        put_user(addr, struct.pack("<Q", kvm.get_device_attr(group, attr)),
+                 "kvm_x86_dev_get_attr")
         return 0
-    if request in r.values():
-        raise _not_modelled(request)
-    raise KvmError(errno.EINVAL, "kvm_dev_ioctl", f"unknown /dev/kvm ioctl {request:#x}")
+    raise _not_modelled(request)
 
 
-def _put_user(addr: int, data: bytes, function: str) -> None:
-    """put_user to a user address inside this process, as the kernel would: an address
-    that is not mapped writable gives -EFAULT (written through /proc/self/mem, which
-    reports bad addresses instead of crashing the interpreter)."""
-    try:
-        fd = os.open("/proc/self/mem", os.O_RDWR)
-    except OSError as exc:
-        raise KvmError(errno.EFAULT, function, f"cannot reach user memory: {exc}") from None
-    try:
-        if addr == 0 or os.pwrite(fd, data, addr) != len(data):
-            raise KvmError(errno.EFAULT, function, f"address {addr:#x} is not writable")
-    except OSError:
-        raise KvmError(errno.EFAULT, function, f"address {addr:#x} is not writable") from None
-    finally:
-        os.close(fd)
+# -- put_user: the kernel's write to a user address ---------------------------------------------
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_PAGE = 4096
+#: TASK_SIZE_MAX on x86-64 with 4-level paging: access_ok refuses addresses above it.
+_TASK_SIZE_MAX = (1 << 47) - _PAGE
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for fn in (libc.process_vm_readv, libc.process_vm_writev):
+        fn.restype = ctypes.c_ssize_t
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
+                       ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+    return libc
+
+
+def _vm_copy(write: bool, addr: int, data: bytearray) -> bool:
+    """process_vm_writev/readv on this process: the kernel's own permission checks (a page
+    not mapped, or not writable for a write, is refused; /proc/self/mem would force the
+    write through FOLL_FORCE)."""
+    local = (ctypes.c_char * len(data)).from_buffer(data)
+    liov = _IoVec(ctypes.addressof(local), len(data))
+    riov = _IoVec(addr, len(data))
+    libc = _libc()
+    fn = libc.process_vm_writev if write else libc.process_vm_readv
+    done = fn(os.getpid(), ctypes.byref(liov), 1, ctypes.byref(riov), 1, 0)
+    if done < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+        return _maps_copy(write, addr, ctypes.addressof(local), len(data))
+    return bool(done == len(data))
+
+
+def _maps_copy(write: bool, addr: int, local: int, size: int) -> bool:
+    """Where a seccomp filter refuses process_vm_readv/writev: the range must lie in
+    mappings /proc/self/maps shows readable (writable, for a write); then a plain copy."""
+    need, at, end = ("w" if write else "r"), addr, addr + size
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        spans = []
+        for line in maps:
+            span, perms = line.split()[:2]
+            first, last = span.split("-")
+            spans.append((int(first, 16), int(last, 16), perms))
+    for lo, hi, perms in sorted(spans):
+        if lo <= at < hi:
+            if need not in perms:
+                return False
+            at = hi
+            if at >= end:
+                break
+    if at < end:
+        return False
+    if write:
+        ctypes.memmove(addr, local, size)
+    else:
+        ctypes.memmove(local, addr, size)
+    return True
+
+
+def put_user(addr: int, data: bytes, function: str) -> None:
+    """copy_to_user of ``data`` to ``addr`` in this process, as the kernel does it: an address
+    that is NULL, above TASK_SIZE_MAX, not mapped or not writable gives -EFAULT and nothing is
+    written (each page is tried first by writing back what it holds)."""
+    fault = KvmError(errno.EFAULT, function, f"address {addr:#x} is not writable user memory")
+    if addr == 0 or addr + len(data) > _TASK_SIZE_MAX:
+        raise fault
+    pieces = []
+    at = addr
+    while at < addr + len(data):
+        end = min(addr + len(data), (at // _PAGE + 1) * _PAGE)
+        pieces.append((at, end))
+        at = end
+    for start, end in pieces:
+        held = bytearray(end - start)
+        if not (_vm_copy(False, start, held) and _vm_copy(True, start, held)):
+            raise fault
+    if not _vm_copy(True, addr, bytearray(data)):
+        raise fault
 
 
 def vm_ioctl(vm: Vm, request: int, arg: Any = 0) -> int:
-    r = uapi.requests()
+    r = _requests()
+    if vm.closed:
+        raise closed_fd("VM")
+    if request not in served("vm"):
+        raise _unserved("vm", request)
     if request == r["KVM_CHECK_EXTENSION"]:
-        return vm.check_extension(int(arg))
+        return vm.check_extension(_scalar(arg))
     if request == r["KVM_CREATE_VCPU"]:
-        return fileno(vm.create_vcpu(int(arg)))
+        # The id is an unsigned long: a negative or address-valued one is out of range.
+        return fileno(vm.create_vcpu(_scalar(arg)))
     if request == r["KVM_CREATE_IRQCHIP"]:
         vm.create_irqchip()
         return 0
-    if request in r.values():
-        raise _not_modelled(request)
-    raise KvmError(errno.ENOTTY, "kvm_arch_vm_ioctl", f"unknown VM ioctl {request:#x}")
+    raise _not_modelled(request)
 
 
 def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
-    r = uapi.requests()
+    r = _requests()
+    if vcpu.closed:
+        raise closed_fd("vCPU")
     if request == r["KVM_GET_XSAVE"]:
         view = _need(arg, 4096, "KVM_GET_XSAVE")
         view[:4096] = vcpu.get_xsave()
         return 0
+    if request == r["KVM_SET_XSAVE"]:
+        vcpu.set_xsave(_need(arg, 0, "KVM_SET_XSAVE"))
+        return 0
+    if request not in served("vcpu"):
+        raise _unserved("vcpu", request)
     if request == r["KVM_GET_XSAVE2"]:
         data = vcpu.get_xsave2()
         view = _need(arg, len(data), "KVM_GET_XSAVE2")
         view[:len(data)] = data
-        return 0
-    if request == r["KVM_SET_XSAVE"]:
-        vcpu.set_xsave(_need(arg, 0, "KVM_SET_XSAVE"))
         return 0
     if request == r["KVM_GET_XCRS"]:
         view = _need(arg, uapi.sizeof("kvm_xcrs"), "KVM_GET_XCRS")
@@ -263,6 +441,6 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
         if view[at_init]:
             vcpu.send_init()
         return 0
-    if request in r.values():
-        raise _not_modelled(request)
-    raise KvmError(errno.EINVAL, "kvm_arch_vcpu_ioctl", f"unknown vCPU ioctl {request:#x}")
+    if request == r["KVM_RUN"] and _scalar(arg):
+        raise KvmError(errno.EINVAL, "kvm_vcpu_ioctl", "KVM_RUN: arg must be 0")
+    raise _not_modelled(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from functools import cached_property, lru_cache
 from typing import Final
 
@@ -17,7 +18,7 @@ from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate
 from kvmfpu.kvm.errors import KvmError
 from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.profiles import NEWEST, KernelProfile, profile
-from kvmfpu.kvm.vm import Vm
+from kvmfpu.kvm.vm import DEFAULT_MEMORY, Vm
 from kvmfpu.linux.arena import Arena
 from kvmfpu.linux.fpstate import PERM_LOCKED
 from kvmfpu.linux.kernel import HostKernel
@@ -109,9 +110,27 @@ class Kvm:
         if (self.flavor == "vmx" and amd) or (self.flavor == "svm" and not amd):
             raise ValueError(f"flavour {self.flavor} does not run on a {self.host.vendor} host")
         self.hk = HostKernel(self.host, self.kernel, arena)
+        self.hk.arena.on_move(self._rebind_memory)
+        #: The emulated core's lock. The model runs every vCPU on one emulated CPU, so an
+        #: ioctl holds it from start to end (and KVM_RUN, the whole guest() block): it
+        #: serialises each vCPU's ioctls as vcpu->mutex does (kvm_vcpu_ioctl), and vCPUs
+        #: on other threads wait their turn instead of sharing the core mid-ioctl; VM and
+        #: system ioctls that change shared state take it as kvm->lock does.
+        self.lock = threading.RLock()
         self.caps: KvmCaps = kvm_caps(self.host, self.kernel, self.hk.cfg, self.flavor)
         self.process = self.hk.new_process()
         self.vms: list[Vm] = []
+
+    def _rebind_memory(self, view: memoryview) -> None:
+        """The arena moved to a larger mapping (same offsets): the kernel and the emulated
+        core address the new one."""
+        hk = self.hk
+        hk.mem = view
+        cpu = hk.cpu
+        # Cpu.memory is Final for its users; the arena's move is the one rebinding.
+        object.__setattr__(cpu, "memory", view)
+        cpu._mem = view
+        cpu._memsize = len(view)
 
     def __repr__(self) -> str:
         return f"Kvm(host={self.host.name!r}, kernel={self.kernel.name!r}, flavor={self.flavor!r})"
@@ -130,10 +149,13 @@ class Kvm:
     def get_api_version(self) -> int:
         return KVM_API_VERSION
 
-    def create_vm(self, vm_type: int = 0, *, memory_size: int = 64 << 10) -> Vm:
-        vm = Vm(self, vm_type, memory_size)
-        self.vms.append(vm)
-        return vm
+    def create_vm(self, vm_type: int = 0, *, memory_size: int = DEFAULT_MEMORY) -> Vm:
+        """KVM_CREATE_VM, with ``memory_size`` bytes of guest memory at guest physical
+        address 0 (one memslot, checked as KVM_SET_USER_MEMORY_REGION checks it)."""
+        with self.lock:
+            vm = Vm(self, vm_type, memory_size)
+            self.vms.append(vm)
+            return vm
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION (kvm_vm_ioctl_check_extension): same on /dev/kvm and VM fds."""
@@ -202,6 +224,10 @@ class Kvm:
     def arch_prctl(self, option: int, arg: int = 0) -> int:
         """arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, idx) / (ARCH_GET_XCOMP_GUEST_PERM) for the
         VMM process (fpu_xstate_prctl, xstate_request_perm; 980fe2fddcff, 5.17)."""
+        with self.lock:          # xstate_request_perm runs under the sighand lock
+            return self._arch_prctl(option, arg)
+
+    def _arch_prctl(self, option: int, arg: int) -> int:
         fn = "fpu_xstate_prctl"
         if not self.kernel.has("amx") or option not in (ARCH_GET_XCOMP_GUEST_PERM,
                                                         ARCH_REQ_XCOMP_GUEST_PERM):

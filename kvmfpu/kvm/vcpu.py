@@ -13,7 +13,8 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from functools import wraps
+from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
 
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
@@ -30,7 +31,7 @@ from kvmfpu.kvm.cpuid import (
     pack_entries,
     xstate_required_size,
 )
-from kvmfpu.kvm.errors import KvmError, einval
+from kvmfpu.kvm.errors import KvmError, closed_fd, einval
 from kvmfpu.kvm.origins import cite
 from kvmfpu.linux import uabi
 from kvmfpu.linux.fpstate import FpuGuest, Thread
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from kvmfpu.linux.kernel import HostKernel
 
 T = TypeVar("T")
+P = ParamSpec("P")
 ALL: Final = (1 << 64) - 1
 KVM_MAX_XCRS: Final = 16
 MAX_IO_MSRS: Final = 256
@@ -62,6 +64,20 @@ CET_MSRS: Final = (msr.IA32_U_CET, msr.IA32_S_CET, msr.IA32_PL0_SSP, msr.IA32_PL
 _XSTATE_CET: Final = {msr.IA32_U_CET: (11, 0), msr.IA32_PL3_SSP: (11, 8),
                       msr.IA32_PL0_SSP: (12, 0), msr.IA32_PL1_SSP: (12, 8),
                       msr.IA32_PL2_SSP: (12, 16)}
+
+
+def _serialised(method: Callable[Concatenate[Vcpu, P], T]) -> Callable[Concatenate[Vcpu, P], T]:
+    """A vCPU ioctl: under the emulated core's lock (Kvm.lock: vcpu->mutex, taken by
+    kvm_vcpu_ioctl with mutex_lock_killable, and the one core the model runs vCPUs on)."""
+    @wraps(method)
+    def locked(self: Vcpu, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        lock = self._lock
+        lock.acquire()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return locked
 
 
 class MsrFailure(Exception):
@@ -88,9 +104,11 @@ class Vcpu:
         "__weakref__",
         "_hooks",
         "_kvmfpu_fd",
+        "_lock",
         "_running",
         "at_reset_vector",
         "cet_s",
+        "closed",
         "cpuid",
         "gfpu",
         "gss",
@@ -99,6 +117,7 @@ class Vcpu:
         "ia32_xss",
         "id",
         "int_ssp_tab",
+        "kvm",
         "last_msr_failure",
         "mp_state",
         "pending_init",
@@ -115,6 +134,7 @@ class Vcpu:
         self.vm = vm
         self.id = vcpu_id
         kvm = vm.kvm
+        self.kvm: Kvm = kvm            # an attribute, not a property: the ioctls' hot path
         hk = kvm.hk
         # kvm_arch_vcpu_create -> fpu_alloc_guest_fpstate (fpu_init_guest_permissions locks
         # the process's guest permissions).
@@ -145,15 +165,35 @@ class Vcpu:
         self.last_msr_failure: str | None = None
         self._hooks: dict[str, list[Callable[[], None]]] = {}
         self._running = False
+        self.closed = False
+        self._lock = kvm.lock
         # kvm_vcpu_reset(vcpu, false): XCR0 = FP, IA32_XSS = 0.
         self.xcr0 = xf.FP
         self.ia32_xss = 0
 
     # -- raw ioctls ------------------------------------------------------------------------
     def close(self) -> None:
-        """Nothing to release in the model (parity with the real backend)."""
+        """Close the vCPU fd: later ioctls on it fail with EBADF. The vCPU itself lives on
+        until its VM is closed (kvm_vcpu_release only drops a VM reference), so its id stays
+        taken (KVM_CREATE_VCPU: EEXIST, as measured on this machine's /dev/kvm)."""
+        with self.vm.kvm.lock:
+            self.closed = True
+            from kvmfpu.kvm.ioctl import forget
+            forget(self)
+
+    def destroy(self) -> None:
+        """kvm_destroy_vcpus (the VM is closed): the fpstates go back to the arena and the fd
+        answers EBADF, so nothing of this vCPU reaches a later VM's."""
+        self.close()
+        hk = self.vm.kvm.hk
+        hk.free_fpstate(self.gfpu.fpstate)
+        if self.thread.fpstate is not None and self.thread.fpstate is not self.gfpu.fpstate:
+            hk.free_fpstate(self.thread.fpstate)
+        self.thread.fpstate = None
 
     def fileno(self) -> int:
+        if self.closed:
+            raise closed_fd("vCPU")
         from kvmfpu.kvm.ioctl import fileno
         return fileno(self)
 
@@ -163,11 +203,10 @@ class Vcpu:
         return _dispatch(self, request, arg, mutate_flag)
 
     # -- helpers ---------------------------------------------------------------------------
-    @property
-    def kvm(self) -> Kvm:
-        return self.vm.kvm
-
-    def _not_running(self, what: str) -> None:
+    def _usable(self, what: str) -> None:
+        """An ioctl may run: the fd is open and the vCPU is not in KVM_RUN."""
+        if self.closed:
+            raise closed_fd("vCPU")
         if self._running:
             raise RuntimeError(f"{what}: the vCPU is in KVM_RUN (leave the guest() block first)")
 
@@ -183,22 +222,31 @@ class Vcpu:
     # -- KVM_GET_XSAVE / KVM_GET_XSAVE2 / KVM_SET_XSAVE ---------------------------------------
     def get_xsave(self) -> bytes:
         """KVM_GET_XSAVE: 4096 bytes of standard-format state."""
-        self._not_running("KVM_GET_XSAVE")
-        kvm = self.kvm
-        p = kvm.kernel
-        if not p.has("fpu_guest"):
-            return bytes(uabi.fill_xsave_5_15(kvm.hk, self.gfpu, self.gsx, self.pkru))
-        if p.has("xsave2") and self.gfpu.uabi_size > KVM_XSAVE_SIZE:
-            raise einval("kvm_vcpu_ioctl_x86_get_xsave",
-                         f"guest_fpu.uabi_size {self.gfpu.uabi_size} > sizeof(struct kvm_xsave) "
-                         "4096 (dynamic features enabled): use KVM_GET_XSAVE2",
-                         cite("get_xsave_uabi"))
-        return self._copy_out(KVM_XSAVE_SIZE)
+        # The lock inline, not through @_serialised: KVM_GET/SET_XSAVE and the checks of
+        # ``kvmfpu validate`` are the hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self.closed or self._running:
+                self._usable("KVM_GET_XSAVE")
+            kvm = self.kvm
+            p = kvm.kernel
+            if not p.has("fpu_guest"):
+                return bytes(uabi.fill_xsave_5_15(kvm.hk, self.gfpu, self.gsx, self.pkru))
+            if p.has("xsave2") and self.gfpu.uabi_size > KVM_XSAVE_SIZE:
+                raise einval("kvm_vcpu_ioctl_x86_get_xsave",
+                             f"guest_fpu.uabi_size {self.gfpu.uabi_size} > sizeof(struct "
+                             "kvm_xsave) 4096 (dynamic features enabled): use KVM_GET_XSAVE2",
+                             cite("get_xsave_uabi"))
+            return self._copy_out(KVM_XSAVE_SIZE)
+        finally:
+            lock.release()
 
+    @_serialised
     def get_xsave2(self) -> bytes:
         """KVM_GET_XSAVE2 into a buffer of KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, as
         VMMs size it: the kernel writes guest_fpu.uabi_size bytes, the rest stays zero."""
-        self._not_running("KVM_GET_XSAVE2")
+        self._usable("KVM_GET_XSAVE2")
         kvm = self.kvm
         if not kvm.kernel.has("xsave2"):
             raise einval("kvm_arch_vcpu_ioctl", "KVM_GET_XSAVE2 does not exist before 5.17",
@@ -237,27 +285,41 @@ class Vcpu:
     def check_xsave(self, buf: bytes | bytearray | memoryview) -> None:
         """KVM_SET_XSAVE's checks alone: raises the KvmError KVM_SET_XSAVE would, changes
         nothing (what ``kvmfpu validate`` runs)."""
-        kvm = self.kvm
-        data = self._xsave_input(buf)
-        if not kvm.kernel.has("fpu_guest"):
-            uabi.check_xsave_5_15(kvm.hk, data, kvm.caps.supported_xcr0)
-        else:
-            uabi.check_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data, kvm.caps.supported_xcr0,
-                                             *self._user_xfeatures_origin())
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self.closed:
+                raise closed_fd("vCPU")
+            kvm = self.kvm
+            data = self._xsave_input(buf)
+            if not kvm.kernel.has("fpu_guest"):
+                uabi.check_xsave_5_15(kvm.hk, data, kvm.caps.supported_xcr0)
+            else:
+                uabi.check_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data,
+                                                 kvm.caps.supported_xcr0,
+                                                 *self._user_xfeatures_origin())
+        finally:
+            lock.release()
 
     def set_xsave(self, buf: bytes | bytearray | memoryview) -> None:
         """KVM_SET_XSAVE: the kernel reads guest_fpu.uabi_size bytes (4096, more with AMX)."""
-        self._not_running("KVM_SET_XSAVE")
-        kvm = self.kvm
-        data = self._xsave_input(buf)
-        if not kvm.kernel.has("fpu_guest"):
-            pkru = uabi.load_xsave_5_15(kvm.hk, self.gfpu, data, kvm.caps.supported_xcr0)
-        else:
-            pkru = uabi.copy_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data,
-                                                   kvm.caps.supported_xcr0,
-                                                   *self._user_xfeatures_origin())
-        if pkru is not None:
-            self.pkru = pkru
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self.closed or self._running:
+                self._usable("KVM_SET_XSAVE")
+            kvm = self.kvm
+            data = self._xsave_input(buf)
+            if not kvm.kernel.has("fpu_guest"):
+                pkru = uabi.load_xsave_5_15(kvm.hk, self.gfpu, data, kvm.caps.supported_xcr0)
+            else:
+                pkru = uabi.copy_uabi_to_guest_fpstate(kvm.hk, self.gfpu, data,
+                                                       kvm.caps.supported_xcr0,
+                                                       *self._user_xfeatures_origin())
+            if pkru is not None:
+                self.pkru = pkru
+        finally:
+            lock.release()
 
     # -- XCRs ----------------------------------------------------------------------------------
     def _xcr_valid_bits(self) -> tuple[int, str]:
@@ -299,17 +361,19 @@ class Vcpu:
             return f"XCR0 {xcr0:#x}: XTILECFG and XTILEDATA must be set together", "xcr0_amx"
         return None
 
+    @_serialised
     def get_xcrs(self) -> list[tuple[int, int]]:
         """KVM_GET_XCRS: [(xcr index, value)] (empty on a host without XSAVE)."""
-        self._not_running("KVM_GET_XCRS")
+        self._usable("KVM_GET_XCRS")
         if not self.kvm.hk.cfg.has_xsave:
             return []
         return [(0, self.xcr0)]
 
+    @_serialised
     def set_xcrs(self, xcrs: Sequence[tuple[int, int]], *, flags: int = 0,
                  nr_xcrs: int | None = None) -> None:
         """KVM_SET_XCRS (kvm_vcpu_ioctl_x86_set_xcrs)."""
-        self._not_running("KVM_SET_XCRS")
+        self._usable("KVM_SET_XCRS")
         fn = "kvm_vcpu_ioctl_x86_set_xcrs"
         nr = len(xcrs) if nr_xcrs is None else nr_xcrs
         if not self.kvm.hk.cfg.has_xsave:
@@ -327,9 +391,10 @@ class Vcpu:
                 break
 
     # -- CPUID -----------------------------------------------------------------------------------
+    @_serialised
     def set_cpuid2(self, entries: Sequence[CpuidEntry] | GuestCpuid) -> None:
         """KVM_SET_CPUID2 (kvm_set_cpuid, kvm_vcpu_after_set_cpuid)."""
-        self._not_running("KVM_SET_CPUID2")
+        self._usable("KVM_SET_CPUID2")
         kvm = self.kvm
         p = kvm.kernel
         if isinstance(entries, GuestCpuid):
@@ -388,8 +453,11 @@ class Vcpu:
                                user_xfeatures_too=not p.has("user_xfeatures_from_cpuid"),
                                thread=self.thread if self._running else None)
 
+    @_serialised
     def get_cpuid2(self, nent: int = KVM_MAX_CPUID_ENTRIES) -> list[CpuidEntry]:
         """KVM_GET_CPUID2, with KVM's runtime bits (OSXSAVE, XSAVE sizes) applied."""
+        if self.closed:
+            raise closed_fd("vCPU")
         if nent < len(self.cpuid):
             raise KvmError(errno.E2BIG, "kvm_vcpu_ioctl_get_cpuid2",
                            f"nent {nent} < {len(self.cpuid)} entries", commit=cite("cpuid2"))
@@ -545,10 +613,11 @@ class Vcpu:
                 return 0
             raise
 
+    @_serialised
     def get_msrs(self, indices: Iterable[int]) -> list[tuple[int, int]]:
         """KVM_GET_MSRS: the (index, value) pairs read, stopping at the first failure (the
         ioctl returns their count). Why it stopped is in ``last_msr_failure``."""
-        self._not_running("KVM_GET_MSRS")
+        self._usable("KVM_GET_MSRS")
         idx = list(indices)
         if len(idx) >= MAX_IO_MSRS:
             raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(idx)} >= MAX_IO_MSRS (256)",
@@ -563,9 +632,10 @@ class Vcpu:
                 break
         return out
 
+    @_serialised
     def set_msrs(self, entries: Iterable[tuple[int, int]]) -> int:
         """KVM_SET_MSRS: how many entries were written before the first failure."""
-        self._not_running("KVM_SET_MSRS")
+        self._usable("KVM_SET_MSRS")
         pairs = list(entries)
         if len(pairs) >= MAX_IO_MSRS:
             raise KvmError(errno.E2BIG, "msr_io", f"nmsrs {len(pairs)} >= MAX_IO_MSRS (256)",
@@ -580,9 +650,10 @@ class Vcpu:
         return len(pairs)
 
     # -- MP state, INIT, RESET ---------------------------------------------------------------
+    @_serialised
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: runs kvm_apic_accept_events, so a pending INIT is emulated."""
-        self._not_running("KVM_GET_MP_STATE")
+        self._usable("KVM_GET_MP_STATE")
         p = self.kvm.kernel
         # Before 6.18 (and until 8819a49f9ff8 in 6.18-rc6) KVM_GET_MP_STATE loads the guest
         # FPU when MPX is supported, for the INIT path's sake.
@@ -597,8 +668,9 @@ class Vcpu:
                 self._put_guest_fpu(["kvm_arch_vcpu_ioctl_get_mpstate", "kvm_put_guest_fpu"])
         return self.mp_state
 
+    @_serialised
     def set_mp_state(self, state: int) -> None:
-        self._not_running("KVM_SET_MP_STATE")
+        self._usable("KVM_SET_MP_STATE")
         p = self.kvm.kernel
         if p.has("mp_state_validation") and state not in _X86_MP_STATES:
             raise einval("kvm_arch_vcpu_ioctl_set_mpstate",
@@ -614,12 +686,13 @@ class Vcpu:
         else:
             self.mp_state = state
 
+    @_serialised
     def send_init(self) -> None:
         """Latch an INIT (KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and
         smi.latched_init=1); the next KVM_GET_MP_STATE or KVM_RUN emulates it
         (kvm_apic_accept_events). Without an in-kernel LAPIC KVM ignores the latch
         (kvm_vcpu_ioctl_x86_set_vcpu_events), and so does the model."""
-        self._not_running("KVM_SET_VCPU_EVENTS")
+        self._usable("KVM_SET_VCPU_EVENTS")
         if self.vm.irqchip:
             self.pending_init = True
 
@@ -691,12 +764,16 @@ class Vcpu:
                 self._put_guest_fpu(["kvm_put_guest_fpu"])
 
     # -- sregs -------------------------------------------------------------------------------
+    @_serialised
     def get_sregs(self) -> SRegs:
+        if self.closed:
+            raise closed_fd("vCPU")
         return SRegs(**self.sregs.__dict__)
 
-    def set_sregs(self, sregs: SRegs | None = None, **changes: object) -> None:
+    @_serialised
+    def set_sregs(self, /, sregs: SRegs | None = None, **changes: object) -> None:
         """KVM_SET_SREGS for the xstate-relevant bits (CR0.TS, CR4.OSXSAVE, CR4.PKE, CPL)."""
-        self._not_running("KVM_SET_SREGS")
+        self._usable("KVM_SET_SREGS")
         new = SRegs(**(sregs or self.sregs).__dict__)
         for k, v in changes.items():
             if not hasattr(new, k):
@@ -725,11 +802,14 @@ class Vcpu:
             self.mp_state = MP_RUNNABLE
 
     # -- injected host events ----------------------------------------------------------------
+    @_serialised
     def inject(self, point: str, event: str | Callable[[], None]) -> None:
         """Run a host event at the next ``point`` of KVM_RUN: "irq_window" (after a VM exit,
         IRQs enabled, before the exit handler) or "entry" (before the next VM entry).
         Events: "kernel_fpu_begin" (an interrupt that uses the FPU), "preempt" (a context
         switch away and back), or any callable."""
+        if self.closed:
+            raise closed_fd("vCPU")
         if point not in ("irq_window", "entry"):
             raise ValueError(f"unknown injection point {point!r}")
         if isinstance(event, str):
@@ -757,25 +837,31 @@ class Vcpu:
         """One KVM_RUN: ``with vcpu.guest() as g: g.xsetbv(0, v); g.wrmsr(...); ...``.
 
         The guest FPU is loaded on entry (kvm_load_guest_fpu) and put back on exit; host
-        faults (seed 003's #NM) surface as HostOops."""
-        self._not_running("KVM_RUN")
-        kvm = self.kvm
-        g = Guest(self)
-        self._accept_events()
-        self.has_run = True
-        self.at_reset_vector = False
-        with kvm.hk.running(self.thread):
-            self._load_guest_fpu(["kvm_arch_vcpu_ioctl_run", "kvm_load_guest_fpu"])
-            self._running = True
-            try:
-                yield g
-                g._leave()
-            finally:
-                self._running = False
-                if g.in_guest:
-                    g._vmexit()
-                if self.thread.fpstate is self.gfpu.fpstate:
-                    self._put_guest_fpu(["kvm_arch_vcpu_ioctl_run", "kvm_put_guest_fpu"])
+        faults (seed 003's #NM) surface as HostOops. The block holds the core's lock (KVM_RUN
+        holds vcpu->mutex): other threads' ioctls wait until it ends."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._usable("KVM_RUN")
+            kvm = self.kvm
+            g = Guest(self)
+            self._accept_events()
+            self.has_run = True
+            self.at_reset_vector = False
+            with kvm.hk.running(self.thread):
+                self._load_guest_fpu(["kvm_arch_vcpu_ioctl_run", "kvm_load_guest_fpu"])
+                self._running = True
+                try:
+                    yield g
+                    g._leave()
+                finally:
+                    self._running = False
+                    if g.in_guest:
+                        g._vmexit()
+                    if self.thread.fpstate is self.gfpu.fpstate:
+                        self._put_guest_fpu(["kvm_arch_vcpu_ioctl_run", "kvm_put_guest_fpu"])
+        finally:
+            lock.release()
 
 
 class Guest:
