@@ -204,7 +204,7 @@ class HostDiff:
             parts.append(f"MSRs {len(self.msrs_only_a)} only in {a}, {len(self.msrs_only_b)} only in {b}")
         rest = [k for k in self.identity if k not in ("vendor", "family", "model", "mxcsr_mask")]
         if rest and not parts:
-            parts.append(", ".join(rest) + " only")
+            parts.append("differ only in " + ", ".join(rest))
         return f"{a} vs {b}: " + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -283,6 +283,10 @@ def _geometry(c: Component | None) -> str:
     return f"size {c.size:#x} at {where}{' ' + flags if flags else ''}"
 
 
+#: Identity fields only some descriptions record (a capture, a fingerprint).
+_RECORDED: Final = ("kernel", "microcode")
+
+
 def _identity(m: HostModel) -> dict[str, Any]:
     fam, mod, step = m.signature
     return {
@@ -323,7 +327,10 @@ def diff(a: HostModel, b: HostModel, words: Iterable[Word] = DEFAULT_WORDS) -> H
     """Everything :class:`HostDiff` compares, between hosts ``a`` and ``b``."""
     out = HostDiff(a, b)
     ia, ib = _identity(a), _identity(b)
-    out.identity = {k: (ia[k], ib[k]) for k in ia if ia[k] != ib[k]}
+    # A kernel or microcode one description does not record is unknown, not different.
+    out.identity = {
+        k: (ia[k], ib[k]) for k in ia if ia[k] != ib[k] and not (k in _RECORDED and None in (ia[k], ib[k]))
+    }
     seen: set[tuple[int, int, int]] = set()
     for w in words:
         loc = (w.leaf, w.subleaf, w.reg)
@@ -370,6 +377,10 @@ def _notes(a: HostModel, b: HostModel, d: HostDiff) -> list[str]:
             "one host's own CPUID against a guest's: bits KVM or the VMM hide, or add "
             "(hypervisor, tsc-deadline, ...), count as differences"
         )
+    for key in _RECORDED:
+        unknown = [m.name for m in (a, b) if getattr(m, key) is None]
+        if len(unknown) == 1:
+            notes.append(f"{unknown[0]} records no {key}: not compared")
     notes.append("OSXSAVE and OSPKE mirror CR4, not capabilities: not compared")
     notes.append(
         "rows of feature words compared bit by bit; leaf 0xD through its components "
