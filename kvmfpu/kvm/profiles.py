@@ -395,7 +395,8 @@ PRE_5_15_NOTE: Final = (
     "before 5.15: KVM_GET/SET_XSAVE as 5.15's fill_xsave/load_xsave (the same masks and checks "
     "since 5.2's PKRU handling: XSTATE_BV & (guest_supported_xcr0 | FP | SSE), MXCSR always "
     "checked); KVM_GET_SUPPORTED_CPUID and MSR lists are modelled as 5.15's (features KVM "
-    "gained between this release and 5.15 are not removed)")
+    "gained between this release and 5.15 are not removed), and KVM_SET_CPUID2 applies "
+    "kvm_check_cpuid's virtual-address-width check, which Linux has only from ~5.9")
 
 
 @dataclass(frozen=True)

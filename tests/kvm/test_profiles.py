@@ -119,3 +119,17 @@ def test_distro_profile_describes_itself() -> None:
     d = profile("6.1.0-18-amd64").describe()
     assert (d["name"], d["upstream"], d["distro"]) == ("6.1.0-18-amd64", "6.1.76", "debian")
     assert d["notes"] and d["switches"]["get_masks_guest_xcr0"] is True
+
+
+def test_lts_round_trip_on_every_packaged_host() -> None:
+    """KVM_GET_XSAVE -> KVM_SET_XSAVE -> KVM_GET_XSAVE gives the same 4096 bytes on 5.4 and
+    5.10 (load_xsave writes back what fill_xsave produced) on every packaged host."""
+    from kvmfpu import cpus
+    for host in cpus.names():
+        for version in LTS_EXTRA:
+            kvm = Kvm(host, version)
+            vcpu = kvm.create_vm().create_vcpu()
+            vcpu.set_cpuid2(kvm.get_supported_cpuid())
+            blob = vcpu.get_xsave()
+            vcpu.set_xsave(blob)
+            assert vcpu.get_xsave() == blob, (host, version)

@@ -34,3 +34,21 @@ def test_a_host_without_pku_never_leaks() -> None:
     """Broadwell has no PKU: nothing to leak, whatever the source kernel."""
     r = check("broadwell@5.15.0-91-generic", "broadwell@6.2", "qemu64", advise=False)
     assert r.verdict == COMPATIBLE
+
+
+def test_firecracker_510_to_61_table() -> None:
+    """Firecracker docs/snapshotting/snapshot-support.md: snapshots taken on 5.10 restore on
+    6.1, not the reverse. On the models the reverse loses the deprecated-x87 CPUID bits (7.0
+    EBX[6,13], passed through only from cpuid_deprecated_x87) that the guest saw on 6.1."""
+    fwd = check("icelake-sp@5.10.215-203.850.amzn2.x86_64", "icelake-sp@6.1", "host",
+                vmm="firecracker", advise=False)
+    assert fwd.verdict == COMPATIBLE
+    back = check("icelake-sp@6.1", "icelake-sp@5.10", "host", vmm="firecracker", advise=False)
+    assert back.verdict == INCOMPATIBLE
+    assert any("fdp-excptn-only" in f.text for f in back.findings if f.level == "error")
+
+
+def test_this_machines_uname_is_a_kernel() -> None:
+    """``HOST@$(uname -r)`` on this machine (6.18.44-fc-v857, upstream 6.18.44)."""
+    r = check("zen4@6.18.44-fc-v857", "zen4@6.1.0-18-amd64", "qemu64", advise=False)
+    assert r.verdict == COMPATIBLE
