@@ -145,7 +145,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
                   "KVM_SET_XSAVE rejects features outside guest CPUID (validate_user_xstate_header); "
                   "ended by 8647c52e9504",
       note="no 5.16.y backport: only the AUTOSEL posting (20220301201344.18191-7-sashal@kernel.org) "
-           "was found, and as posted it needs c270ce393dfd (5.17); 6.5.9/6.1.60 UNVERIFIED"),
+           "was found, and as posted it needs c270ce393dfd (5.17); ended in 6.5.9 and 6.1.60 by "
+           "8647c52e9504 (both confirmed, see get_masks_guest_xcr0)"),
     S("xcr0_valid_from_user_xfeatures", "988896bb6182",
       "x86/kvm/fpu: Remove kvm_vcpu_arch.guest_supported_xcr0", (5, 17), until=(6, 0),
       fixed_in=((5, 19, 12),),
@@ -160,7 +161,9 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       "KVM: x86: Constrain guest-supported xfeatures only at KVM_GET_XSAVE{2}", (6, 6),
       backports=((6, 5, 9), (6, 1, 60)),
       description="user_xfeatures stays the host's; KVM_GET_XSAVE{2} masks XSTATE_BV with "
-                  "guest_supported_xcr0 | FP | SSE (with 18164f66e6c5)"),
+                  "guest_supported_xcr0 | FP | SSE (with 18164f66e6c5)",
+      note="6.5.9 confirmed (its 6.5.9-rc1 review, 20231023104833.832874523@linuxfoundation.org); "
+           "6.1.60 confirmed (Debian bookworm's linux changelog: ChangeLog-6.1.60)"),
     S("pkru_always_written_bug", "b15888840207",
       "x86/fpu/xstate: Prevent false-positive warning in __copy_xstate_uabi_buf()", (5, 16),
       until=(6, 3), fixed_in=((6, 1, 22),),
@@ -171,15 +174,20 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       fixed_in=((6, 0, 7),),
       description="bug: KVM_GET_XSAVE2 of an AMX guest whose XSTATE_BV[18]=0 dereferences a NULL "
                   "init address (host oops)",
-      note="UNVERIFIED window: the NULL init address exists only after a401f45e3875 (Exclude "
-           "dynamic states from init_fpstate), merged in the same push as the fix and taken "
-           "with it by 6.0.7; before it (5.17-6.0.6) the copy probably read past the end of "
-           "the static init_fpstate (no oops); modelled as the oops until read in a 6.0 tree"),
+      note="UNVERIFIED window: the NULL init address (__raw_xsave_addr of a feature outside "
+           "init_fpstate's xcomp_bv) exists only after a401f45e3875 (Exclude dynamic states "
+           "from init_fpstate, tip x86/urgent 2022-10-17, 20220824191223.1248-4), which went "
+           "in with the fix and reached 6.0.7 in the same stable batch; before it (5.17-6.0.6) "
+           "init_fpstate claimed the 8 KiB XTILEDATA inside a one-page static buffer, so the "
+           "copy read past its end (an info leak, or a fault where unmapped) rather than "
+           "dereferencing NULL; still modelled as the oops until read in a 6.0 tree"),
     S("xfd_clears_xstate_bv", "b45f72177594",
       "x86/fpu: Clear XSTATE_BV[i] in guest XSAVE state whenever XFD[i]=1", (6, 19),
       backports=((6, 18, 7), (6, 12, 67), (6, 6, 122), (6, 1, 162)),
       description="KVM_SET_XSAVE clears XSTATE_BV bits armed in the guest XFD; "
-                  "fpu_update_guest_xfd clears them in a saved guest state (seed 003)"),
+                  "fpu_update_guest_xfd clears them in a saved guest state (seed 003)",
+      note="6.1.162 confirmed (Debian bookworm's linux changelog: ChangeLog-6.1.162); 6.18.7, "
+           "6.12.67 and 6.6.122 UNVERIFIED"),
     S("xss_keep_on_init", "be4f3b3f8227", "KVM: x86: Keep MSR_IA32_XSS unchanged for INIT",
       (5, 17), backports=((5, 16, 5), (5, 15, 19)),
       description="INIT leaves IA32_XSS alone (before: zeroed on INIT and RESET)",
@@ -207,7 +215,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       description="the kernel stops using XSAVES on Zen 1/2 (erratum 1386): KVM no longer "
                   "offers XSAVES (XSAVEC stays); seed 001; from 29ba89f18952 (6.10) only without "
                   "the microcode fix (zen_erratum_microcode)",
-      note="stable: the 2023-03-15 review batch (4.14.310 ... 6.2.7); the 5.15 stable "
+      note="6.1.20 confirmed (Debian bookworm's linux changelog: ChangeLog-6.1.20); "
+           "stable: the 2023-03-15 review batch (4.14.310 ... 6.2.7); the 5.15 stable "
            "revlist has it after \"Linux 5.15.102\" (released 2023-03-13), so 5.15.103, not "
            "the 5.15.102 the spec gives; 5.10.y/5.4.y revlists carry it too but their release "
            "numbers are not confirmed, so the 5.4/5.10 profiles lack it (UNVERIFIED)"),
@@ -216,14 +225,15 @@ SWITCHES: Final[tuple[Switch, ...]] = (
       backports=((5, 16, 3),),
       description="after KVM_RUN, KVM_SET_CPUID2 succeeds only with identical entries (-EINVAL "
                   "otherwise); 5.15 allows any change",
-      note="5.16.3 from the spec (Corrections), UNVERIFIED here"),
+      note="5.16.3: in the 1039-patch 5.16.3 stable review ([PATCH 5.16 1033/1039], "
+           "20220124184200.012351266@linuxfoundation.org, 2022-01-24)"),
     S("set_cpuid_after_run_forbidden", "feb627e8d6f6",
       "KVM: x86: Forbid KVM_SET_CPUID{,2} after KVM_RUN", (5, 16), until=(5, 17),
       fixed_in=((5, 16, 3),),
       description="bug-like window: 5.16 refused any KVM_SET_CPUID2 after KVM_RUN (QEMU CPU "
                   "hotplug broke); c6617c61e8fe relaxed it to identical entries",
-      note="the window ends at 5.16.3, where c6617c61e8fe arrived (spec, Corrections; "
-           "UNVERIFIED here)"),
+      note="the window ends at 5.16.3, where c6617c61e8fe arrived (its 5.16.3 stable review, "
+           "20220124184200.012351266@linuxfoundation.org)"),
     S("filter_xtilecfg_without_perm", "55cd57b596e8",
       "KVM: x86: Filter out XTILE_CFG if XTILE_DATA isn't permitted", (6, 4),
       description="KVM_GET_SUPPORTED_CPUID and KVM_CAP_XSAVE2 drop XTILE_CFG without permission"),
@@ -242,7 +252,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
                   "(erratum_1386_microcode[]: 17h model 0x01 stepping 2 >= 0x0800126e, model 0x31 "
                   "stepping 0 >= 0x08301052)",
       note="B. Petkov 2024-03-24, in the x86/cpu pull for v6.10 (ZkHBjIwLlEkVD2Vu@gmail.com); "
-           "stable backports not confirmed (Proxmox cherry-picked it into 6.5, pve-kernel "
+           "not in 6.1.y up to 6.1.187 (absent from Debian's bookworm changelog); other stable "
+           "backports not confirmed (Proxmox cherry-picked it into 6.5, pve-kernel "
            "f2f95ef); kvmfpu.linux.config does not yet read the host's microcode revision "
            "(ERRATUM_1386_MICROCODE)"),
     S("pve_set_xsave_mask_pkru", "pve-kernel 1559d22",

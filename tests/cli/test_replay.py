@@ -107,7 +107,7 @@ def test_kernels_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "b45f72177594" in out and "CVE-2022-49557" in out
     # Unconfirmed stable numbers stay marked (issue 16).
     assert "5.17.2 from the spec, UNVERIFIED" in out
-    assert "6.5.9/6.1.60 UNVERIFIED" in out
+    assert "6.6.122 UNVERIFIED" in out and "6.1.60 confirmed" in out
 
 
 def test_kernels_takes_distro_strings_with_their_notes(capsys: pytest.CaptureFixture[str]) -> None:
