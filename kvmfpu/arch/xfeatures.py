@@ -164,7 +164,10 @@ def name_of(bit: int) -> str:
 
 
 def bits(mask: int) -> list[int]:
-    """The set bit numbers of a 64-bit mask, lowest first."""
+    """The set bit numbers of a 64-bit mask, lowest first. A negative mask (an int64 field
+    holding -1) is its 64-bit two's complement: Python's -1 has no highest bit to stop at."""
+    if mask < 0:
+        mask &= (1 << 64) - 1
     out = []
     while mask:
         low = mask & -mask

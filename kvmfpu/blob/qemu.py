@@ -32,12 +32,35 @@ EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIGURATION, COMMAND, FOOTER
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x7E)
 RAM_ZERO, RAM_MEM_SIZE, RAM_PAGE, RAM_EOS, RAM_CONTINUE = 0x02, 0x04, 0x08, 0x10, 0x20
 RAM_UNSUPPORTED: Final = 0x40 | 0x100 | 0x200      # XBZRLE, COMPRESS_PAGE, MULTIFD
+U64: Final = (1 << 64) - 1
+#: The stream's bytes for each integer type: QEMU's VMStateInfo get functions read fixed
+#: widths whatever the field's size (migration/vmstate-types.c: get_uint64 is qemu_get_be64).
+INT_WIDTHS: Final = {"uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "int8": 1, "int16": 2,
+                     "int32": 4, "int64": 8, "bool": 1, "be16": 2, "be32": 4, "be64": 8}
+#: The RAM section's flags sit in the low bits of each page address (up to
+#: RAM_SAVE_FLAG_MULTIFD_FLUSH 0x200, migration/ram.c), so a page is at least 1 KiB; 64 KiB
+#: bounds QEMU's target pages (kvmfpu reads x86 streams: 4 KiB). The upper bound is kvmfpu's.
+PAGE_SIZES: Final = tuple(1 << b for b in range(10, 17))
+#: Field values decoded per stream byte: zero-size fields cost no bytes, so an ``array_len``
+#: of 1e12 on one would run for hours; a real stream decodes far fewer values than bytes.
+WORK_PER_BYTE: Final = 1
+WORK_SLACK: Final = 1 << 16
 
 
 class _Reader:
     def __init__(self, data: bytes):
         self.data = data
         self.pos = 0
+        self.work = 0
+        self.budget = WORK_PER_BYTE * len(data) + WORK_SLACK
+
+    def spend(self, n: int) -> None:
+        """Count ``n`` field values decoded against the stream's budget."""
+        self.work += n
+        if self.work > self.budget:
+            raise InputError(f"QEMU stream: the VM description asks for more than "
+                             f"{self.budget} field values from a {len(self.data)}-byte "
+                             "stream (array_len on empty fields?)")
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -67,13 +90,27 @@ def _vmdesc(data: bytes) -> dict[str, Any]:
         desc: dict[str, Any] = json.loads(data[at:])
     except ValueError as exc:
         raise InputError(f"QEMU stream: unreadable VM description: {exc}") from None
+    except RecursionError:
+        raise InputError("QEMU stream: the VM description is nested too deeply") from None
     return desc
+
+
+def _count(r: _Reader, f: dict[str, Any], key: str, default: int) -> int:
+    """A non-negative integer from the description, at most the stream's length (no field
+    or array in it can be larger)."""
+    value = f.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(r.data):
+        raise InputError(f"QEMU stream: field {str(f.get('name'))[:40]!r} has {key} "
+                         f"{str(value)[:40]}: not a count this {len(r.data)}-byte stream holds")
+    return value
 
 
 def _fields(r: _Reader, fields: list[dict[str, Any]], out: dict[str, Any]) -> None:
     for f in fields:
         count = f.get("array_len")
-        values = [_one(r, f) for _ in range(count if count is not None else 1)]
+        n = _count(r, f, "array_len", 1) if count is not None else 1
+        r.spend(n)
+        values = [_one(r, f) for _ in range(n)]
         out[f["name"]] = values if count is not None else values[0]
 
 
@@ -87,9 +124,11 @@ def _one(r: _Reader, f: dict[str, Any]) -> Any:
         inner = {}
         _fields(r, f.get("fields", []), inner)
         return inner
-    size = int(f.get("size", 0))
-    if kind in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-                "bool", "be16", "be32", "be64"):
+    size = _count(r, f, "size", 0)
+    if isinstance(kind, str) and kind in INT_WIDTHS:
+        if size != INT_WIDTHS[kind]:
+            raise InputError(f"QEMU stream: field {str(f.get('name'))[:40]!r} of type {kind} "
+                             f"has size {size}; QEMU reads {INT_WIDTHS[kind]} bytes for it")
         return int.from_bytes(r.take(size), "big", signed=kind.startswith("int"))
     return r.take(size)
 
@@ -174,8 +213,17 @@ class CpuState:
         return walk(self.fields) or []
 
     def int(self, *names: str, default: int = 0) -> int:
+        """The field as an unsigned 64-bit value (an int64 field holding -1 is 2**64-1)."""
         v = self.find(*names)
-        return int(v) if isinstance(v, int) else default
+        return int(v) & U64 if isinstance(v, int) else default
+
+
+def _u64(value: Any) -> int:
+    """A register word from a field: an integer, taken as unsigned 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"QEMU stream: a register field holds {type(value).__name__}, not an "
+                         "integer")
+    return value & U64
 
 
 def _header(data: bytes) -> None:
@@ -190,7 +238,10 @@ def parse(data: bytes) -> list[CpuState]:
     """The ``cpu`` sections of a stream, by instance."""
     _header(data)
     desc = _vmdesc(data)
-    page_size = int(desc.get("page_size", 4096))
+    page_size = desc.get("page_size", 4096)
+    if isinstance(page_size, bool) or page_size not in PAGE_SIZES:
+        raise InputError(f"QEMU stream: page_size {str(page_size)[:40]} is not a power of two "
+                         f"from {PAGE_SIZES[0]} to {PAGE_SIZES[-1]}")
     devices = {(d["name"], d.get("instance_id", 0)): d for d in desc.get("devices", [])}
     r = _Reader(data)
     r.pos = 8
@@ -258,20 +309,23 @@ def env_of(cpu: CpuState) -> QemuEnv:
                   xfd_err=cpu.int("msr_xfd_err", "xfd_err"), pkru=cpu.int("pkru"),
                   bndcfgu=cpu.int("bndcs_regs.cfgu"), bndstatus=cpu.int("bndcs_regs.sts"))
     regs = cpu.find("fpregs") or []
-    env.fpregs = [(int(r.get("tmp", r).get("tmp_mant", 0)), int(r.get("tmp", r).get("tmp_exp", 0)))
+    # Every word masked to its register's width: a field declared int64 may hold -1, and
+    # none may reach past its register into the next (the stream is input).
+    env.fpregs = [(_u64(r.get("tmp", r).get("tmp_mant", 0)),
+                   _u64(r.get("tmp", r).get("tmp_exp", 0)) & 0xFFFF)
                   for r in regs[:8]] + [(0, 0)] * (8 - min(len(regs), 8))
     zmm = [0] * 32
     for i, r in enumerate(cpu.vectors("xmm_reg")[:16]):
-        zmm[i] |= int(r[f"{q}[1]"]) << 64 | int(r[f"{q}[0]"])
+        zmm[i] |= _u64(r[f"{q}[1]"]) << 64 | _u64(r[f"{q}[0]"])
     for i, r in enumerate(cpu.vectors("ymmh_reg")[:16]):
-        zmm[i] |= (int(r[f"{q}[3]"]) << 64 | int(r[f"{q}[2]"])) << 128
+        zmm[i] |= (_u64(r[f"{q}[3]"]) << 64 | _u64(r[f"{q}[2]"])) << 128
     for i, r in enumerate(cpu.vectors("zmmh_reg")[:16]):
-        zmm[i] |= sum(int(r[f"{q}[{j}]"]) << 64 * (j - 4) for j in range(4, 8)) << 256
+        zmm[i] |= sum(_u64(r[f"{q}[{j}]"]) << 64 * (j - 4) for j in range(4, 8)) << 256
     for i, r in enumerate(cpu.vectors("hi16_zmm_reg")[:16]):
-        zmm[16 + i] = sum(int(r[f"{q}[{j}]"]) << 64 * j for j in range(8))
+        zmm[16 + i] = sum(_u64(r[f"{q}[{j}]"]) << 64 * j for j in range(8))
     env.zmm = zmm
-    env.opmask = ([int(k) for k in cpu.find("opmask_regs") or []] + [0] * 8)[:8]
-    env.bnd = ([(int(b.get("lb", 0)), int(b.get("ub", 0))) for b in cpu.find("bnd_regs") or []]
+    env.opmask = ([_u64(k) for k in cpu.find("opmask_regs") or []] + [0] * 8)[:8]
+    env.bnd = ([(_u64(b.get("lb", 0)), _u64(b.get("ub", 0))) for b in cpu.find("bnd_regs") or []]
                + [(0, 0)] * 4)[:4]
     for name in ("xtilecfg", "xtiledata"):
         value = cpu.find(name)
@@ -320,7 +374,7 @@ def captures(data: bytes) -> list[Capture]:
     try:
         return _captures(data)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError,
-            struct.error) as exc:
+            OverflowError, struct.error) as exc:
         if isinstance(exc, InputError):
             raise
         # The JSON description is part of the input: any shape can arrive.

@@ -37,13 +37,12 @@ def load(args: argparse.Namespace) -> list[Any]:
 
     from kvmfpu.blob.errors import InputError
     from kvmfpu.blob.load import load as load_blob
+    from kvmfpu.blob.sources import read_stream
 
     try:
         source: str | bytes = args.file
-        if args.file == "-":
-            source = sys.stdin.buffer.read(args.max_size + 1)
-            if len(source) > args.max_size:
-                raise InputError(f"standard input exceeds the {args.max_size}-byte limit")
+        if args.file == "-":   # read in chunks: a large --max-size allocates nothing
+            source = read_stream(sys.stdin.buffer, args.max_size, "standard input")
         return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd)
     except InputError as exc:
         raise UsageError(str(exc)) from None

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-from kvmfpu.cli.common import UsageError, input_options
+from kvmfpu.cli.common import STDOUT, UsageError, input_options, write_output
 
 
 def add_parser(sub: Any) -> None:
@@ -46,7 +47,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("file")
     c.add_argument("--from", dest="src", required=True, help="the host the buffer comes from")
     c.add_argument("--to", dest="dst", required=True, help="the host to lay it out for")
-    c.add_argument("-o", "--output", required=True, help="where to write the new buffer")
+    c.add_argument("-o", "--output", required=True,
+                   help="where to write the new buffer, atomically ('-': standard output)")
     input_options(c)
     c.set_defaults(func=cmd_convert)
 
@@ -142,7 +144,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from kvmfpu.blob.convert import ConversionError, convert
     from kvmfpu.blob.errors import InputError
-    if os.path.exists(args.output) and os.path.exists(args.file) \
+    if args.output != STDOUT and os.path.exists(args.output) and os.path.exists(args.file) \
             and os.path.samefile(args.file, args.output):
         raise UsageError(f"{args.output} is the input: write the converted buffer elsewhere")
     caps = _captures(args.file, args.format, args.max_size)
@@ -152,12 +154,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         out, notes = convert(caps[0].data, args.src, args.dst)
     except (ConversionError, InputError) as exc:
         raise UsageError(str(exc)) from None
-    try:
-        with open(args.output, "wb") as f:
-            f.write(out)
-    except OSError as exc:
-        raise UsageError(f"{args.output}: {exc.strerror}") from None
-    print(f"wrote {len(out)} bytes for {args.dst} to {args.output}")
+    write_output(args.output, out)
+    # With the buffer on standard output, what would be said about it goes to stderr.
+    say = sys.stderr if args.output == STDOUT else sys.stdout
+    print(f"wrote {len(out)} bytes for {args.dst} to "
+          f"{'standard output' if args.output == STDOUT else args.output}", file=say)
     for n in notes:
-        print(f"  note: {n}")
+        print(f"  note: {n}", file=say)
     return 0

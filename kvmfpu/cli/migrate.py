@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
@@ -124,13 +122,12 @@ def _short(text: str) -> str:
 def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmfpu import cpus
     from kvmfpu.blob.errors import InputError
+    from kvmfpu.cli.common import STDOUT, check_output
     from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.migrate.matrix import compute, to_csv
     from kvmfpu.migrate.report_html import render
     from kvmfpu.qemu.models import UnknownModel
-    for target in [args.html, args.csv]:
-        if target and Path(target).is_dir():
-            raise UsageError(f"{target}: is a directory")
+    check_output(args.html, args.csv)
     try:
         m = compute(args.guest, args.hosts, args.kernels, vmm=args.vmm)
     except (InputError, UnknownKernel, UnknownModel, cpus.UnknownHost) as exc:
@@ -139,21 +136,18 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.csv:
         _write(args.csv, to_csv(m))
     c = m.counts()
+    say = sys.stderr if STDOUT in (args.html, args.csv) else sys.stdout   # the page is on stdout
     print(f"{m.count} verdicts in {m.seconds:.2f} s ({m.count / max(m.seconds, 1e-9):,.0f}/s): "
           f"{c['compatible']} compatible, {c['compatible with conditions']} with conditions, "
           f"{c['incompatible']} incompatible; wrote {args.html}"
-          + (f" and {args.csv}" if args.csv else ""))
+          + (f" and {args.csv}" if args.csv else ""), file=say)
     return 0
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        Path(tmp).write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    """Atomically, never through a planted symlink, never over a device (common.write_output)."""
+    from kvmfpu.cli.common import write_output
+    write_output(path, text)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -70,6 +70,8 @@ def load(name_or_path: str | os.PathLike[str] | HostModel) -> HostModel:
             "not 'this' and no such file")
     if path.is_dir():
         raise UnknownHost(f"{text}: is a directory, not a CPUID dump")
+    if not path.is_file():  # a FIFO would block the open below
+        raise UnknownHost(f"{text}: not a regular file (a FIFO, device or socket)")
     try:
         size = path.stat().st_size
         if size > MAX_DUMP_BYTES:

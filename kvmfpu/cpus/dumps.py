@@ -35,6 +35,13 @@ FORMAT = "kvmfpu-host/1"
 MAX_DUMP_BYTES = 4 << 20
 #: __NEW_UTS_LEN (include/uapi/linux/utsname.h): `uname -r` is at most 64 characters.
 MAX_RELEASE_CHARS = 64
+#: The largest XSAVE area (and component end) a dump may declare: 1 MiB, ~90 times the
+#: largest real one (Sapphire Rapids with AMX, 0x2b00 bytes in leaf 0xD.0 ECX). The bound is
+#: kvmfpu's, not the SDM's (a 32-bit size): a dump declaring gigabytes made the model
+#: allocate them (12 GB RSS for one `validate`).
+MAX_XSAVE_BYTES = 1 << 20
+#: CPUID.1:ECX bit 26, XSAVE (Intel SDM Vol. 2A, CPUID, table 3-10).
+XSAVE_BIT = 1 << 26
 
 #: Whose CPUID a dump holds. "host": the processor as the host kernel sees it (cpuid -r,
 #: libvirt cputestdata, a capture); "firecracker-guest": a Firecracker guest's CPUID on that
@@ -149,8 +156,54 @@ def parse_libvirt_xml(text: str) -> CpuidTable:
     return table
 
 
+def check_table(table: Mapping[CpuidKey, CpuidRegs]) -> None:
+    """DumpError for a table no processor reports, where the model would misbehave on it:
+    XSAVE without leaf 0xD or without x87 in it, a component at XCR0/IA32_XSS bit 63, or
+    XSAVE sizes and offsets past MAX_XSAVE_BYTES."""
+    for (leaf, sub), regs in table.items():
+        if not (0 <= leaf < 1 << 32 and 0 <= sub < 1 << 32
+                and all(0 <= r < 1 << 32 for r in regs)):
+            raise DumpError(f"CPUID {leaf:#x}.{sub:#x}: a value wider than 32 bits"[:120])
+    if not table.get((1, 0), (0, 0, 0, 0))[2] & XSAVE_BIT:
+        return
+    if (0xD, 0) not in table:
+        raise DumpError("CPUID.1:ECX.XSAVE is set but there is no leaf 0xD (subleaf 0) "
+                        "saying which state components and sizes")
+    eax0, ebx0, ecx0, edx0 = table[(0xD, 0)]
+    _, ebx1, ecx1, edx1 = table.get((0xD, 1), (0, 0, 0, 0))
+    if not eax0 & 1:
+        # SDM Vol. 1 13.3: XCR0 bit 0 (x87) is always 1; XSETBV faults without it.
+        raise DumpError("CPUID.(EAX=0DH,ECX=0):EAX bit 0 (x87) is clear: XCR0 cannot be set")
+    if edx0 >> 31 or edx1 >> 31:
+        # SDM Vol. 1 13.3: XCR0 bit 63 is reserved for future expansion and no state
+        # component; in XCOMP_BV it means the compacted format (13.4.3), so none is there.
+        raise DumpError("CPUID leaf 0xD reports state component 63 (XCR0/IA32_XSS bit 63 is "
+                        "reserved: no processor has it)")
+    for what, value in (("0xD.0 EBX", ebx0), ("0xD.0 ECX", ecx0), ("0xD.1 EBX", ebx1)):
+        if value > MAX_XSAVE_BYTES:
+            raise DumpError(f"CPUID {what} declares a {value:#x}-byte XSAVE area (kvmfpu "
+                            f"takes up to {MAX_XSAVE_BYTES:#x})")
+    supported = eax0 | edx0 << 32 | ecx1 | edx1 << 32
+    for bit in range(2, 63):
+        if supported >> bit & 1 and (0xD, bit) in table:
+            size, offset = table[(0xD, bit)][:2]
+            if size + offset > MAX_XSAVE_BYTES:
+                raise DumpError(f"CPUID 0xD.{bit}: component {bit} declares {size:#x} bytes at "
+                                f"{offset:#x} (kvmfpu takes XSAVE areas up to "
+                                f"{MAX_XSAVE_BYTES:#x} bytes)")
+
+
+def _checked(dump: Dump) -> Dump:
+    check_table(dump.table)
+    return dump
+
+
 def parse_json(text: str) -> Dump:
     """A kvmfpu-host/1 object (or a one-element list of them), or a Firecracker fingerprint."""
+    return _checked(_parse_json(text))
+
+
+def _parse_json(text: str) -> Dump:
     data = load_json(text)
     if isinstance(data, list):
         if len(data) != 1:
@@ -170,6 +223,9 @@ def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise DumpError(f"{key!r} must be a string")
+    if value is not None and not value.isprintable():
+        # A newline in a name would start a forged line in every report that shows it.
+        raise DumpError(f"{key!r} holds control characters: {value[:60]!r}")
     return value
 
 
@@ -224,8 +280,8 @@ def parse_text(text: str) -> Dump:
     if head.startswith(("{", "[")):
         return parse_json(text)
     if head.startswith("<"):
-        return Dump(parse_libvirt_xml(text), source={"kind": "libvirt-xml"})
-    return Dump(parse_cpuid_r(text), source={"kind": "cpuid -r"})
+        return _checked(Dump(parse_libvirt_xml(text), source={"kind": "libvirt-xml"}))
+    return _checked(Dump(parse_cpuid_r(text), source={"kind": "cpuid -r"}))
 
 
 def cpuid_rows(table: Mapping[CpuidKey, CpuidRegs]) -> list[list[str]]:

@@ -102,12 +102,22 @@ def _cell(r: Report, ks: str, kd: str) -> Cell:
     return Cell(r.src.host.name, r.dst.host.name, ks, kd, r.verdict, r.reason, shown)
 
 
+#: Cell openings a spreadsheet runs as a formula (OWASP "CSV Injection": = + - @, tab and
+#: carriage return); such a cell gets a leading apostrophe, which spreadsheets hide.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` safe to open in a spreadsheet: host names come from user files."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def to_csv(m: Matrix) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["guest", "vmm", "source", "source_kernel", "destination", "destination_kernel",
                 "verdict", "reason"])
     for c in m.cells.values():
-        w.writerow([m.guest.label, m.vmm, c.src, c.src_kernel, c.dst, c.dst_kernel, c.verdict,
-                    c.reason])
+        w.writerow([csv_cell(v) for v in (m.guest.label, m.vmm, c.src, c.src_kernel, c.dst,
+                                          c.dst_kernel, c.verdict, c.reason)])
     return buf.getvalue()

@@ -2,9 +2,12 @@
 container, choose the layout, decode) and must either decode or raise InputError, which the
 CLI turns into one line and exit 2. Anything else is a bug.
 
-``test_seeded_mutations`` runs 100,000 derandomized inputs (the count the issue asks for);
-the hypothesis test adds shrinking; tools/fuzz_decode.py runs the same target under atheris
-(coverage-guided) for longer campaigns.
+``test_seeded_mutations`` runs 100,000 derandomized inputs (the count the issue asks for):
+98,000 mutations of real captures and 2,000 drawn from the hostile classes of
+kvmfpu.testing.hostile (nested compression, absurd QEMU descriptions, ELF cores with shared,
+overlapping or overrunning note segments, compressed or not; issue 16), each of which must
+also end within HOSTILE_SECONDS. The hypothesis test adds shrinking; tools/fuzz_decode.py runs
+the same target under atheris (coverage-guided) for longer campaigns.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import lzma
 import random
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,13 @@ from kvmfpu.blob.decode import encode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.load import load
 from kvmfpu.blob.sources import FORMATS
+from kvmfpu.testing import hostile
 
 INPUTS = 100_000
+#: One input in HOSTILE_EVERY is a hostile one (2,000 of the 100,000).
+HOSTILE_EVERY = 50
+#: Seconds a hostile input may take (before issue 16's fixes: minutes, or forever).
+HOSTILE_SECONDS = 5.0
 HOSTS = [None, *cpus.names()]
 INTERESTING = (0, 1, 3, 0x7F, 0x80, 0xFF, 0xFFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 63,
                (1 << 64) - 1, 0x2FF, 0x602E7, 0x8000_0000_0000_00FF)
@@ -126,19 +135,32 @@ def test_seeded_mutations(guest_blob: Any, containers: Any, tmp_path: Path) -> N
     rng = random.Random(20261121)
     raw = [d for _, d in seeds]
     outcomes: Counter[str] = Counter()
+    hostile_rng = random.Random(16)       # its own stream: the mutations stay as they were
+    hostile_outcomes: Counter[tuple[str, str]] = Counter()
+    zen5 = dict(seeds)["raw zen5"]
     for i in range(INPUTS):
         (name, seed), = rng.choices(seeds, weights)
         data = mutate(rng, seed, raw) if rng.random() < 0.97 else rng.randbytes(rng.randrange(6000))
         host = rng.choice(HOSTS) if rng.random() < 0.5 else None
         fmt = rng.choice(FORMATS) if rng.random() < 0.05 else None
+        if i % HOSTILE_EVERY == 0:
+            name, data = hostile.draw(hostile_rng, zen5)
+        t0 = time.perf_counter()
         try:
-            outcomes[one_input(data, host, fmt)] += 1
+            outcome = one_input(data, host, fmt)
+            outcomes[outcome] += 1
+            if i % HOSTILE_EVERY == 0:
+                hostile_outcomes[(name, outcome)] += 1
+                assert time.perf_counter() - t0 < HOSTILE_SECONDS, f"{name} took too long"
         except Exception as exc:
             crash = tmp_path / f"crash-{i}.bin"
             crash.write_bytes(data)
             raise AssertionError(f"input {i} (from {name}, host {host}, format {fmt}; saved in "
                                  f"{crash}): {type(exc).__name__}: {exc}") from exc
     assert sum(outcomes.values()) == INPUTS
+    assert sum(hostile_outcomes.values()) == INPUTS // HOSTILE_EVERY
+    for kind in hostile.CLASSES:          # every class drawn, and mostly refused
+        assert hostile_outcomes[(kind, "refused")] > 300, hostile_outcomes
     # Both paths must be exercised well, or the fuzzer is not testing the decoder.
     assert outcomes["decoded"] > INPUTS // 5 and outcomes["refused"] > INPUTS // 5, outcomes
 
