@@ -205,6 +205,8 @@ def _unserved(kind: str, request: int) -> KvmError:
 
 def system_ioctl(kvm: Kvm, request: int, arg: Any = 0) -> int:
     r = _requests()
+    if kvm.closed:
+        raise closed_fd("/dev/kvm")
     if request not in served("system"):
         raise _unserved("system", request)
     if request == r["KVM_GET_API_VERSION"]:

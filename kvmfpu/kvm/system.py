@@ -15,7 +15,7 @@ from kvmfpu.core import msrs as msr
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm.caps import FLAVORS, KvmCaps, default_flavor, kvm_caps
 from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate_required_size
-from kvmfpu.kvm.errors import KvmError
+from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.profiles import NEWEST, KernelProfile, profile
 from kvmfpu.kvm.vm import DEFAULT_MEMORY, Vm
@@ -120,6 +120,7 @@ class Kvm:
         self.caps: KvmCaps = kvm_caps(self.host, self.kernel, self.hk.cfg, self.flavor)
         self.process = self.hk.new_process()
         self.vms: list[Vm] = []
+        self.closed = False
 
     def _rebind_memory(self, view: memoryview) -> None:
         """The arena moved to a larger mapping (same offsets): the kernel and the emulated
@@ -137,7 +138,12 @@ class Kvm:
 
     # Parity with the real backend's file descriptors (kvmfpu.open_kvm).
     def close(self) -> None:
-        """Nothing to release in the model; here so code can treat both backends alike."""
+        """Close the /dev/kvm fd: raw ioctls on it (``ioctl(fd)``, ``kvm.ioctl``) give EBADF;
+        its VMs and vCPUs keep working, as on the real device (measured here). The methods
+        stay usable: the object also stands for the host and the VMM process."""
+        self.closed = True
+        from kvmfpu.kvm.ioctl import forget
+        forget(self)
 
     def __enter__(self) -> Kvm:
         return self
@@ -288,6 +294,8 @@ class Kvm:
                            commit=cite("device_attr"))
 
     def fileno(self) -> int:
+        if self.closed:
+            raise closed_fd("/dev/kvm")
         from kvmfpu.kvm.ioctl import fileno
         return fileno(self)
 

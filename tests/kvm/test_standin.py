@@ -237,6 +237,35 @@ def test_closed_vcpu_fd_as_the_real_device(real: tuple[int, int, int]) -> None:
     assert _errno_of(lambda: model.ioctl(fd, R["KVM_GET_XSAVE"], bytearray(4096))) == real_closed == "EBADF"
 
 
+def test_closed_dev_kvm_fd_leaves_its_vms_working(real: tuple[int, int, int]) -> None:
+    """Closing /dev/kvm: its fd gives EBADF, a VM made through it still creates vCPUs and
+    their ioctls work (measured on the real device first)."""
+    rkvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    rvm = fcntl.ioctl(rkvm, R["KVM_CREATE_VM"], 0)
+    os.close(rkvm)
+    try:
+        real_closed = _errno_of(lambda: fcntl.ioctl(rkvm, R["KVM_GET_API_VERSION"], 0))
+        rvcpu = fcntl.ioctl(rvm, R["KVM_CREATE_VCPU"], 0)
+        real_after = [
+            fcntl.ioctl(rvm, R["KVM_CHECK_EXTENSION"], uapi.KVM_CAP_XSAVE),
+            fcntl.ioctl(rvcpu, R["KVM_GET_XSAVE"], bytearray(4096)),
+        ]
+        os.close(rvcpu)
+    finally:
+        os.close(rvm)
+    kvm = Kvm("skylake-sp", "6.18")
+    fd = kvm.fileno()
+    vm = kvm.create_vm()
+    kvm.close()
+    assert _errno_of(lambda: model.ioctl(fd, R["KVM_GET_API_VERSION"], 0)) == real_closed == "EBADF"
+    assert _errno_of(lambda: kvm.ioctl(R["KVM_GET_API_VERSION"], 0)) == "EBADF"
+    vcpu = vm.create_vcpu()
+    assert [
+        vm.ioctl(R["KVM_CHECK_EXTENSION"], uapi.KVM_CAP_XSAVE),
+        vcpu.ioctl(R["KVM_GET_XSAVE"], bytearray(4096)),
+    ] == real_after
+
+
 # -- 3. threads --------------------------------------------------------------------------------
 @pytest.fixture
 def fast_switches() -> Iterator[None]:
