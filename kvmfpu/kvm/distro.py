@@ -293,6 +293,12 @@ PVE_PKRU_MASK: Final = "pve_set_xsave_mask_pkru"
 #: proxmox/pve-kernel 6d825fc "backport constraining guest-supported xfeatures only at
 #: KVM_GET_XSAVE{2}" (8647c52e9504), in 6.2.16-19 (f652165, 2023-10-24).
 PVE_GET_MASK_RELEASE: Final = (6, 2, 16, 19)
+#: proxmox/pve-kernel f2f95ef "cherry-pick improved erratum 1386 workaround" (2024-04-15),
+#: first in 6.5.13-6 (d38aa1f); on 6.8 from 1c9271d (first in 6.8.4-3, dcf4e75) until the
+#: rebase on Ubuntu-6.8.0-49 (fcfcd91, 6.8.12-4) dropped Proxmox's copy.
+PVE_ERRATUM_MICROCODE_RELEASE: Final = (6, 5, 13, 6)
+PVE_68_ERRATUM_MICROCODE_RELEASE: Final = (6, 8, 4, 3)
+PVE_68_REBASED: Final = (6, 8, 12, 4)
 
 
 def _proxmox(text: str, m: re.Match[str]) -> DistroKernel:
@@ -314,6 +320,19 @@ def _proxmox(text: str, m: re.Match[str]) -> DistroKernel:
         adds.append("get_masks_guest_xcr0")
         removes.append("user_xfeatures_from_cpuid")
         notes.append("8647c52e9504 backported (proxmox/pve-kernel 6d825fc, 6.2.16-19)")
+    if (v[:2] == (6, 5) and (*v, rel) >= PVE_ERRATUM_MICROCODE_RELEASE) or (
+        v[:2] == (6, 8) and (*v, rel) >= PVE_68_ERRATUM_MICROCODE_RELEASE
+    ):
+        adds.append("zen_erratum_microcode")
+        notes.append(
+            "29ba89f18952 (erratum 1386 gated on microcode) cherry-picked (proxmox/pve-kernel "
+            "f2f95ef in 6.5.13-6, 1c9271d in 6.8.4-3)"
+        )
+        if v[:2] == (6, 8) and (*v, rel) >= PVE_68_REBASED:
+            notes.append(
+                "from 6.8.12-4 Proxmox dropped its copy when rebasing on Ubuntu-6.8.0-49 "
+                "(fcfcd91), presumably because Ubuntu's tree carries it (UNVERIFIED)"
+            )
     if v[:2] != (5, 15):
         notes.append("Ubuntu's and Proxmox's other backports are not modelled")
     return DistroKernel(text, "proxmox", v, tuple(adds), tuple(removes), tuple(notes))

@@ -114,3 +114,15 @@ def test_every_distro_switch_exists() -> None:
     from kvmfpu.kvm.profiles import BY_NAME
     for names in (distro.JAMMY_FPU_BACKPORT, (distro.PVE_PKRU_MASK,)):
         assert set(names) <= set(BY_NAME)
+
+
+@pytest.mark.parametrize("text, has", [("6.5.13-5-pve", False), ("6.5.13-6-pve", True),
+                                       ("6.2.16-20-pve", False), ("6.8.4-2-pve", False),
+                                       ("6.8.4-3-pve", True), ("6.8.12-4-pve", True)])
+def test_proxmox_gates_the_zen_erratum_on_microcode(text: str, has: bool) -> None:
+    """proxmox/pve-kernel f2f95ef / 1c9271d cherry-picked 29ba89f18952 into 6.5 (first in
+    6.5.13-6) and 6.8 (first in 6.8.4-3); the 6.8 copy was dropped at the Ubuntu-6.8.0-49
+    rebase (fcfcd91), which the notes mark UNVERIFIED."""
+    p = profile(text)
+    assert p.has("zen_erratum_microcode") == has
+    assert any("UNVERIFIED" in n and "fcfcd91" in n for n in p.notes) == (text == "6.8.12-4-pve")
