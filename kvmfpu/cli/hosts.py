@@ -9,7 +9,7 @@ from typing import Any
 from kvmfpu import cpus
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import name_of
-from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.common import UsageError, write_output
 from kvmfpu.cpus import capture
 from kvmfpu.cpus.diff import Word, diff
 
@@ -74,7 +74,8 @@ def _capture(args: argparse.Namespace) -> int:
     if args.host:
         raise UsageError("--capture FILE takes no HOST (it captures this machine)")
     try:
-        m = capture.write_capture(args.capture, args.name)
+        m = capture.write_capture(args.capture, args.name,
+                                  lambda p, t: write_output(p, t, stdout=False))
     except OSError as exc:
         raise UsageError(f"{args.capture}: cannot write: {exc.strerror or exc}") from None
     if args.json:

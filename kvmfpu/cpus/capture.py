@@ -15,6 +15,7 @@ import errno
 import os
 import platform
 import secrets
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         os.close(dfd)
 
 
-def write_capture(path: str | os.PathLike[str], name: str | None = None) -> HostModel:
+def write_capture(path: str | os.PathLike[str], name: str | None = None,
+                  write: Callable[[str, str], None] | None = None) -> HostModel:
     """Capture this machine and write it to ``path`` as kvmfpu-host/1 JSON; the model written.
 
     ``name`` defaults to the file's stem, the name :func:`kvmfpu.cpus.load` gives a dump file.
@@ -149,5 +151,7 @@ def write_capture(path: str | os.PathLike[str], name: str | None = None) -> Host
         kernel=dump.kernel,
         microcode=dump.microcode,
     )
-    write_atomic(path, to_json(out))
+    # The CLI passes its one output writer (kvmfpu.cli.common.write_output), which also
+    # refuses devices and FIFOs.
+    (write or write_atomic)(os.fspath(path), to_json(out))
     return _model(out)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.cpus.model import HostModel
-from kvmfpu.kvm.profiles import KernelProfile
+from kvmfpu.kvm.profiles import KernelProfile, erratum_1386_fixed_by_microcode
 
 # What the kernel knows, by component.
 _BASE_USER = xf.FP | xf.SSE | xf.YMM | xf.MPX | xf.AVX512
@@ -48,6 +48,11 @@ def fpu_config(host: HostModel, kernel: KernelProfile) -> FpuConfig:
     if not has_xsave:
         return FpuConfig(False, False, False, 0, 0, 0, 0, 0, 0, 0, mask, mask or 0xFFBF, False)
     erratum = kernel.has("zen_xsaves_erratum") and zen_xsaves_erratum_host(host)
+    if erratum and kernel.has("zen_erratum_microcode") and \
+            erratum_1386_fixed_by_microcode(*host.signature, host.microcode):
+        # 29ba89f18952 (6.10): XSAVES stays on a Zen 1/2 whose microcode fixes the erratum
+        # (arch/x86/kernel/cpu/amd.c erratum_1386_microcode[]).
+        erratum = False
     uses_xsaves = host.has("xsaves") and not erratum
     known = _BASE_USER
     if host.has("pku"):

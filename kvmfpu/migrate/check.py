@@ -55,7 +55,7 @@ from kvmfpu.migrate.vmm import (
     unknown_subsections,
     vmm_of,
 )
-from kvmfpu.qemu import guest_cpuid, models
+from kvmfpu.qemu import guest_cpuid, host_cpu, models
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
 from kvmfpu.qemu.models import GuestModel, UnknownModel, resolve
@@ -67,16 +67,20 @@ STATE_MSRS: Final = (msr.IA32_XSS, msr.IA32_XFD, msr.IA32_XFD_ERR, msr.IA32_U_CE
 
 
 def endpoint(text: str | Endpoint, default_kernel: str = NEWEST) -> Endpoint:
-    """``HOST[@KERNEL]``: a packaged host model or a dump file, and a kernel release."""
+    """``HOST[@KERNEL]``: a packaged host model or a dump file, and a kernel release. Without
+    ``@KERNEL``: the host description's own kernel (a Firecracker fingerprint's, this
+    machine's), else ``default_kernel``."""
     if isinstance(text, Endpoint):
         return text
-    host, kernel = text, default_kernel
+    host, kernel = text, None
     if "@" in text and not Path(text).exists():
         host, kernel = text.rsplit("@", 1)
     if not host:
         raise InputError(f"{text!r}: no host before '@'")
+    model = cpus.load(host)
+    kernel = kernel or model.kernel or default_kernel
     profile(kernel)                           # UnknownKernel (ValueError) for bad input
-    return Endpoint(cpus.load(host), kernel)
+    return Endpoint(model, kernel)
 
 
 @dataclass
@@ -94,7 +98,7 @@ class SourceRun:
     source_lost: set[str] = field(default_factory=set)
     truth: dict[int, int] = field(default_factory=dict)   # guest MSR values, read by the host
     ctx: workload.GuestContext | None = None
-    #: The QEMU feature names the source's KVM_GET_SUPPORTED_CPUID reports.
+    #: The QEMU feature names the source's KVM offers (host_cpu.supported_features).
     supported: frozenset[str] = frozenset()
     #: The source's KVM_GET_MSR_INDEX_LIST (the whole list, for snapshot VMMs' MSRs).
     msr_list: tuple[int, ...] = ()
@@ -123,7 +127,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     kvm = _kvm(src)
     cpu = guest_cpuid.build(kvm, guest, ask_perm=vmm.asks_amx_perm)
     run = SourceRun(src, guest, vmm, cpu, [],
-                    supported=guest_cpuid.features_in(kvm.get_supported_cpuid()),
+                    supported=host_cpu.supported_features(kvm),
                     msr_list=tuple(kvm.msr_index_list_all()))
     who = "QEMU" if vmm.by_field else "the VMM"
     if cpu.filtered and getattr(guest, "enforce", False) and vmm.by_field:
@@ -211,9 +215,11 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
                 findings.append(Finding.of("info", "destination", "ARCH_REQ_XCOMP_GUEST_PERM "
                                            "failed", exc))
         # The saved CPUID goes back verbatim: what the guest sees and the destination's KVM
-        # cannot provide (bits the source's KVM really offered; runtime bits aside).
+        # cannot provide (bits the source's KVM really offered; runtime bits aside). Both
+        # sides as a VMM sees them: KVM's table plus the bits a VMM sets itself whatever KVM
+        # reports (hypervisor, tsc-deadline with the in-kernel LAPIC: host_cpu.FIXUPS).
         seen = guest_cpuid.features_in(saved.cpuid) & run.supported
-        lost = seen - guest_cpuid.features_in(kvm.get_supported_cpuid())
+        lost = seen - host_cpu.supported_features(kvm)
         if lost:
             findings.append(guest_cpu.lost_features(lost, run.guest, vmm, kvm, "the destination"))
         return list(saved.cpuid)
@@ -284,7 +290,12 @@ def _scope(run: SourceRun, vmm: Vmm, report: Report) -> Scope:
         len(guest_cpuid.features_in(saved.cpuid) & run.supported)
     restore = run.ctx.restore.upper() if run.ctx is not None else None
     others = len(set(vmm_msrs.saved_msrs(run.vmm, run.msr_list)) - set(STATE_MSRS))
-    return guest_cpu.scope(vmm, compared, msr_names, restore, vmm.by_field, others)
+    scope = guest_cpu.scope(vmm, compared, msr_names, restore, vmm.by_field, others)
+    # What each kernel profile assumes (a distro kernel's unknown backports, an LTS modelled
+    # on 5.15's KVM tables) bounds the verdict too.
+    for e in (run.endpoint, report.dst):
+        scope.not_checked += [f"{e.label}: {n}" for n in profile(e.kernel).notes]
+    return scope
 
 
 def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,

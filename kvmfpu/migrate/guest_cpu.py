@@ -42,6 +42,9 @@ def why_missing(feature: str, kvm: Kvm) -> str:
     host = kvm.host
     bit = FEATURES.get(feature)
     if bit is not None and not host.cpuid(bit.leaf, bit.subleaf)[bit.reg] >> bit.bit & 1:
+        if host.cpuid_view != "host":
+            return (f"the destination's guest CPUID ({host.name}, a Firecracker fingerprint) does "
+                    "not have it: that kernel's KVM or Firecracker hid it, or the CPU lacks it")
         return f"the destination CPU ({host.name}) does not have it (its CPUID, as dumped)"
     if feature == "xsaves" and kvm.hk.cfg.zen_erratum_applied:
         sw = BY_NAME["zen_xsaves_erratum"]

@@ -152,3 +152,22 @@ def test_every_report_states_its_scope() -> None:
     assert any(c.startswith("guest CPUID:") for c in checked)
     assert any("TSC frequency" in n for n in not_checked)
     assert r.to_json()["scope"]["not_checked"] == not_checked
+
+
+def test_a_distro_kernels_assumptions_are_in_the_scope() -> None:
+    """A kernel string kvmfpu maps to its upstream base says what it could not establish."""
+    r = check("skylake-sp@6.18.44-fc-v857", "skylake-sp@6.6", "Skylake-Server-v5", advise=False)
+    assert any(n.startswith("skylake-sp@6.18.44-fc-v857: ") for n in r.scope.not_checked)
+
+
+def test_zen2_microcode_with_the_fix_keeps_xsaves_from_6_10() -> None:
+    """29ba89f18952 (6.10): erratum 1386 applies only below erratum_1386_microcode[]'s
+    revision (0x08301052 for family 17h model 31h stepping 0)."""
+    from kvmfpu import cpus
+    from kvmfpu.kvm.system import Kvm
+
+    zen2 = cpus.load("zen2")
+    fixed = cpus.HostModel(zen2.table, name="zen2-fixed-ucode", microcode="0x8301055")
+    assert not Kvm(fixed, "6.12").hk.cfg.zen_erratum_applied
+    assert Kvm(fixed, "6.6").hk.cfg.zen_erratum_applied          # before 29ba89f18952
+    assert Kvm(zen2, "6.12").hk.cfg.zen_erratum_applied          # revision unknown: applied

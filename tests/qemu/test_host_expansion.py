@@ -609,6 +609,9 @@ def test_tool_reads_libvirt_files(tmp_path: Path) -> None:
         " edx='0x49656e69'/>\n"
         "  <cpuid eax_in='0x00000001' ecx_in='0x00' eax='0x000306c3' ebx='0x00100800' ecx='0x7ffafbff'"
         " edx='0xbfebfbff'/>\n"
+        # a CPU with XSAVE has leaf 0xD (the host-dump check refuses one without it)
+        "  <cpuid eax_in='0x0000000d' ecx_in='0x00' eax='0x00000007' ebx='0x00000340' ecx='0x00000340'"
+        " edx='0x00000000'/>\n"
         "  <msr index='0x10a' edx='0x00000000' eax='0x0000000c'/>\n</cpudata>\n"
     )
     Path(f"{base}.json").write_text(
