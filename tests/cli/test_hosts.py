@@ -102,12 +102,19 @@ def test_capture_writes_a_file_that_loads(tmp_path: Path, capsys: pytest.Capture
 
 
 @needs_probe
-def test_capture_refuses_a_planted_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    victim = tmp_path / "victim"
-    victim.write_text("keep")
-    (tmp_path / "out.json").symlink_to(victim)
-    rc, _, err = _run(capsys, "cpus", "--capture", str(tmp_path / "out.json"))
-    assert rc == 2 and "is a symbolic link" in err and victim.read_text() == "keep"
+def test_capture_writes_through_the_one_output_writer(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--capture uses kvmfpu.cli.common.write_output: a device is refused, and the user's own
+    symlink is followed as a shell redirection would (another user's planted symlink is
+    refused: tests/cli/test_atomic.py)."""
+    rc, _, err = _run(capsys, "cpus", "--capture", "/dev/full")
+    assert rc == 2 and "is a device" in err
+    target = tmp_path / "target.json"
+    target.write_text("old")
+    (tmp_path / "out.json").symlink_to(target)
+    rc, _, _ = _run(capsys, "cpus", "--capture", str(tmp_path / "out.json"))
+    assert rc == 0 and (tmp_path / "out.json").is_symlink()
+    assert '"format": "kvmfpu-host/1"' in target.read_text()
 
 
 def _deep(tmp_path: Path) -> str:
