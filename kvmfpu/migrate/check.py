@@ -56,6 +56,7 @@ from kvmfpu.migrate.vmm import (
     vmm_of,
 )
 from kvmfpu.qemu import guest_cpuid, host_cpu, models
+from kvmfpu.qemu import versions as qemu_versions
 from kvmfpu.qemu.env import xrstor_all_areas
 from kvmfpu.qemu.guest_cpuid import QemuCpu
 from kvmfpu.qemu.models import GuestModel, UnknownModel, resolve
@@ -449,10 +450,8 @@ def model_release(vmm: Vmm) -> str | None:
     below it; models.RELEASES starts at 6.2); None for other VMMs."""
     if not vmm.by_field or vmm.version is None:
         return None
-    def series(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in v.split(".")[:2])
-
-    older = [r for r in models.RELEASES if series(r) <= series(vmm.version)]
+    older = [r for r in models.RELEASES
+             if qemu_versions.series(r) <= qemu_versions.series(vmm.version)]
     return older[-1] if older else models.RELEASES[0]
 
 

@@ -171,7 +171,8 @@ class UnknownVersion(ValueError):
     """A QEMU version this model does not know."""
 
 
-def _key(version: str) -> tuple[int, int]:
+def series(version: str) -> tuple[int, int]:
+    """``"7.2.1"`` -> (7, 2): the release series, for ordering."""
     major, minor = version.split(".")[:2]
     return int(major), int(minor)
 
@@ -181,7 +182,7 @@ class QemuRelease:
     version: str  # "7.2" (the patch level does not change what is modelled)
 
     def _has(self, fact: _Fact | Subsection) -> bool:
-        return _key(self.version) >= _key(fact.since)
+        return series(self.version) >= series(fact.since)
 
     @property
     def has_xsave2(self) -> bool:
