@@ -39,19 +39,26 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Finding:
-    level: str                 # "error", "condition" or "info"
-    stage: str                 # "source", "transport", "destination", "cpu" or "guest"
+    level: str  # "error", "condition" or "info"
+    stage: str  # "source", "transport", "destination", "cpu" or "guest"
     text: str
     errno: str | None = None
     function: str | None = None
     condition: str | None = None
     commit: str | None = None
-    features: tuple[str, ...] = ()     # the guest CPU features this finding is about
+    features: tuple[str, ...] = ()  # the guest CPU features this finding is about
 
     @classmethod
     def of(cls, level: str, stage: str, text: str, exc: KvmError) -> Finding:
-        return cls(level, stage, f"{text}: -{exc.errno_name}: {exc.reason}", exc.errno_name,
-                   exc.function, exc.condition, exc.commit)
+        return cls(
+            level,
+            stage,
+            f"{text}: -{exc.errno_name}: {exc.reason}",
+            exc.errno_name,
+            exc.function,
+            exc.condition,
+            exc.commit,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if v is not None and k != "features"}
@@ -62,7 +69,7 @@ class Finding:
 
 @dataclass
 class Advice:
-    kind: str                  # "guest model", "kernel", "QEMU option", "VMM"
+    kind: str  # "guest model", "kernel", "QEMU option", "VMM"
     change: str
     verdict: str
     why: str
@@ -107,8 +114,7 @@ class Report:
     @property
     def verdict(self) -> str:
         levels = {f.level for f in self.findings}
-        return INCOMPATIBLE if "error" in levels else CONDITIONS if "condition" in levels \
-            else COMPATIBLE
+        return INCOMPATIBLE if "error" in levels else CONDITIONS if "condition" in levels else COMPATIBLE
 
     @property
     def reason(self) -> str:
@@ -120,14 +126,22 @@ class Report:
         return "every guest CPU feature, register, XCR0 and xstate MSR arrives intact"
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "source": self.src.label, "destination": self.dst.label,
-                "guest": {**self.guest.to_json(), "guest_xcr0": f"{self.guest_xcr0:#x}",
-                          "guest_xss": f"{self.guest_xss:#x}"},
-                "vmm": self.vmm.label,
-                "destination_vmm": (self.dst_vmm or self.vmm).label, "blob": self.blob,
-                "findings": [f.to_json() for f in self.findings],
-                "lost_features": list(self.lost_features),
-                "scope": self.scope.to_json(),
-                "steps": [{"side": a, "step": b, "outcome": c} for a, b, c in self.steps],
-                "lost": [{"register": r, "source": a, "destination": b} for r, a, b in self.lost],
-                "advice": [a.to_json() for a in self.advice]}
+        return {
+            "verdict": self.verdict,
+            "source": self.src.label,
+            "destination": self.dst.label,
+            "guest": {
+                **self.guest.to_json(),
+                "guest_xcr0": f"{self.guest_xcr0:#x}",
+                "guest_xss": f"{self.guest_xss:#x}",
+            },
+            "vmm": self.vmm.label,
+            "destination_vmm": (self.dst_vmm or self.vmm).label,
+            "blob": self.blob,
+            "findings": [f.to_json() for f in self.findings],
+            "lost_features": list(self.lost_features),
+            "scope": self.scope.to_json(),
+            "steps": [{"side": a, "step": b, "outcome": c} for a, b, c in self.steps],
+            "lost": [{"register": r, "source": a, "destination": b} for r, a, b in self.lost],
+            "advice": [a.to_json() for a in self.advice],
+        }

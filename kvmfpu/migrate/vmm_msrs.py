@@ -32,34 +32,50 @@ from kvmfpu.migrate.vmm import Vmm
 #: Firecracker's SERIALIZABLE_MSR_RANGES (first index, count), less IA32_XSS, which its
 #: versions add from 1.16.1 (Vmm.allow_list). msr.rs @81b38b9da.
 FIRECRACKER_RANGES: Final[tuple[tuple[int, int], ...]] = (
-    (0x0, 2),             # IA32_P5_MC_ADDR, IA32_P5_MC_TYPE
-    (0x10, 1),            # IA32_TSC
-    (0x17, 1),            # IA32_PLATFORM_ID
-    (0x1B, 1),            # IA32_APICBASE
-    (0x2A, 1), (0x2C, 1), (0x34, 1),   # EBL_CR_POWERON, EBC_FREQUENCY_ID, SMI_COUNT
-    (0x3A, 2),            # IA32_FEAT_CTL, IA32_TSC_ADJUST
-    (0x48, 2),            # IA32_SPEC_CTRL, IA32_PRED_CMD
-    (0x79, 1), (0x8B, 1), (0x9E, 1),   # UCODE_WRITE, UCODE_REV, SMBASE
-    (0xCD, 2),            # FSB_FREQ, PLATFORM_INFO
-    (0xE2, 1), (0xE7, 2), (0xFE, 1),   # PKG_CST_CONFIG_CONTROL, MPERF, APERF, MTRRcap
-    (0x11E, 1),           # IA32_BBL_CR_CTL3
-    (0x174, 3),           # SYSENTER_CS/ESP/EIP
-    (0x179, 2),           # MCG_CAP, MCG_STATUS (MCG_CTL 0x17B denied)
-    (0x198, 1), (0x1A0, 1), (0x1A4, 1), (0x1AA, 1), (0x1AD, 2),
-    (0x1D9, 1), (0x1DB, 4),            # DEBUGCTL, LBR from/to, LASTINT from/to
-    (0x1FC, 1),           # IA32_POWER_CTL
-    (0x200, 0x100),       # MTRR PHYSBASE/PHYSMASK and the fixed ranges
-    (0x3FC, 3),           # CORE_C3/C6/C7_RESIDENCY
-    (0x400, 0x80),        # MCi_CTL/STATUS/ADDR/MISC
-    (0x606, 1), (0x60A, 3), (0x610, 2), (0x613, 2), (0x618, 2), (0x61B, 2),
-    (0x648, 5),           # CONFIG_TDP_*, TURBO_ACTIVATION_RATIO
-    (0x6E0, 1),           # IA32_TSC_DEADLINE
-    (0x800, 0x400),       # x2APIC
-    (0xC000_0080, 5),     # EFER, STAR, LSTAR, CSTAR, SYSCALL_MASK
-    (0xC000_0100, 4),     # FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX
-    (0x140, 1),           # MISC_FEATURES_ENABLES
-    (0xC001_0015, 1),     # K7_HWCR
-    (0x122, 1),           # IA32_TSX_CTRL
+    (0x0, 2),  # IA32_P5_MC_ADDR, IA32_P5_MC_TYPE
+    (0x10, 1),  # IA32_TSC
+    (0x17, 1),  # IA32_PLATFORM_ID
+    (0x1B, 1),  # IA32_APICBASE
+    (0x2A, 1),
+    (0x2C, 1),
+    (0x34, 1),  # EBL_CR_POWERON, EBC_FREQUENCY_ID, SMI_COUNT
+    (0x3A, 2),  # IA32_FEAT_CTL, IA32_TSC_ADJUST
+    (0x48, 2),  # IA32_SPEC_CTRL, IA32_PRED_CMD
+    (0x79, 1),
+    (0x8B, 1),
+    (0x9E, 1),  # UCODE_WRITE, UCODE_REV, SMBASE
+    (0xCD, 2),  # FSB_FREQ, PLATFORM_INFO
+    (0xE2, 1),
+    (0xE7, 2),
+    (0xFE, 1),  # PKG_CST_CONFIG_CONTROL, MPERF, APERF, MTRRcap
+    (0x11E, 1),  # IA32_BBL_CR_CTL3
+    (0x174, 3),  # SYSENTER_CS/ESP/EIP
+    (0x179, 2),  # MCG_CAP, MCG_STATUS (MCG_CTL 0x17B denied)
+    (0x198, 1),
+    (0x1A0, 1),
+    (0x1A4, 1),
+    (0x1AA, 1),
+    (0x1AD, 2),
+    (0x1D9, 1),
+    (0x1DB, 4),  # DEBUGCTL, LBR from/to, LASTINT from/to
+    (0x1FC, 1),  # IA32_POWER_CTL
+    (0x200, 0x100),  # MTRR PHYSBASE/PHYSMASK and the fixed ranges
+    (0x3FC, 3),  # CORE_C3/C6/C7_RESIDENCY
+    (0x400, 0x80),  # MCi_CTL/STATUS/ADDR/MISC
+    (0x606, 1),
+    (0x60A, 3),
+    (0x610, 2),
+    (0x613, 2),
+    (0x618, 2),
+    (0x61B, 2),
+    (0x648, 5),  # CONFIG_TDP_*, TURBO_ACTIVATION_RATIO
+    (0x6E0, 1),  # IA32_TSC_DEADLINE
+    (0x800, 0x400),  # x2APIC
+    (0xC000_0080, 5),  # EFER, STAR, LSTAR, CSTAR, SYSCALL_MASK
+    (0xC000_0100, 4),  # FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX
+    (0x140, 1),  # MISC_FEATURES_ENABLES
+    (0xC001_0015, 1),  # K7_HWCR
+    (0x122, 1),  # IA32_TSX_CTRL
     (0x4B56_4D00, 0x100),  # KVM's paravirtual MSRs
 )
 
@@ -83,21 +99,33 @@ def _label(index: int) -> str:
     return name if name.startswith("MSR ") else f"{name} ({index:#x})"
 
 
-def restore_finding(vmm: Vmm, saved: Sequence[int], dst_list: Sequence[int],
-                    dst_label: str) -> Finding | None:
+def restore_finding(
+    vmm: Vmm, saved: Sequence[int], dst_list: Sequence[int], dst_label: str
+) -> Finding | None:
     """What the destination's KVM_SET_MSRS does with the saved MSRs it does not list."""
     have = set(dst_list)
     missing = [i for i in saved if i not in have]
     if not missing:
         return None
     names = ", ".join(_label(i) for i in missing[:8]) + (
-        f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    why = (f"{dst_label}'s KVM does not list {len(missing)} MSR(s) the source saved: {names} "
-           "(kvm_probe_msr_to_save drops an MSR whose CPU feature the host lacks, and "
-           "KVM_SET_MSRS stops at it)")
+        f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+    )
+    why = (
+        f"{dst_label}'s KVM does not list {len(missing)} MSR(s) the source saved: {names} "
+        "(kvm_probe_msr_to_save drops an MSR whose CPU feature the host lacks, and "
+        "KVM_SET_MSRS stops at it)"
+    )
     if vmm.msr_short_count == "skip":
-        return Finding("info", "destination", f"{why}; {vmm.label} skips each one (\"Detected "
-                       "faulty MSR\") and sets the rest: their values are lost")
-    return Finding("error", "destination", f"{why}; {vmm.label} fails the restore "
-                   "(VcpuSetMsrsIncomplete)" if vmm.name == "firecracker" else
-                   f"{why}; {vmm.label} fails the restore on the short count")
+        return Finding(
+            "info",
+            "destination",
+            f'{why}; {vmm.label} skips each one ("Detected '
+            'faulty MSR") and sets the rest: their values are lost',
+        )
+    return Finding(
+        "error",
+        "destination",
+        f"{why}; {vmm.label} fails the restore (VcpuSetMsrsIncomplete)"
+        if vmm.name == "firecracker"
+        else f"{why}; {vmm.label} fails the restore on the short count",
+    )

@@ -21,8 +21,7 @@ SPEC_CTRL = msr.LISTED["IA32_SPEC_CTRL"]
 def test_firecracker_fails_the_restore_on_an_msr_the_destination_does_not_list() -> None:
     assert SPEC_CTRL in Kvm("icelake-sp", "6.6").msr_index_list_all()
     assert SPEC_CTRL not in Kvm("skylake-sp", "6.6").msr_index_list_all()
-    r = check("icelake-sp@6.6", "skylake-sp@6.6", "Skylake-Server-v1", vmm="firecracker",
-              advise=False)
+    r = check("icelake-sp@6.6", "skylake-sp@6.6", "Skylake-Server-v1", vmm="firecracker", advise=False)
     assert r.verdict == INCOMPATIBLE
     f = next(f for f in r.findings if "KVM does not list" in f.text)
     assert f.level == "error" and "IA32_SPEC_CTRL (0x48)" in f.text
@@ -30,8 +29,7 @@ def test_firecracker_fails_the_restore_on_an_msr_the_destination_does_not_list()
 
 
 def test_cloud_hypervisor_skips_the_faulty_msr() -> None:
-    r = check("icelake-sp@6.6", "skylake-sp@6.6", "Skylake-Server-v1", vmm="cloud-hypervisor",
-              advise=False)
+    r = check("icelake-sp@6.6", "skylake-sp@6.6", "Skylake-Server-v1", vmm="cloud-hypervisor", advise=False)
     assert r.verdict == COMPATIBLE
     f = next(f for f in r.findings if "KVM does not list" in f.text)
     assert f.level == "info" and "Detected faulty MSR" in f.text and "values are lost" in f.text
@@ -42,9 +40,9 @@ def test_what_each_vmm_saves() -> None:
     fc = saved_msrs(vmm_of("firecracker@1.16.0"), kvm_list)
     ch = saved_msrs(vmm_of("cloud-hypervisor"), kvm_list)
     pmc0 = msr.LISTED["ARCH_PERFMON_PERFCTR0"]
-    assert pmc0 in ch and pmc0 not in fc          # PMU counters are outside Firecracker's ranges
+    assert pmc0 in ch and pmc0 not in fc  # PMU counters are outside Firecracker's ranges
     assert SPEC_CTRL in fc and msr.LISTED["IA32_TSC_DEADLINE"] in fc
-    assert msr.LISTED["IA32_MCG_CTL"] not in fc   # msr_should_serialize denies it
+    assert msr.LISTED["IA32_MCG_CTL"] not in fc  # msr_should_serialize denies it
     assert saved_msrs(vmm_of("qemu"), kvm_list) == []
 
 

@@ -21,8 +21,16 @@ import pytest
 
 from kvmfpu.migrate.check import COMPATIBLE, INCOMPATIBLE, Report, check
 
-ICELAKE_ONLY = {"avx512vbmi", "avx512vbmi2", "gfni", "vaes", "vpclmulqdq", "avx512vnni",
-                "avx512bitalg", "avx512-vpopcntdq"}
+ICELAKE_ONLY = {
+    "avx512vbmi",
+    "avx512vbmi2",
+    "gfni",
+    "vaes",
+    "vpclmulqdq",
+    "avx512vnni",
+    "avx512bitalg",
+    "avx512-vpopcntdq",
+}
 
 
 def cpu_error(r: Report) -> str:
@@ -54,12 +62,15 @@ def test_cascadelake_server_onto_skylake_sp_loses_avx512vnni() -> None:
     assert set(r.lost_features) <= {"avx512vnni", "spec-ctrl", "ssbd"}
 
 
-@pytest.mark.parametrize("src, dst, guest", [
-    ("skylake-sp@6.6", "icelake-sp@6.6", "Icelake-Server"),
-    ("skylake-sp@6.6", "icelake-sp@6.6", "Skylake-Server"),
-    ("skylake-sp@6.6", "cascadelake@6.6", "Cascadelake-Server"),
-    ("skylake-sp@6.6", "cascadelake@6.6", "Skylake-Server"),
-])
+@pytest.mark.parametrize(
+    "src, dst, guest",
+    [
+        ("skylake-sp@6.6", "icelake-sp@6.6", "Icelake-Server"),
+        ("skylake-sp@6.6", "icelake-sp@6.6", "Skylake-Server"),
+        ("skylake-sp@6.6", "cascadelake@6.6", "Cascadelake-Server"),
+        ("skylake-sp@6.6", "cascadelake@6.6", "Skylake-Server"),
+    ],
+)
 def test_the_reverse_directions_are_compatible(src: str, dst: str, guest: str) -> None:
     """Toward the newer CPU the guest keeps every feature it had (what the source filtered
     it never had)."""
@@ -91,14 +102,12 @@ def test_enforce_on_a_source_that_lacks_a_feature_does_not_start() -> None:
 
 
 def test_firecracker_icelake_snapshot_on_cascade_lake() -> None:
-    r = check("icelake-sp@6.6", "cascadelake@6.6", "Icelake-Server", vmm="firecracker",
-              advise=False)
+    r = check("icelake-sp@6.6", "cascadelake@6.6", "Icelake-Server", vmm="firecracker", advise=False)
     assert r.verdict == INCOMPATIBLE
     text = cpu_error(r)
     assert "restores the saved CPUID verbatim" in text and "snapshot-support.md" in text
     assert {"avx512vbmi", "gfni", "vaes"} <= set(r.lost_features)
-    back = check("cascadelake@6.6", "icelake-sp@6.6", "Cascadelake-Server", vmm="firecracker",
-                 advise=False)
+    back = check("cascadelake@6.6", "icelake-sp@6.6", "Cascadelake-Server", vmm="firecracker", advise=False)
     assert back.verdict == COMPATIBLE
 
 
@@ -107,15 +116,15 @@ def test_xsaves_offered_on_zen3_lost_on_a_zen2_kernel_with_the_erratum() -> None
     assert r.verdict == INCOMPATIBLE and r.lost_features == ("xsaves",)
     text = cpu_error(r)
     assert "erratum 1386" in text and "b0563468eeac" in text and "seed 001" in text
-    assert any(a.change == "-cpu EPYC-Rome-v1,-xsaves" and a.verdict == COMPATIBLE
-               for a in r.advice)
+    assert any(a.change == "-cpu EPYC-Rome-v1,-xsaves" and a.verdict == COMPATIBLE for a in r.advice)
     # 6.1.19 is before the erratum's 6.1.20 backport: XSAVES stays offered on Zen 2.
     assert check("zen3@6.1", "zen2@6.1.19", "EPYC-Rome", advise=False).verdict == COMPATIBLE
 
 
 def test_amx_guest_from_qemu_8_2_to_qemu_6_2() -> None:
-    r = check("sapphirerapids@6.6", "sapphirerapids@6.6", "SapphireRapids", vmm="qemu@8.2",
-              dst_vmm="qemu@6.2")
+    r = check(
+        "sapphirerapids@6.6", "sapphirerapids@6.6", "SapphireRapids", vmm="qemu@8.2", dst_vmm="qemu@6.2"
+    )
     assert r.verdict == INCOMPATIBLE
     f = next(f for f in r.findings if f.level == "error")
     assert f.stage == "destination" and "QEMU 6.2 has no SapphireRapids-v1" in f.text
@@ -124,13 +133,20 @@ def test_amx_guest_from_qemu_8_2_to_qemu_6_2() -> None:
     # With a model QEMU 6.2 has, the AMX state's subsection still fails the load
     # (vmstate_subsection_load -ENOENT); without AMX the same pair is compatible.
     amx = "Cascadelake-Server,+amx-tile,+amx-int8,+amx-bf16"
-    r = check("sapphirerapids@6.6", "sapphirerapids@6.6", amx, vmm="qemu@8.2",
-              dst_vmm="qemu@6.2", advise=False)
+    r = check(
+        "sapphirerapids@6.6", "sapphirerapids@6.6", amx, vmm="qemu@8.2", dst_vmm="qemu@6.2", advise=False
+    )
     f = next(f for f in r.findings if f.level == "error")
     assert f.stage == "transport" and "cpu/intel_amx_xtile (QEMU 7.0)" in f.text
     assert "error while loading state for instance 0x0 of device 'cpu'" in f.text
-    plain = check("sapphirerapids@6.6", "sapphirerapids@6.6", "Cascadelake-Server",
-                  vmm="qemu@8.2", dst_vmm="qemu@6.2", advise=False)
+    plain = check(
+        "sapphirerapids@6.6",
+        "sapphirerapids@6.6",
+        "Cascadelake-Server",
+        vmm="qemu@8.2",
+        dst_vmm="qemu@6.2",
+        advise=False,
+    )
     assert plain.verdict == COMPATIBLE
 
 
@@ -138,7 +154,7 @@ def test_host_passthrough_between_vendors_and_to_an_older_cpu() -> None:
     r = check("zen4@6.6", "skylake-sp@6.6", "host", advise=False)
     assert r.verdict == INCOMPATIBLE
     assert any("vendor changes from AuthenticAMD to GenuineIntel" in f.text for f in r.findings)
-    assert r.guest_xcr0 == 0x2E7            # the source host's own XCR0, no AMX bits on AMD
+    assert r.guest_xcr0 == 0x2E7  # the source host's own XCR0, no AMX bits on AMD
     older = check("zen3@6.6", "zen2@6.6", "host")
     assert "libvirt does not stop a host-passthrough guest" in cpu_error(older)
     assert {"pku", "xsaves", "vaes"} <= set(older.lost_features)
@@ -169,5 +185,5 @@ def test_zen2_microcode_with_the_fix_keeps_xsaves_from_6_10() -> None:
     zen2 = cpus.load("zen2")
     fixed = cpus.HostModel(zen2.table, name="zen2-fixed-ucode", microcode="0x8301055")
     assert not Kvm(fixed, "6.12").hk.cfg.zen_erratum_applied
-    assert Kvm(fixed, "6.6").hk.cfg.zen_erratum_applied          # before 29ba89f18952
-    assert Kvm(zen2, "6.12").hk.cfg.zen_erratum_applied          # revision unknown: applied
+    assert Kvm(fixed, "6.6").hk.cfg.zen_erratum_applied  # before 29ba89f18952
+    assert Kvm(zen2, "6.12").hk.cfg.zen_erratum_applied  # revision unknown: applied
