@@ -39,15 +39,28 @@ def add_parser(sub: Any) -> None:
 
     x = sub.add_parser(
         "matrix", help="verdicts for every source x destination host and kernel pair",
-        description="Writes a self-contained HTML heat map (and optionally CSV).")
-    x.add_argument("--guest", required=True, metavar="MODEL")
-    x.add_argument("--hosts", nargs="+", metavar="HOST", help="default: every packaged host")
+        description="Runs `kvmfpu migrate` for every source x destination host and kernel "
+                    "pair. Writes a self-contained HTML heat map (each cell opens a panel "
+                    "with its error, findings, scope, advice and the command that reproduces "
+                    "it), a CSV, the kvmfpu-matrix/1 JSON document, or without any of them "
+                    "prints the tables as text. Hosts are listed by vendor and generation; "
+                    "kernel pairs whose tables agree everywhere are shown once (HTML, text).")
+    x.add_argument("--guest", required=True, metavar="MODEL",
+                   help="QEMU -cpu value: Model[-vN][,+feature,-feature] or host")
+    x.add_argument("--hosts", nargs="+", metavar="HOST",
+                   help="host model names or dump files (default: every packaged host)")
     x.add_argument("--kernels", nargs="+", metavar="K|SRC:DST",
                    help="kernel on both hosts, or a SRC:DST pair (default: the named profiles)")
     x.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
                    help="the VMM on both hosts (as for migrate)")
-    x.add_argument("--html", required=True, metavar="FILE")
-    x.add_argument("--csv", metavar="FILE")
+    x.add_argument("--html", metavar="FILE", help="write the HTML page ('-': standard output)")
+    x.add_argument("--csv", metavar="FILE",
+                   help="write one row per cell as CSV ('-': standard output)")
+    x.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the kvmfpu-matrix/1 document (to standard output without FILE)")
+    x.add_argument("--advice", action="store_true",
+                   help="also re-run every cell that is not compatible with one thing changed "
+                        "and list what would work (slow: several checks per cell)")
     x.set_defaults(func=cmd_matrix)
 
     g = sub.add_parser("models", help="QEMU's CPU models and the XSAVE state they enable")
@@ -123,24 +136,34 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmfpu import cpus
     from kvmfpu.blob.errors import InputError
     from kvmfpu.cli.common import STDOUT, check_output
+    from kvmfpu.cli.document import document
     from kvmfpu.kvm.profiles import UnknownKernel
+    from kvmfpu.migrate import matrix_views
     from kvmfpu.migrate.matrix import compute, to_csv
     from kvmfpu.migrate.report_html import render
     from kvmfpu.qemu.models import UnknownModel
-    check_output(args.html, args.csv)
+    outputs = [p for p in (args.html, args.csv, args.json) if p is not None]
+    check_output(*outputs)
     try:
-        m = compute(args.guest, args.hosts, args.kernels, vmm=args.vmm)
+        m = compute(args.guest, args.hosts, args.kernels, vmm=args.vmm, advise=args.advice)
     except (InputError, UnknownKernel, UnknownModel, cpus.UnknownHost) as exc:
         raise _bad_input(exc) from None
-    _write(args.html, render(m))
-    if args.csv:
+    if args.html is not None:
+        _write(args.html, render(m))
+    if args.csv is not None:
         _write(args.csv, to_csv(m))
+    if args.json is not None:
+        doc = document(matrix_views.SCHEMA, matrix_views.to_json(m))
+        _write(args.json, json.dumps(doc, indent=2) + "\n")
+    if not outputs:
+        sys.stdout.write(matrix_views.to_text(m))
     c = m.counts()
-    say = sys.stderr if STDOUT in (args.html, args.csv) else sys.stdout   # the page is on stdout
+    say = sys.stderr if STDOUT in outputs else sys.stdout   # an output is on stdout
+    files = [p for p in outputs if p != STDOUT]
     print(f"{m.count} verdicts in {m.seconds:.2f} s ({m.count / max(m.seconds, 1e-9):,.0f}/s): "
           f"{c['compatible']} compatible, {c['compatible with conditions']} with conditions, "
-          f"{c['incompatible']} incompatible; wrote {args.html}"
-          + (f" and {args.csv}" if args.csv else ""), file=say)
+          f"{c['incompatible']} incompatible"
+          + (f"; wrote {' and '.join(files)}" if files else ""), file=say)
     return 0
 
 
