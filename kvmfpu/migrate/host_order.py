@@ -54,8 +54,9 @@ Key = tuple[int, ...]
 
 def feature_bits(host: HostModel) -> int:
     """How many feature bits the host's CPUID sets in the words above."""
-    return sum((host.cpuid(leaf, sub)[reg] & mask & 0xFFFF_FFFF).bit_count()
-               for leaf, sub, reg, mask in _WORDS)
+    return sum(
+        (host.cpuid(leaf, sub)[reg] & mask & 0xFFFF_FFFF).bit_count() for leaf, sub, reg, mask in _WORDS
+    )
 
 
 def generation_key(host: HostModel) -> Key | None:

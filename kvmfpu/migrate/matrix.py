@@ -90,9 +90,19 @@ class Matrix:
 
     def reproduce(self, c: Cell) -> str:
         """The ``kvmfpu migrate`` command line that gives this cell's verdict."""
-        args = ["kvmfpu", "migrate", "--src", f"{self.given.get(c.src, c.src)}@{c.src_kernel}",
-                "--dst", f"{self.given.get(c.dst, c.dst)}@{c.dst_kernel}",
-                "--guest", self.guest.spec, "--vmm", self.vmm, "--no-advice"]
+        args = [
+            "kvmfpu",
+            "migrate",
+            "--src",
+            f"{self.given.get(c.src, c.src)}@{c.src_kernel}",
+            "--dst",
+            f"{self.given.get(c.dst, c.dst)}@{c.dst_kernel}",
+            "--guest",
+            self.guest.spec,
+            "--vmm",
+            self.vmm,
+            "--no-advice",
+        ]
         return shlex.join(args)
 
     def folds(self) -> list[list[Pair]]:
@@ -125,28 +135,37 @@ def kernel_pairs(items: Sequence[str]) -> list[Pair]:
         a, _, b = item.partition(":")
         b = b or a
         for k in (a, b):
-            profile(k)                    # UnknownKernel for bad input
+            profile(k)  # UnknownKernel for bad input
         if (a, b) in out:
             raise InputError(f"kernel pair {item!r} given twice in --kernels")
         out.append((a, b))
     return out
 
 
-def _given(text: str) -> str:
-    """The host argument a reproduce command can take from any directory."""
+def _given(host: str | HostModel) -> str:
+    """The host argument a reproduce command can take from any directory (a model handed
+    in as an object: its name)."""
+    if isinstance(host, HostModel):
+        return host.name
+    text = os.fspath(host)
     if text in cpus.names() or text in capture.THIS:
         return text
     return os.path.abspath(text)
 
 
-def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
-            kernels: Sequence[str] | None = None, *, vmm: str | Vmm = "qemu",
-            advise: bool = False) -> Matrix:
+def compute(
+    guest: str | GuestModel,
+    hosts: Sequence[str | HostModel] | None = None,
+    kernels: Sequence[str] | None = None,
+    *,
+    vmm: str | Vmm = "qemu",
+    advise: bool = False,
+) -> Matrix:
     """Every source x destination cell for each kernel pair; ``advise``: also the
     what-would-work re-runs of each cell that is not compatible (slow: full checks each)."""
     v = vmm_of(vmm)
-    g = guest_at(guest, v)                # as `kvmfpu migrate` resolves it (the VMM's QEMU)
-    args = list(hosts) if hosts else list(cpus.names())
+    g = guest_at(guest, v)  # as `kvmfpu migrate` resolves it (the VMM's QEMU)
+    args: list[str | HostModel] = list(hosts) if hosts else list(cpus.names())
     loaded = [cpus.load(h) for h in args]
     labels = [h.name for h in loaded]
     if len(set(labels)) != len(labels):
@@ -154,8 +173,15 @@ def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
     order = ordered(loaded)
     models = {labels[i]: loaded[i] for i in order}
     pairs = kernel_pairs(kernels or list(NAMED))
-    m = Matrix(g, v.label, list(models), pairs, models=models,
-               given={labels[i]: _given(args[i]) for i in order}, advised=advise)
+    m = Matrix(
+        g,
+        v.label,
+        list(models),
+        pairs,
+        models=models,
+        given={labels[i]: _given(args[i]) for i in order},
+        advised=advise,
+    )
     t0 = time.perf_counter()
     sources: dict[tuple[str, str], SourceRun] = {}
     for ks, kd in pairs:
@@ -168,6 +194,7 @@ def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
                 r = run_destination(run, Endpoint(models[d], kd), kvm=dst_kvm[d])
                 if advise and r.verdict != "compatible":
                     from kvmfpu.migrate.advice import advise as what_would_work
+
                     r.advice = what_would_work(r)
                 m.cells[(ks, kd, s, d)] = _cell(r, ks, kd)
     m.seconds = time.perf_counter() - t0
@@ -176,8 +203,9 @@ def compute(guest: str | GuestModel, hosts: Sequence[str] | None = None,
 
 def _cell(r: Report, ks: str, kd: str) -> Cell:
     details = tuple(f for level in LEVELS for f in r.findings if f.level == level)
-    return Cell(r.src.host.name, r.dst.host.name, ks, kd, r.verdict, r.reason, details,
-                r.scope, tuple(r.advice))
+    return Cell(
+        r.src.host.name, r.dst.host.name, ks, kd, r.verdict, r.reason, details, r.scope, tuple(r.advice)
+    )
 
 
 #: Cell openings a spreadsheet runs as a formula (OWASP "CSV Injection": = + - @, tab and
@@ -190,8 +218,17 @@ def csv_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-CSV_COLUMNS = ("guest", "vmm", "source", "source_kernel", "destination", "destination_kernel",
-               "verdict", "reason", "reproduce")
+CSV_COLUMNS = (
+    "guest",
+    "vmm",
+    "source",
+    "source_kernel",
+    "destination",
+    "destination_kernel",
+    "verdict",
+    "reason",
+    "reproduce",
+)
 
 
 def to_csv(m: Matrix) -> str:
@@ -200,6 +237,20 @@ def to_csv(m: Matrix) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for c in m.cells.values():
-        w.writerow([csv_cell(v) for v in (m.guest.label, m.vmm, c.src, c.src_kernel, c.dst,
-                                          c.dst_kernel, c.verdict, c.reason, m.reproduce(c))])
+        w.writerow(
+            [
+                csv_cell(v)
+                for v in (
+                    m.guest.label,
+                    m.vmm,
+                    c.src,
+                    c.src_kernel,
+                    c.dst,
+                    c.dst_kernel,
+                    c.verdict,
+                    c.reason,
+                    m.reproduce(c),
+                )
+            ]
+        )
     return buf.getvalue()

@@ -40,9 +40,17 @@ def to_json(m: Matrix) -> dict[str, Any]:
     for name in m.hosts:
         h = m.models[name]
         family, model, stepping = h.signature
-        hosts.append({"name": name, "given": m.given.get(name, name), "vendor": h.vendor,
-                      "family": family, "model": model, "stepping": stepping,
-                      "placed": generation_key(h) is not None})
+        hosts.append(
+            {
+                "name": name,
+                "given": m.given.get(name, name),
+                "vendor": h.vendor,
+                "family": family,
+                "model": model,
+                "stepping": stepping,
+                "placed": generation_key(h) is not None,
+            }
+        )
     return {
         "guest": {"spec": m.guest.spec, "label": m.guest.label},
         "vmm": m.vmm,
@@ -69,14 +77,19 @@ def to_text(m: Matrix) -> str:
     names = [_printable(h) for h in m.hosts]
     label = max(len(x) for x in names) if names else 0
     legend = ", ".join(f"{g} {v}" for v, g in GLYPHS.items())
-    out = [f"guest {_printable(m.guest.label)}, VMM {m.vmm}: {n} x {n} hosts x {len(m.pairs)} "
-           f"kernel pair(s) = {m.count} verdicts",
-           f"{legend}; rows: source host, columns: destination host (numbered as the rows)"]
+    out = [
+        f"guest {_printable(m.guest.label)}, VMM {m.vmm}: {n} x {n} hosts x {len(m.pairs)} "
+        f"kernel pair(s) = {m.count} verdicts",
+        f"{legend}; rows: source host, columns: destination host (numbered as the rows)",
+    ]
     for group in m.folds():
         first = group[0]
         out.append("")
-        title = f"kernel {first[0]}" if first[0] == first[1] else \
-            f"source kernel {first[0]} -> destination kernel {first[1]}"
+        title = (
+            f"kernel {first[0]}"
+            if first[0] == first[1]
+            else f"source kernel {first[0]} -> destination kernel {first[1]}"
+        )
         out.append(title)
         if len(group) > 1:
             others = ", ".join(pair_label(p).replace("\u2192", "->") for p in group[1:])

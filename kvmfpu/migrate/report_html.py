@@ -69,18 +69,21 @@ def render(m: Matrix) -> str:
     total = m.count
     rate = total / m.seconds if m.seconds else 0.0
     n = len(m.hosts)
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>kvmfpu matrix: {_e(m.guest.label)}</title>",
-           f"<style>{_CSS}</style></head><body>",
-           f"<h1>Migration matrix for guest <code>{_e(m.guest.label)}</code></h1>",
-           f'<p class="meta">VMM: {_e(m.vmm)} &middot; {n} hosts &times; {n} hosts &times; '
-           f"{len(m.pairs)} kernel pair(s) = {total} verdicts in {m.seconds:.2f} s "
-           f"({rate:,.0f}/s) &middot; kvmfpu {_e(__version__)}</p>",
-           _legend(counts),
-           '<p class="meta">Rows: source host; columns: destination host. Open a cell (click '
-           "it, or Tab to it and press Enter) for its details and the command that reproduces "
-           "it. Each verdict comes from running the path on the models (guest CPUID, save, "
-           "transport, KVM_SET_* in the VMM's order, register and guest-restore checks).</p>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>kvmfpu matrix: {_e(m.guest.label)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Migration matrix for guest <code>{_e(m.guest.label)}</code></h1>",
+        f'<p class="meta">VMM: {_e(m.vmm)} &middot; {n} hosts &times; {n} hosts &times; '
+        f"{len(m.pairs)} kernel pair(s) = {total} verdicts in {m.seconds:.2f} s "
+        f"({rate:,.0f}/s) &middot; kvmfpu {_e(__version__)}</p>",
+        _legend(counts),
+        '<p class="meta">Rows: source host; columns: destination host. Open a cell (click '
+        "it, or Tab to it and press Enter) for its details and the command that reproduces "
+        "it. Each verdict comes from running the path on the models (guest CPUID, save, "
+        "transport, KVM_SET_* in the VMM's order, register and guest-restore checks).</p>",
+    ]
     for group in m.folds():
         out.append(_table(m, group))
     out.append(_hosts(m))
@@ -106,9 +109,11 @@ def _table(m: Matrix, group: list[Pair]) -> str:
     rows = [f"<h2>{_e(_title(pair))}</h2>"]
     if len(group) > 1:
         others = ", ".join(_e(pair_label(p)) for p in group[1:])
-        rows.append(f'<p class="fold">The same verdict in every cell under: {others}. The '
-                    f"panels show {_e(pair_label(pair))}'s checks (and where another pair's "
-                    "reason differs); the CSV and JSON list every pair's cells.</p>")
+        rows.append(
+            f'<p class="fold">The same verdict in every cell under: {others}. The '
+            f"panels show {_e(pair_label(pair))}'s checks (and where another pair's "
+            "reason differs); the CSV and JSON list every pair's cells.</p>"
+        )
     rows += ['<table class="map">', '<tr><th class="corner">source \u2193 / destination \u2192</th>']
     rows += [f'<th class="col" scope="col">{_e(h)}</th>' for h in m.hosts]
     rows.append("</tr>")
@@ -125,16 +130,22 @@ def _td(m: Matrix, c: Cell, group: list[Pair]) -> str:
     cls, glyph = _STYLE[c.verdict]
     head = f"{c.src}@{c.src_kernel} \u2192 {c.dst}@{c.dst_kernel}: {c.verdict}"
     tip = "\n".join([head, *c.findings] if c.findings else [head, c.reason])
-    return (f'<td class="{cls}"><details><summary title="{_e(tip)}" aria-label="{_e(head)}">'
-            f'{glyph}</summary><div class="panel">{_panel(m, c, group, head)}</div>'
-            "</details></td>")
+    return (
+        f'<td class="{cls}"><details><summary title="{_e(tip)}" aria-label="{_e(head)}">'
+        f'{glyph}</summary><div class="panel">{_panel(m, c, group, head)}</div>'
+        "</details></td>"
+    )
 
 
 def _finding(f: Finding) -> str:
-    facts = [("errno", f.errno), ("kernel function", f.function),
-             ("condition", f.condition), ("commit", f.commit)]
+    facts = [
+        ("errno", f.errno),
+        ("kernel function", f.function),
+        ("condition", f.condition),
+        ("commit", f.commit),
+    ]
     dl = "".join(f"<dt>{name}</dt><dd>{_e(v)}</dd>" for name, v in facts if v)
-    return (f"<li>[{_e(f.stage)}] {_e(f.text)}" + (f"<dl>{dl}</dl>" if dl else "") + "</li>")
+    return f"<li>[{_e(f.stage)}] {_e(f.text)}" + (f"<dl>{dl}</dl>" if dl else "") + "</li>"
 
 
 def _list(title: str, items: list[str]) -> str:
@@ -145,8 +156,11 @@ def _list(title: str, items: list[str]) -> str:
 
 def _panel(m: Matrix, c: Cell, group: list[Pair], head: str) -> str:
     parts = [f"<p><b>{_e(head)}</b></p>"]
-    for level, title in (("error", "Why not"), ("condition", "Conditions"),
-                         ("info", "Other findings (harmless)")):
+    for level, title in (
+        ("error", "Why not"),
+        ("condition", "Conditions"),
+        ("info", "Other findings (harmless)"),
+    ):
         parts.append(_list(title, [_finding(f) for f in c.details if f.level == level]))
     if not any(f.level != "info" for f in c.details):
         parts.append(f"<p>{_e(c.reason)}</p>")
@@ -158,8 +172,7 @@ def _panel(m: Matrix, c: Cell, group: list[Pair], head: str) -> str:
         other = m.cell(pair, c.src, c.dst)
         if other.reason != c.reason:
             differ.append(f"<li>{_e(pair_label(pair))}: {_e(other.reason)}</li>")
-    parts.append(_list("The same verdict under the folded kernel pairs, for another reason",
-                       differ))
+    parts.append(_list("The same verdict under the folded kernel pairs, for another reason", differ))
     parts.append(f"<h3>Reproduce with</h3><pre><code>{_e(m.reproduce(c))}</code></pre>")
     return "".join(parts)
 
@@ -167,29 +180,35 @@ def _panel(m: Matrix, c: Cell, group: list[Pair], head: str) -> str:
 def _advice(m: Matrix, c: Cell) -> list[str]:
     if c.verdict == "compatible":
         return []
-    items = [f"<li>{_e(a.kind)}: {_e(a.change)} \u2192 {_e(a.verdict)} ({_e(a.why)})</li>"
-             for a in c.advice]
+    items = [f"<li>{_e(a.kind)}: {_e(a.change)} \u2192 {_e(a.verdict)} ({_e(a.why)})</li>" for a in c.advice]
     better = m.better_elsewhere(c)
     if better:
         shown = "; ".join(f"{_e(pair_label(p))}: {_e(v)}" for p, v in better)
         items.append(f"<li>In this matrix the same hosts do better under kernels {shown}.</li>")
     if not m.advised:
-        items.append("<li>The command below without <code>--no-advice</code> re-runs the check "
-                     "with one thing changed (guest model, kernel, QEMU option, VMM) and lists "
-                     "what would work; <code>kvmfpu matrix --advice</code> does it for every "
-                     "cell.</li>")
+        items.append(
+            "<li>The command below without <code>--no-advice</code> re-runs the check "
+            "with one thing changed (guest model, kernel, QEMU option, VMM) and lists "
+            "what would work; <code>kvmfpu matrix --advice</code> does it for every "
+            "cell.</li>"
+        )
     return items
 
 
 def _hosts(m: Matrix) -> str:
-    rows = ["<h2>Hosts, by vendor and generation</h2>", '<table class="hosts">',
-            "<tr><th>host</th><th>vendor</th><th>family</th><th>model</th><th>stepping</th>"
-            "<th>given as</th></tr>"]
+    rows = [
+        "<h2>Hosts, by vendor and generation</h2>",
+        '<table class="hosts">',
+        "<tr><th>host</th><th>vendor</th><th>family</th><th>model</th><th>stepping</th>"
+        "<th>given as</th></tr>",
+    ]
     for name in m.hosts:
         h = m.models[name]
         fam, mod, step = h.signature
         vendor = h.vendor if generation_key(h) is not None else f"{h.vendor} (not placed: listed last)"
-        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(vendor)}</td><td>{fam:#x}</td>"
-                    f"<td>{mod:#x}</td><td>{step}</td><td>{_e(m.given.get(name, name))}</td></tr>")
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(vendor)}</td><td>{fam:#x}</td>"
+            f"<td>{mod:#x}</td><td>{step}</td><td>{_e(m.given.get(name, name))}</td></tr>"
+        )
     rows.append("</table>")
     return "".join(rows)

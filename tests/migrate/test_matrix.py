@@ -41,20 +41,28 @@ def test_kernel_pairs() -> None:
 def test_csv(matrix) -> None:  # type: ignore[no-untyped-def]
     rows = list(csv.DictReader(io.StringIO(to_csv(matrix))))
     assert len(rows) == matrix.count
-    row = next(r for r in rows if (r["source"], r["destination"], r["source_kernel"])
-               == ("zen3", "zen1", "5.16"))
+    row = next(
+        r for r in rows if (r["source"], r["destination"], r["source_kernel"]) == ("zen3", "zen1", "5.16")
+    )
     assert row["verdict"] == "incompatible" and "pkru" in row["reason"]
 
 
 def test_html_is_self_contained(matrix) -> None:  # type: ignore[no-untyped-def]
     page = render(matrix)
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
-    for needle in ("http://", "https://", "<script", "<link", "@import", "url("):
+    for needle in ("http://", "https://", "<script", "<link", "@import", "url(", "<img", "src="):
         assert needle not in page
-    assert page.count("<table") == 3 and page.count("<td") == matrix.count
-    assert "source kernel 5.16 \u2192 destination kernel 6.6" in page
+    # One heat map per group of kernel pairs with the same verdicts, and the hosts' table.
+    groups = matrix.folds()
+    assert page.count('<table class="map">') == len(groups)
+    assert page.count("<details>") == len(HOSTS) ** 2 * len(groups)
+    shown = {g[0] for g in groups}
+    assert "<h2>kernel 5.16</h2>" in page  # the first group's title
+    for pair in matrix.pairs:
+        if pair not in shown and pair[0] != pair[1]:
+            assert f"<h2>source kernel {pair[0]} \u2192 destination kernel {pair[1]}</h2>" not in page
     assert 'title="zen3@5.16 \u2192 zen1@5.16: incompatible' in page
-    assert "compatible with conditions" in page          # the legend
+    assert "compatible with conditions" in page  # the legend
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -63,35 +71,25 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return w, h
 
 
-def test_renders_in_headless_chromium(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian packages chromium, chromium-driver)")
-    page = tmp_path / "matrix.html"
-    page.write_text(render(matrix), encoding="utf-8")
-    shot = tmp_path / "matrix.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                    "--disable-dev-shm-usage", f"--screenshot={shot}", "--window-size=900,700",
-                    page.as_uri()], check=True, timeout=120, capture_output=True)
-    data = shot.read_bytes()
-    assert _png_size(data) == (900, 700)
-    # The heat map's colours are on screen: decode the PNG and look for the three cell colours.
+def _pixels(data: bytes, width: int, height: int) -> set[bytes]:
+    """The colours in a PNG screenshot (every third pixel of every row)."""
     import zlib
+
     pos, chunks = 8, []
     while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        n, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IDAT":
-            chunks.append(data[pos + 8:pos + 8 + n])
+            chunks.append(data[pos + 8 : pos + 8 + n])
         pos += 12 + n
     depth, ctype = data[24], data[25]
     assert depth == 8 and ctype in (2, 6)
     bpp = 3 if ctype == 2 else 4
     raw = zlib.decompress(b"".join(chunks))
-    stride = 900 * bpp + 1
+    stride = width * bpp + 1
     seen = set()
-    prev = bytearray(900 * bpp)
-    for y in range(700):
-        f, line = raw[y * stride], bytearray(raw[y * stride + 1:(y + 1) * stride])
+    prev = bytearray(width * bpp)
+    for y in range(height):
+        f, line = raw[y * stride], bytearray(raw[y * stride + 1 : (y + 1) * stride])
         for i in range(len(line)):
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -105,8 +103,58 @@ def test_renders_in_headless_chromium(matrix, tmp_path: Path) -> None:  # type: 
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        for x in range(0, 900 * bpp, bpp * 3):
-            seen.add(bytes(line[x:x + 3]))
+        for x in range(0, width * bpp, bpp * 3):
+            seen.add(bytes(line[x : x + 3]))
         prev = line
+    return seen
+
+
+def _screenshot(page: str, tmp_path: Path) -> set[bytes]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian packages chromium, chromium-driver)")
+    html = tmp_path / "matrix.html"
+    html.write_text(page, encoding="utf-8")
+    shot = tmp_path / "matrix.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--screenshot={shot}",
+            "--window-size=900,700",
+            html.as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    data = shot.read_bytes()
+    assert _png_size(data) == (900, 700)
+    return _pixels(data, 900, 700)
+
+
+#: The panel's background (report_html._CSS ``.panel``): on screen only when a panel is open.
+PANEL = bytes.fromhex("fffbea")
+
+
+def test_renders_in_headless_chromium(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What chromium draws: the heat map's colours, and no panel until one is opened."""
+    seen = _screenshot(render(matrix), tmp_path)
+    for colour in ("2e7d32", "c62828"):
+        assert bytes.fromhex(colour) in seen, colour
+    assert PANEL not in seen  # <details> starts closed
+
+
+def test_an_open_panel_is_drawn_over_the_map(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The panel of the first incompatible cell, opened (as a click or Enter on its summary
+    does): its box is drawn, and the map stays visible around it."""
+    page = render(matrix)
+    at = page.index('<td class="fail"><details>')
+    page = page[:at] + page[at:].replace("<details>", "<details open>", 1)
+    seen = _screenshot(page, tmp_path)
+    assert PANEL in seen
     for colour in ("2e7d32", "c62828"):
         assert bytes.fromhex(colour) in seen, colour
