@@ -135,7 +135,7 @@ def _short(text: str) -> str:
 def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmfpu import cpus
     from kvmfpu.blob.errors import InputError
-    from kvmfpu.cli.common import STDOUT, check_output
+    from kvmfpu.cli.common import STDOUT, check_output, one_line
     from kvmfpu.cli.document import document
     from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.migrate import matrix_views
@@ -159,7 +159,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         sys.stdout.write(matrix_views.to_text(m))
     c = m.counts()
     say = sys.stderr if STDOUT in outputs else sys.stdout   # an output is on stdout
-    files = [p for p in outputs if p != STDOUT]
+    files = [one_line(p) for p in outputs if p != STDOUT]
     print(f"{m.count} verdicts in {m.seconds:.2f} s ({m.count / max(m.seconds, 1e-9):,.0f}/s): "
           f"{c['compatible']} compatible, {c['compatible with conditions']} with conditions, "
           f"{c['incompatible']} incompatible"

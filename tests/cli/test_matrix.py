@@ -219,3 +219,12 @@ def test_a_reproduce_command_in_a_shell_elsewhere(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and "verdict: INCOMPATIBLE" in r.stdout
     assert "-EINVAL: fpu_copy_uabi_to_guest_fpstate" in r.stdout
+
+
+def test_a_newline_in_an_output_name_cannot_forge_a_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_csv = tmp_path / "m\nkvmfpu: error: forged.csv"
+    rc, out, _ = run(capsys, *BASE, "--csv", str(out_csv))
+    assert rc == 0 and out_csv.exists()
+    assert out.count("\n") == 1 and "m\\nkvmfpu: error: forged.csv" in out
