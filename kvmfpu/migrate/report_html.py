@@ -30,7 +30,7 @@ p.fold { margin: 0 0 8px; color: #333; }
 table.map { border-collapse: collapse; }
 table.map th { font-weight: 600; padding: 2px 6px; white-space: nowrap; }
 table.map th.col { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left;
-                   height: 120px; vertical-align: bottom; }
+                   vertical-align: bottom; }
 table.map th.row { text-align: right; }
 table.map td { width: 26px; height: 26px; padding: 0; text-align: center;
                border: 1px solid #fff; font-weight: 700; position: relative; }
@@ -170,11 +170,22 @@ def _panel(m: Matrix, c: Cell, group: list[Pair], head: str) -> str:
     differ = []
     for pair in group[1:]:
         other = m.cell(pair, c.src, c.dst)
-        if other.reason != c.reason:
+        if not _same_reason(c, other):
             differ.append(f"<li>{_e(pair_label(pair))}: {_e(other.reason)}</li>")
-    parts.append(_list("The same verdict under the folded kernel pairs, for another reason", differ))
+    parts.append(
+        _list("Under the other kernel pairs of this table: the same verdict, another reason", differ)
+    )
     parts.append(f"<h3>Reproduce with</h3><pre><code>{_e(m.reproduce(c))}</code></pre>")
     return "".join(parts)
+
+
+def _same_reason(a: Cell, b: Cell) -> bool:
+    """The same reason but for the kernel releases it names."""
+    text = b.reason
+    for theirs, ours in zip(b.pair, a.pair, strict=True):
+        if theirs != ours:
+            text = text.replace(theirs, ours)
+    return text == a.reason
 
 
 def _advice(m: Matrix, c: Cell) -> list[str]:

@@ -154,3 +154,34 @@ def test_json_body_keeps_every_cell_and_names_the_folds(matrix: Matrix) -> None:
     for c in doc["cells"]:
         ranks = [("error", "condition", "info").index(f["level"]) for f in c["findings"]]
         assert ranks == sorted(ranks)  # errors first
+
+
+def test_a_folded_cell_whose_reason_differs_says_so() -> None:
+    """EPYC-Genoa from zen1 to nehalem is incompatible under 5.15 and 6.0 alike, but the 6.0
+    guest had more features to lose (the model's checks, as compute() gives them): the page
+    folds the two tables and the panel names 6.0's own reason; where only the kernel
+    release in the text differs, nothing is repeated."""
+    m = compute("EPYC-Genoa", ["zen1", "nehalem"], ["5.15", "6.0"])
+    assert m.folds() == [[("5.15", "5.15"), ("6.0", "6.0")]]
+    a, b = m.cell(("5.15", "5.15"), "zen1", "nehalem"), m.cell(("6.0", "6.0"), "zen1", "nehalem")
+    assert a.verdict == b.verdict == "incompatible" and a.reason != b.reason
+    page = render(m)
+    assert page.count('<table class="map">') == 1 and "under: 6.0." in page
+    panel = _panel(page, "zen1@5.15 \u2192 nehalem@5.15: incompatible")
+    title = "<h3>Under the other kernel pairs of this table: the same verdict, another reason</h3>"
+    assert title in panel
+    assert panel[panel.index(title) :].split("</ul>")[0].count("<li>6.0: the guest loses ") == 1
+    for head in ("zen1@5.15 \u2192 zen1@5.15: compatible", "nehalem@5.15 \u2192 nehalem@5.15: compatible"):
+        assert title not in _panel(page, head)
+
+
+def test_a_reason_differing_only_by_the_kernel_release_is_not_repeated() -> None:
+    """Skylake-Server-v5 from kabylake to zen1 under 6.6 and 6.12: the same lost features,
+    each reason naming its own destination kernel (the Zen XSAVES erratum, b0563468eeac)."""
+    m = compute("Skylake-Server-v5", ["kabylake", "zen1"], ["6.6", "6.12"])
+    assert m.folds() == [[("6.6", "6.6"), ("6.12", "6.12")]]
+    a, b = m.cell(("6.6", "6.6"), "kabylake", "zen1"), m.cell(("6.12", "6.12"), "kabylake", "zen1")
+    assert "destination kernel 6.6 " in a.reason and "destination kernel 6.12 " in b.reason
+    assert a.reason.replace("6.6", "6.12") == b.reason
+    panel = _panel(render(m), "kabylake@6.6 \u2192 zen1@6.6: incompatible")
+    assert "another reason" not in panel
