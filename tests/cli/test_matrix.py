@@ -228,3 +228,15 @@ def test_a_newline_in_an_output_name_cannot_forge_a_line(
     rc, out, _ = run(capsys, *BASE, "--csv", str(out_csv))
     assert rc == 0 and out_csv.exists()
     assert out.count("\n") == 1 and "m\\nkvmfpu: error: forged.csv" in out
+
+
+def test_the_guest_resolves_as_migrate_resolves_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """With --vmm qemu@6.2 the guest is QEMU 6.2's model, as for `kvmfpu migrate`
+    (check.guest_at; EPYC-Genoa first came in QEMU 8.2, kvmfpu/qemu/data): the matrix used
+    to resolve it with the newest data and print a verdict for a model 6.2 lacks."""
+    args = ["--guest", "EPYC-Genoa", "--vmm", "qemu@6.2"]
+    rc, _, err = run(capsys, "matrix", *args, "--hosts", "zen4", "--kernels", "6.6")
+    rc2, _, err2 = run(capsys, "migrate", *args, "--src", "zen4@6.6", "--dst", "zen4@6.6")
+    assert (
+        (rc, err) == (rc2, err2) == (2, "kvmfpu: error: QEMU 6.2 has no EPYC-Genoa-v1 (first in QEMU 8.2)\n")
+    )
