@@ -81,6 +81,8 @@ def to_text(m: Matrix) -> str:
         f"guest {_printable(m.guest.label)}, VMM {m.vmm}: {n} x {n} hosts x {len(m.pairs)} "
         f"kernel pair(s) = {m.count} verdicts",
         f"{legend}; rows: source host, columns: destination host (numbered as the rows)",
+        "each cell is one `kvmfpu migrate` check; --html and --json give what each checked and "
+        "did not, its findings and the command that reproduces it",
     ]
     for group in m.folds():
         first = group[0]
