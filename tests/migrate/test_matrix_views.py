@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,46 @@ def test_a_reason_differing_only_by_the_kernel_release_is_not_repeated() -> None
     assert a.reason.replace("6.6", "6.12") == b.reason
     panel = _panel(render(m), "kabylake@6.6 \u2192 zen1@6.6: incompatible")
     assert "another reason" not in panel
+
+
+class _Tree(HTMLParser):
+    """Checks the tags balance and records what opens each <details>."""
+
+    VOID = frozenset({"meta", "br", "img", "hr", "input", "link"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.first_in_details: list[str] = []
+        self._want_first = False
+        self.inside_summary: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._want_first:
+            self.first_in_details.append(tag)
+            self._want_first = False
+        if "summary" in self.stack:
+            self.inside_summary.append(tag)
+        if tag in self.VOID:
+            return
+        self.stack.append(tag)
+        self._want_first = tag == "details"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-5:])
+        self.stack.pop()
+
+
+def test_panels_open_without_script_by_the_summary(matrix: Matrix) -> None:
+    """HTML's <details>: its first child <summary> is the control a click or the keyboard
+    (Tab, Enter) toggles, with no script (WHATWG HTML, "The details element"); nothing
+    interactive sits inside the summary to take the focus from it."""
+    tree = _Tree()
+    tree.feed(render(matrix))
+    tree.close()
+    assert tree.stack == []
+    assert tree.first_in_details and set(tree.first_in_details) == {"summary"}
+    assert not {"a", "button", "input", "details"} & set(tree.inside_summary)
+    assert "tabindex" not in render(matrix)
