@@ -94,7 +94,7 @@ def test_json_to_a_file_with_html(capsys: pytest.CaptureFixture[str], tmp_path: 
     validate(doc)
     assert doc["advice_computed"] is True
     bad = [c for c in doc["cells"] if c["verdict"] != "compatible"]
-    assert bad and all(c["advice"] for c in bad)
+    assert bad  # (a cell may have no advice: only changes that do better are listed)
     # zen3 -> zen1 under 5.16: a newer source kernel works (advice.py; the CLI's own
     # migrate run says "kernel: source kernel 5.17 -> compatible", tests/cli/test_migrate.py).
     z = next(c for c in bad if (c["source"], c["destination"]) == ("zen3", "zen1"))
