@@ -46,9 +46,9 @@ class Cell:
     reason: str
     #: Every finding of the check, errors first, then conditions, then notes.
     details: tuple[Finding, ...] = ()
-    scope: Scope = field(default_factory=Scope)
+    scope: Scope = field(default_factory=Scope, hash=False)  # Scope and Advice are mutable
     #: The what-would-work re-runs (compute(advise=True) only: each costs full checks).
-    advice: tuple[Advice, ...] = ()
+    advice: tuple[Advice, ...] = field(default=(), hash=False)
 
     @property
     def pair(self) -> Pair:
