@@ -75,9 +75,26 @@ def _chunks(d: Difference, unit: int, label: str) -> list[Part]:
     out = []
     for i in range(d.size // unit):
         va, vb = _side(d.value_a, i * unit, unit), _side(d.value_b, i * unit, unit)
-        if va != vb:
-            out.append(Part(f"{label} {i}", (8 * unit * i, 8 * unit * (i + 1) - 1), _h(va), _h(vb)))
+        if va != vb and (va or vb):  # a layout without the register: its lanes with data
+            # Lanes at full width, so a column of them lines up digit for digit.
+            ha = ABSENT if va is None else f"{va:#0{2 + 2 * unit}x}"
+            hb = ABSENT if vb is None else f"{vb:#0{2 + 2 * unit}x}"
+            out.append(Part(f"{label} {i}", (8 * unit * i, 8 * unit * (i + 1) - 1), ha, hb))
     return out
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 8, 9]`` -> ``"0-2, 5, 8-9"``."""
+    out: list[str] = []
+    last = -2
+    for n in numbers:
+        if out and n == last + 1:
+            first = out[-1].split("-")[0]
+            out[-1] = f"{first}-{n}"
+        else:
+            out.append(str(n))
+        last = n
+    return ", ".join(out)
 
 
 def _tile_rows(d: Difference) -> list[Part]:
@@ -201,12 +218,37 @@ def describe(d: Difference, *, lanes: int = LANES) -> list[str]:
     return out
 
 
+def summary(d: Difference) -> str:
+    """One line for ``d``: which lanes, rows or fields differ, without their values."""
+    ps = parts(d)
+    if not ps:
+        return f"{d.register}: {_whole(d)}"
+    numbers = [int(p.label.split()[-1]) for p in ps if p.label.split()[-1].isdigit()]
+    if _TILE.match(d.register):
+        changed = sum(p.map.count("#") for p in ps if p.map)
+        return f"{d.register}: {changed} of {d.size} bytes differ, in rows {_ranges(numbers)}"
+    if len(numbers) == len(ps):
+        unit = ps[0].label.split()[0]
+        return f"{d.register}: {unit}s {_ranges(numbers)} differ (of {d.size * 8 // _bits(ps[0])})"
+    return f"{d.register}: " + ", ".join(p.label for p in ps) + " differ"
+
+
+def _bits(p: Part) -> int:
+    return p.bits[1] - p.bits[0] + 1 if p.bits else 1
+
+
 def lines(diffs: list[Difference], *, limit: int | None = LIMIT) -> list[str]:
-    """Human lines for every difference, at most ``limit`` (None: all), then how many more
+    """Human lines for every difference, at most ``limit`` (None: all): each register by
+    its parts while they fit, else one summary line per register; then how many more
     registers differ."""
+    if limit is not None and sum(len(describe(d)) for d in diffs) > limit:
+        return _bounded([[summary(d)] for d in diffs], diffs, limit)
+    return _bounded([describe(d) for d in diffs], diffs, limit)
+
+
+def _bounded(blocks: list[list[str]], diffs: list[Difference], limit: int | None) -> list[str]:
     out: list[str] = []
-    for n, d in enumerate(diffs):
-        block = describe(d)
+    for n, block in enumerate(blocks):
         if limit is not None and out and len(out) + len(block) > limit:
             rest = len(diffs) - n
             out.append(
