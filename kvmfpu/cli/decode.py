@@ -61,7 +61,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"schema": render.SCHEMA, "captures": [
             render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
-                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes)
+                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes,
+                           shape=it.choice.shape, hosts=it.choice.hosts)
             for it in items]}, indent=2))
         return status
     for n, it in enumerate(items):
@@ -69,5 +70,5 @@ def cmd_decode(args: argparse.Namespace) -> int:
             print()
         print("\n".join(render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
                                     how=it.choice.how, all_registers=args.all,
-                                    notes=it.capture.notes)))
+                                    notes=it.capture.notes, shape=it.choice.shape)))
     return status
