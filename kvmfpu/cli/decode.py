@@ -70,5 +70,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
             print()
         print("\n".join(render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
                                     how=it.choice.how, all_registers=args.all,
-                                    notes=it.capture.notes, shape=it.choice.shape)))
+                                    notes=it.capture.notes,
+                                    shape="" if args.host else it.choice.shape)))
     return status
