@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kvmfpu.arch import legacy
+from kvmfpu.arch import tilecfg as arch_tilecfg
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.layout import XsaveLayout
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, name_of
@@ -313,9 +314,9 @@ def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
                  "(XRSTOR and KVM_SET_XSAVE reject it)")
     tilecfg = d.component(xf.XFeature.XTILECFG)
     if tilecfg is not None and tilecfg.in_bv and tilecfg.fields:
-        cfg = tilecfg.fields[0].value.to_bytes(64, "little")
-        if cfg[0] not in (0, 1) or any(cfg[2:16]):
-            a.append("TILECFG is not a valid palette-0/1 configuration (XRSTOR faults)")
+        why = arch_tilecfg.problem(tilecfg.fields[0].value.to_bytes(64, "little"))
+        if why:   # the emulated core's XRSTOR check (kvmfpu.arch.tilecfg, SDM LDTILECFG)
+            a.append(f"TILECFG is not a valid tile configuration: {why} (XRSTOR raises #GP)")
 
 
 def _gdb_notes(d: Decoded, layout: XsaveLayout, xcr0: int | None) -> list[str]:
