@@ -51,12 +51,12 @@ class Part:
     b: str
     map: str | None = None  # tiles: '#' where a byte differs
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, a_key: str = "a", b_key: str = "b") -> dict[str, Any]:
         out: dict[str, Any] = {
             "part": self.label,
             "bits": list(self.bits) if self.bits else None,
-            "a": self.a,
-            "b": self.b,
+            a_key: self.a,
+            b_key: self.b,
         }
         if self.map is not None:
             out["map"] = self.map
@@ -264,12 +264,13 @@ def _bounded(blocks: list[list[str]], diffs: list[Difference], limit: int | None
 
 def to_json(d: Difference, a_key: str = "a", b_key: str = "b") -> dict[str, Any]:
     """``{"register", a_key, b_key, "parts": [...], "more_parts"}``: full values, and each
-    differing lane/row/field (at most JSON_PARTS)."""
+    differing lane/row/field as ``{"part", "bits", a_key, b_key}`` (tiles with ``"map"``),
+    at most JSON_PARTS of them."""
     ps = parts(d)
     return {
         "register": d.register,
         a_key: d.a,
         b_key: d.b,
-        "parts": [p.to_json() for p in ps[:JSON_PARTS]],
+        "parts": [p.to_json(a_key, b_key) for p in ps[:JSON_PARTS]],
         "more_parts": max(0, len(ps) - JSON_PARTS),
     }

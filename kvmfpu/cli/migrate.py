@@ -96,7 +96,7 @@ def _print(r: Any) -> None:
     if r.lost:
         from kvmfpu.blob import regdiff
         print("\nregisters (source -> destination):")
-        for line in regdiff.lines(r.lost, limit=40):
+        for line in regdiff.lines(r.lost, limit=60):
             print(f"  {line}")
     print("\nsteps:")
     for side, step, outcome in r.steps:
