@@ -50,12 +50,45 @@ def _bytes_differ(label: str, a: bytes, b: bytes, base: int) -> str | None:
     return f"{label}: {len(bad)} byte(s) differ from offset {base + bad[0]} (not register state)"
 
 
+def _unused(da: dec.Decoded, db: dec.Decoded) -> list[str]:
+    """Bytes that differ inside components whose XSTATE_BV bit is clear in both images."""
+    groups: list[tuple[str, int, list[dec.Field], list[dec.Field]]] = []
+    x87 = ("fcw", "fsw", "ftw", "fop", "fip", "fdp")
+    groups.append(("x87", 0, [da.field(n) for n in x87] + da.st, [db.field(n) for n in x87] + db.st))
+    groups.append(("sse", 1, da.xmm, db.xmm))
+    comps_b = {c.bit: c for c in db.components}
+    for c in da.components:
+        other = comps_b.get(c.bit)
+        if other is not None and other.offset == c.offset:
+            groups.append((c.name, c.bit, c.fields, other.fields))
+    out = []
+    for name, bit, fa, fb in groups:
+        if (da.xstate_bv | db.xstate_bv) >> bit & 1:
+            continue
+        raw_a = b"".join(f.value.to_bytes(f.size, "little") for f in fa)
+        raw_b = b"".join(f.value.to_bytes(f.size, "little") for f in fb)
+        bad = sum(1 for x, y in zip(raw_a, raw_b, strict=True) if x != y)
+        if bad:
+            out.append(
+                f"{name}: {bad} byte(s) differ under XSTATE_BV[{bit}], clear in both (not "
+                "register state: XRSTOR loads the initial values)"
+            )
+    return out
+
+
 def diff_xsave(
-    a: Buffer, b: Buffer, host: HostLike | XsaveLayout, *, limit: int | None = regdiff.LIMIT
+    a: Buffer,
+    b: Buffer,
+    host: HostLike | XsaveLayout,
+    *,
+    limit: int | None = regdiff.LIMIT,
+    unused: bool = False,
 ) -> list[str]:
     """What differs between two buffers (standard, or compacted where XCOMP_BV[63] says
     so) laid out for ``host``: the register state first, then the buffer bytes that are
-    not state. ``limit`` bounds the register lines (None: all)."""
+    not state. ``limit`` bounds the register lines (None: all). ``unused`` also reports
+    bytes under XSTATE_BV bits clear in both, which are no register difference but which
+    a byte-exact comparison (the model against real KVM) must still see."""
     layout = _layout(host)
     a, b = bytes(a), bytes(b)
     out: list[str] = []
@@ -88,6 +121,10 @@ def diff_xsave(
         line = _bytes_differ(f"bytes {off}-{off + len(chunk) - 1} (no register)", chunk, other, off)
         if line:
             out.append(line)
+    if unused:
+        out += _unused(da, db)
+        if not out and a != b:  # byte-exact means no difference goes unsaid
+            out.append(_bytes_differ("bytes", a, b, 0) or "bytes differ")
     return out
 
 
