@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kvmfpu.arch import legacy
+from kvmfpu.arch import tilecfg as arch_tilecfg
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.layout import XsaveLayout
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, name_of
+from kvmfpu.blob import producers
 from kvmfpu.blob.errors import InputError
 
 _Q = struct.Struct("<Q")
@@ -81,6 +83,7 @@ class Decoded:
     rest: list[tuple[int, bytes]]          # bytes no field names, by offset
     anomalies: list[str] = field(default_factory=list)
     xcr0_hint: int | None = None
+    notes: list[str] = field(default_factory=list)   # facts about the image, not anomalies
     _index: dict[str, Field] | None = field(default=None, repr=False, compare=False)
 
     def field(self, name: str) -> Field:
@@ -270,7 +273,9 @@ def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
     a = d.anomalies
     if not d.compacted:
         sizes = expected_lengths(layout, xcr0)
-        if d.length not in sizes:
+        gdb = _gdb_notes(d, layout, xcr0) if d.length not in sizes else []
+        d.notes += gdb
+        if d.length not in sizes and not gdb:
             known = ", ".join(f"{n} ({who})" for n, who in sorted(sizes.items()))
             a.append(f"{d.length} bytes is none of the lengths {d.host or 'this host'}'s images "
                      f"come in: {known}")
@@ -309,9 +314,31 @@ def _check(d: Decoded, layout: XsaveLayout, data: bytes, xcr0: int | None,
                  "(XRSTOR and KVM_SET_XSAVE reject it)")
     tilecfg = d.component(xf.XFeature.XTILECFG)
     if tilecfg is not None and tilecfg.in_bv and tilecfg.fields:
-        cfg = tilecfg.fields[0].value.to_bytes(64, "little")
-        if cfg[0] not in (0, 1) or any(cfg[2:16]):
-            a.append("TILECFG is not a valid palette-0/1 configuration (XRSTOR faults)")
+        why = arch_tilecfg.problem(tilecfg.fields[0].value.to_bytes(64, "little"))
+        if why:   # the emulated core's XRSTOR check (kvmfpu.arch.tilecfg, SDM LDTILECFG)
+            a.append(f"TILECFG is not a valid tile configuration: {why} (XRSTOR raises #GP)")
+
+
+def _gdb_notes(d: Decoded, layout: XsaveLayout, xcr0: int | None) -> list[str]:
+    """What a length that is gdb <= 13's NT_X86_XSTATE size says (kvmfpu.blob.producers):
+    the producer, and the registers its Intel offsets did not copy on this layout."""
+    if xcr0 is None:
+        word = d.field("sw_reserved").value & ((1 << 64) - 1)   # ptrace/core: XCR0 at 464
+        xcr0 = word if word & 3 == 3 else None
+    if xcr0 is None or d.length != producers.gdb13_note_size(xcr0):
+        return []
+    out = [f"{d.length} bytes is the NT_X86_XSTATE size gdb 13 and earlier write for XCR0 "
+           f"{xcr0:#x} (X86_XSTATE_SIZE, Intel's layout), not a size the kernel writes on "
+           f"{d.host or 'this host'}: a core from gdb's gcore"]
+    lost = producers.gdb13_unsaved(layout, xcr0, d.length)
+    names = [f.name for c in d.components for f in c.fields
+             if any(f.offset < hi and lo < f.offset + f.size for lo, hi in lost)]
+    if names:
+        where = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in lost)
+        out.append(f"that gdb copies registers at Intel's offsets: on this layout it does not "
+                   f"save {producers.name_ranges(names)} (bytes {where}), which read as zero "
+                   "here, not as the process's values")
+    return out
 
 
 # -- human text --------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 JSON schema (``kvmfpu-decode/1``), one object per capture under ``captures``:
 
-- ``origin``, ``format``, ``length``; ``layout``: ``{"host", "how"}``
+- ``origin``, ``format``, ``length``; ``layout``: ``{"host", "how", "shape", "hosts"}``: the
+  host given, or the shape name several packaged hosts share (kvmfpu.blob.infer.shape_name,
+  e.g. ``intel-std-avx512+pkru``), why, and the packaged hosts with that placement
 - ``sw_reserved``: bytes 464-511 as ``{"value": hex, "text": str}`` (user xfeatures, or a
   signal frame's _fpx_sw_bytes)
 - ``header``: ``xstate_bv`` (hex), ``xstate_bv_names``, ``xcomp_bv`` (hex), ``compacted``
@@ -14,7 +16,8 @@ JSON schema (``kvmfpu-decode/1``), one object per capture under ``captures``:
   {name: hex}, "text": {name: str}}`` (``text`` for PKRU, TILECFG, tiles, BNDCFGU)
 - ``unnamed``: list of ``{"offset", "length", "nonzero"}`` (reserved bytes, padding, gaps)
 - ``notes``: list of str (what the container says: compression, QEMU's guest XCR0/XFD,
-  the accelerator that wrote a stream)
+  the accelerator that wrote a stream; then what the image says: a known producer's size,
+  such as gdb 13's NT_X86_XSTATE, and the registers that producer did not save)
 - ``anomalies``: list of str
 """
 
@@ -90,7 +93,8 @@ def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
 
 
 def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
-            notes: list[str] | None = None) -> dict[str, Any]:
+            notes: list[str] | None = None, shape: str = "",
+            hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     def fld(name: str, text: str | None = None) -> dict[str, str]:
         f = d.field(name)
         out = {"value": _hexv(f.value, f.size)}
@@ -100,7 +104,7 @@ def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
     fcw, fsw, mxcsr = (d.field(n).value for n in ("fcw", "fsw", "mxcsr"))
     return {
         "origin": origin, "format": fmt, "length": d.length,
-        "layout": {"host": host, "how": how},
+        "layout": {"host": host, "how": how, "shape": shape, "hosts": list(hosts)},
         "sw_reserved": {"value": _hexv(d.field("sw_reserved").value, 48),
                         "text": dec.sw_reserved_text(d.field("sw_reserved").value)},
         "header": {"xstate_bv": f"{d.xstate_bv:#x}",
@@ -121,17 +125,18 @@ def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
                         "text": _texts(c, d)} for c in d.components],
         "unnamed": [{"offset": off, "length": len(chunk), "nonzero": any(chunk)}
                     for off, chunk in d.rest],
-        "notes": list(notes or ()),
+        "notes": [*(notes or ()), *d.notes],
         "anomalies": list(d.anomalies),
     }
 
 
 def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = False,
-         notes: list[str] | None = None) -> list[str]:
+         notes: list[str] | None = None, shape: str = "") -> list[str]:
     """Human lines: header, x87 with values and tags, SSE, vectors, each component (in-use
     ones with their registers, init ones in one line), non-zero unnamed bytes, anomalies."""
+    named = f"{host}, {shape}" if shape and shape != host else host
     out = [f"{origin}: {d.length} bytes, {'compacted' if d.compacted else 'standard'} format, "
-           f"layout {host} ({how})",
+           f"layout {named} ({how})",
            f"  XSTATE_BV {xf.describe_mask(d.xstate_bv)}   XCOMP_BV {d.xcomp_bv:#x}"]
     fcw, fsw, ftw = (d.field(n).value for n in ("fcw", "fsw", "ftw"))
     state = "in use" if d.xstate_bv & xf.FP else "init"
@@ -178,7 +183,7 @@ def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = 
         if any(chunk):
             out.append(f"  bytes {off}-{off + len(chunk) - 1} (no field): "
                        f"{sum(1 for b in chunk if b)} non-zero")
-    for n in notes or ():
+    for n in (*(notes or ()), *d.notes):
         out.append(f"  note: {n}")
     for a in d.anomalies:
         out.append(f"  ANOMALY: {a}")

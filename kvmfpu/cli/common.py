@@ -54,12 +54,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def short(v: int) -> str:
-    """A register value in hex, long ones elided in the middle."""
-    text = f"{v:#x}"
-    return text if len(text) <= 26 else f"{text[:12]}...{text[-8:]} ({v.bit_length()} bits)"
-
-
 STDOUT = "-"
 
 

@@ -19,12 +19,16 @@ def integer(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     d = sub.add_parser("decode", help="decode xsave state (KVM buffers, hex dumps, core files, "
-                                      "signal frames, QEMU streams)")
+                                      "signal frames, QEMU streams)",
+                       description="Exit status 0; with --strict, 1 when any anomaly is "
+                                   "reported; 2 on bad input.")
     d.add_argument("file", help="the capture ('-' for standard input)")
     d.add_argument("--host", help="host CPU model or dump whose layout the capture uses "
                                   "(default: inferred; asked for when ambiguous)")
     input_options(d, json_doc="kvmfpu-decode/1")
     d.add_argument("--all", action="store_true", help="show registers that are zero too")
+    d.add_argument("--strict", action="store_true",
+                   help="exit 1 when any image has an anomaly (0: none; 2 stays bad input)")
     d.add_argument("--xfd", type=integer, default=None,
                    help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
                         "(QEMU streams carry it)")
@@ -52,16 +56,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from kvmfpu.blob import render
 
     items = load(args)
+    # --strict: an anomaly is a finding a script can act on (exit 1), as `validate` does.
+    status = 1 if args.strict and any(it.decoded.anomalies for it in items) else 0
     if args.json:
         print(json.dumps({"schema": render.SCHEMA, "captures": [
             render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
-                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes)
+                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes,
+                           shape=it.choice.shape, hosts=it.choice.hosts)
             for it in items]}, indent=2))
-        return 0
+        return status
     for n, it in enumerate(items):
         if n:
             print()
         print("\n".join(render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
                                     how=it.choice.how, all_registers=args.all,
-                                    notes=it.capture.notes)))
-    return 0
+                                    notes=it.capture.notes,
+                                    shape="" if args.host else it.choice.shape)))
+    return status

@@ -8,8 +8,10 @@ JSON (``--json``):
   that refuses), ``reason``, ``commit`` (the change that introduced the check, and its
   release), ``note``.
 - ``kvmfpu-diff/1``: ``same`` (bool), ``pairs``: one per image pair with ``a``, ``b`` (file
-  and image) and ``differences``: ``{"register", "a", "b"}`` with hex values (``"not in this
-  layout"`` where one side's host has no such register).
+  and image) and ``differences``: ``{"register", "a", "b", "parts", "more_parts"}`` with the
+  full hex values (``"not in this layout"`` where one side's host has no such register) and
+  each differing lane, tile row or field (kvmfpu.blob.regdiff: ``{"part", "bits", "a", "b"}``,
+  tiles with a byte ``map``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> lis
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from kvmfpu.blob import regdiff
     from kvmfpu.blob.compare import register_diff
 
     a = _decoded(args.a, args.host, args.format, args.max_size)
@@ -125,17 +128,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     same = not any(d for _, _, d in report)
     if args.json:
         print(json.dumps({"schema": "kvmfpu-diff/1", "same": same, "pairs": [
-            {"a": oa, "b": ob, "differences": [
-                {"register": n, "a": va, "b": vb} for n, va, vb in diffs]}
+            {"a": oa, "b": ob, "differences": [regdiff.to_json(d) for d in diffs]}
             for oa, ob, diffs in report]}, indent=2))
     else:
         for oa, ob, diffs in report:
             if not diffs:
                 print(f"{oa} and {ob}: same register state")
-            elif len(report) > 1:
-                print(f"{oa} vs {ob}:")
-            for n, va, vb in diffs:
-                print(f"{n}: {va} != {vb}")
+            else:
+                print(f"{oa} -> {ob}:")
+            for line in regdiff.lines(diffs):
+                print(f"  {line}")
     return 0 if same else 1
 
 

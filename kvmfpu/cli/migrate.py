@@ -107,11 +107,10 @@ def _print(r: Any) -> None:
             for f in items:
                 print(f"  - [{f.stage}] {f.text}")
     if r.lost:
+        from kvmfpu.blob import regdiff
         print("\nregisters (source -> destination):")
-        for name, a, b in r.lost[:12]:
-            print(f"  {name:10} {_short(a)} -> {_short(b)}")
-        if len(r.lost) > 12:
-            print(f"  ... {len(r.lost) - 12} more")
+        for line in regdiff.lines(r.lost, limit=60):
+            print(f"  {line}")
     print("\nsteps:")
     for side, step, outcome in r.steps:
         print(f"  {side:11} {step}: {outcome}")
@@ -125,11 +124,6 @@ def _print(r: Any) -> None:
         print("\nwhat would work (each re-run on the models):")
         for a in r.advice:
             print(f"  - {a.kind}: {a.change} -> {a.verdict}")
-
-
-def _short(text: str) -> str:
-    from kvmfpu.cli.common import short
-    return short(int(text, 16)) if text.startswith("0x") else text
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

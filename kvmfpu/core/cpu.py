@@ -23,7 +23,7 @@ from typing import Any, Final
 from typing_extensions import Buffer
 
 from kvmfpu import cpus
-from kvmfpu.arch import legacy
+from kvmfpu.arch import legacy, tilecfg
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, name_of
 from kvmfpu.core import msrs
@@ -305,11 +305,11 @@ class Cpu:
         """Value checks for components whose load can fault: AMX TILECFG, CET."""
         mem = self._mem
         if mask & xf.XTILECFG:
-            problem = _tilecfg_problem(bytes(mem[address + offset_of(17):
+            problem = tilecfg.problem(bytes(mem[address + offset_of(17):
                                                address + offset_of(17) + 64]))
             if problem:
                 raise GeneralProtection(mn, f"invalid XTILECFG being loaded: {problem} "
-                                            "(SDM §13.14: XRSTOR faults on an invalid tile config)")
+                                            "(XRSTOR checks it as LDTILECFG does: SDM vol. 2)")
         if mask & xf.CET_U:
             u_cet, pl3 = _QQ.unpack_from(mem, address + offset_of(11))
             problem = (msrs.u_s_cet_problem(u_cet, self._has_shstk, self._has_ibt)
@@ -919,25 +919,4 @@ def xcr0_problem(value: int, supported: int) -> str | None:
         return f"XCR0={value:#x}: MPX bits 4:3 must be both set or both clear"
     if bool(value & xf.XTILECFG) != bool(value & xf.XTILEDATA):
         return f"XCR0={value:#x}: AMX bits 18:17 must be both set or both clear"
-    return None
-
-
-def _tilecfg_problem(cfg: bytes) -> str | None:
-    """Why a 64-byte TILECFG is invalid for palette 1, or None (Bochs configure_tiles)."""
-    palette = cfg[0]
-    if palette == 0:
-        return None
-    if palette != 1:
-        return f"palette {palette} is not supported"
-    if any(cfg[2:16]) or any(cfg[32:48]) or any(cfg[56:64]):
-        return "reserved bytes are not zero"
-    for n in range(8):
-        colsb = int.from_bytes(cfg[16 + 2 * n:18 + 2 * n], "little")
-        rows = cfg[48 + n]
-        if colsb > 64:
-            return f"tile {n}: {colsb} bytes per row (at most 64)"
-        if rows > 16:
-            return f"tile {n}: {rows} rows (at most 16)"
-        if (rows == 0) != (colsb == 0):
-            return f"tile {n}: rows={rows} and bytes per row={colsb} must both be zero or not"
     return None

@@ -12,6 +12,7 @@ carries the kernel function, condition and commit of the KvmError or fault behin
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -199,7 +200,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     return run
 
 
-def _names(diff: list[tuple[str, str, str]]) -> str:
+def _names(diff: Sequence[tuple[str, str, str]]) -> str:
     return ", ".join(d[0] for d in diff[:6]) + (", ..." if len(diff) > 6 else "")
 
 

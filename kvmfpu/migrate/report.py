@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from kvmfpu.blob import regdiff
+from kvmfpu.blob.compare import Difference
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm.errors import KvmError
 
@@ -97,7 +99,8 @@ class Report:
     vmm: Vmm
     findings: list[Finding]
     steps: list[tuple[str, str, str]]
-    lost: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The registers that differ after the restore (blob.compare.register_diff).
+    lost: list[Difference] = field(default_factory=list)
     advice: list[Advice] = field(default_factory=list)
     blob: str | None = None
     lost_msrs: set[int] = field(default_factory=set)
@@ -142,6 +145,6 @@ class Report:
             "lost_features": list(self.lost_features),
             "scope": self.scope.to_json(),
             "steps": [{"side": a, "step": b, "outcome": c} for a, b, c in self.steps],
-            "lost": [{"register": r, "source": a, "destination": b} for r, a, b in self.lost],
+            "lost": [regdiff.to_json(d, "source", "destination") for d in self.lost],
             "advice": [a.to_json() for a in self.advice],
         }

@@ -1,44 +1,40 @@
-"""Compare two standard-format xsave buffers register by register.
+"""Compare two xsave buffers register by register, for tests.
 
-``diff_xsave`` names what differs (``ymm3``, ``mxcsr``, ``XSTATE_BV``, ``tmm2``, "legacy
-bytes 416-463"...) instead of printing a hexdump; ``assert_xsave_equal`` raises an
-AssertionError listing those lines.
+``diff_xsave`` names what differs instead of printing a hexdump, in two parts:
+
+1. the register state, exactly as ``kvmfpu diff`` and the migration check see it
+   (:func:`kvmfpu.blob.compare.register_diff`, one meaning of "register diff"): a
+   component whose XSTATE_BV bit is clear holds its initial values whatever its bytes say
+   (SDM vol. 1 §13.8.1), so data there is no difference; vector registers by lane, tiles by
+   byte map, x87 registers as 80-bit values (:mod:`kvmfpu.blob.regdiff`);
+2. buffer bytes that are not register state but that a test may care about: XCOMP_BV,
+   MXCSR_MASK, the reserved and software bytes of the legacy region and header, padding
+   and gaps between components, and the length.
+
+``assert_xsave_equal`` raises an AssertionError listing those lines.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from kvmfpu import cpus
 from kvmfpu.arch import legacy
 from kvmfpu.arch.layout import XsaveLayout
-from kvmfpu.arch.xfeatures import describe_mask, name_of
-from kvmfpu.core.regfile import REGISTERS, Register
+from kvmfpu.arch.xfeatures import describe_mask
+from kvmfpu.blob import decode as dec
+from kvmfpu.blob import regdiff
+from kvmfpu.blob.compare import register_diff
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.testing.areas import HostLike
 
-# Legacy-area fields without a register name.
-_LEGACY_FIELDS: Final = (("fcs", 12, 2), ("fds", 20, 2))
+Buffer = bytes | bytearray | memoryview
 
-
-def _report_names(layout: XsaveLayout) -> list[str]:
-    """The registers to report, each byte under one name: the widest vector register the
-    layout holds (zmm over ymm over xmm), no MMX aliases."""
-    have = set(layout.components)
-    names = ["fcw", "fsw", "ftw", "fop", "fip", "fdp", "mxcsr", "mxcsr_mask",
-             *(f"st{i}" for i in range(8))]
-    if {2, 6} <= have:
-        names += [f"zmm{i}" for i in range(16)]
-    elif 2 in have:
-        names += [f"ymm{i}" for i in range(16)]
-    else:
-        names += [f"xmm{i}" for i in range(16)]
-    if 7 in have:
-        names += [f"zmm{i}" for i in range(16, 32)]
-    names += [f"k{i}" for i in range(8)] + [f"bnd{i}" for i in range(4)]
-    names += ["bndcfgu", "bndstatus", "pkru", "tilecfg", *(f"tmm{i}" for i in range(8))]
-    names += [f"r{i}" for i in range(16, 32)]
-    return names
+# Fields of the decode that are bytes of the buffer, not register state.
+_NOT_STATE = (
+    ("mxcsr_mask", "MXCSR_MASK"),
+    ("legacy_reserved", "legacy bytes 416-463"),
+    ("sw_reserved", "sw_reserved bytes 464-511"),
+    ("header_reserved", "header reserved bytes 528-575"),
+)
 
 
 def _layout(host: HostLike | XsaveLayout) -> XsaveLayout:
@@ -47,83 +43,93 @@ def _layout(host: HostLike | XsaveLayout) -> XsaveLayout:
     return (host if isinstance(host, HostModel) else cpus.load(host)).layout
 
 
-def _spans(reg: Register, layout: XsaveLayout) -> list[tuple[int, int]] | None:
+def _bytes_differ(label: str, a: bytes, b: bytes, base: int) -> str | None:
+    bad = [i for i in range(min(len(a), len(b))) if a[i] != b[i]]
+    if not bad:
+        return None
+    return f"{label}: {len(bad)} byte(s) differ from offset {base + bad[0]} (not register state)"
+
+
+def _unused(da: dec.Decoded, db: dec.Decoded) -> list[str]:
+    """Bytes that differ inside components whose XSTATE_BV bit is clear in both images."""
+    groups: list[tuple[str, int, list[dec.Field], list[dec.Field]]] = []
+    x87 = ("fcw", "fsw", "ftw", "fop", "fip", "fdp")
+    groups.append(("x87", 0, [da.field(n) for n in x87] + da.st, [db.field(n) for n in x87] + db.st))
+    groups.append(("sse", 1, da.xmm, db.xmm))
+    comps_b = {c.bit: c for c in db.components}
+    for c in da.components:
+        other = comps_b.get(c.bit)
+        if other is not None and other.offset == c.offset:
+            groups.append((c.name, c.bit, c.fields, other.fields))
     out = []
-    for p in reg.pieces:
-        if p.bit <= 1:
-            out.append((p.offset, p.size))
+    for name, bit, fa, fb in groups:
+        if (da.xstate_bv | db.xstate_bv) >> bit & 1:
             continue
-        c = layout.components.get(p.bit)
-        if c is None or c.supervisor:
-            return None
-        out.append((c.offset + p.offset, p.size))
+        raw_a = b"".join(f.value.to_bytes(f.size, "little") for f in fa)
+        raw_b = b"".join(f.value.to_bytes(f.size, "little") for f in fb)
+        bad = sum(1 for x, y in zip(raw_a, raw_b, strict=True) if x != y)
+        if bad:
+            out.append(
+                f"{name}: {bad} byte(s) differ under XSTATE_BV[{bit}], clear in both (not "
+                "register state: XRSTOR loads the initial values)"
+            )
     return out
 
 
-def _read(buf: bytes | bytearray | memoryview, spans: list[tuple[int, int]]) -> int:
-    data = b"".join(bytes(buf[o:o + n]) for o, n in spans)
-    return int.from_bytes(data, "little")
-
-
-def _fmt(v: int) -> str:
-    text = f"{v:#x}"
-    return text if len(text) <= 34 else f"{text[:14]}...{text[-10:]}"
-
-
-def diff_xsave(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview,
-               host: HostLike | XsaveLayout) -> list[str]:
-    """What differs between two standard-format buffers laid out for ``host``: header
-    fields, every named register, then any remaining bytes by region."""
+def diff_xsave(
+    a: Buffer,
+    b: Buffer,
+    host: HostLike | XsaveLayout,
+    *,
+    limit: int | None = regdiff.LIMIT,
+    unused: bool = False,
+) -> list[str]:
+    """What differs between two buffers (standard, or compacted where XCOMP_BV[63] says
+    so) laid out for ``host``: the register state first, then the buffer bytes that are
+    not state. ``limit`` bounds the register lines (None: all). ``unused`` also reports
+    bytes under XSTATE_BV bits clear in both, which are no register difference but which
+    a byte-exact comparison (the model against real KVM) must still see."""
     layout = _layout(host)
+    a, b = bytes(a), bytes(b)
     out: list[str] = []
     if len(a) != len(b):
         out.append(f"length: {len(a)} != {len(b)}")
-    n = min(len(a), len(b))
-    covered = bytearray(n)
-
-    def mark(off: int, size: int) -> None:
-        covered[off:min(off + size, n)] = b"\1" * max(0, min(off + size, n) - off)
-
-    for name, off in (("XSTATE_BV", legacy.XSTATE_BV), ("XCOMP_BV", legacy.XCOMP_BV)):
-        if off + 8 <= n:
-            va = int.from_bytes(a[off:off + 8], "little")
-            vb = int.from_bytes(b[off:off + 8], "little")
-            mark(off, 8)
-            if va != vb:
-                out.append(f"{name}: {describe_mask(va)} != {describe_mask(vb)}")
-    for name, off, size in _LEGACY_FIELDS:
-        mark(off, size)
-        if a[off:off + size] != b[off:off + size]:
-            out.append(f"{name}: {_fmt(_read(a, [(off, size)]))} != {_fmt(_read(b, [(off, size)]))}")
-    for name in _report_names(layout):
-        reg = REGISTERS[name]
-        spans = _spans(reg, layout)
-        if spans is None or any(o + size > n for o, size in spans):
-            continue
-        for o, size in spans:
-            mark(o, size)
-        va, vb = _read(a, spans), _read(b, spans)
-        if va != vb:
-            out.append(f"{name}: {_fmt(va)} != {_fmt(vb)}")
-    # Whatever no field covers: reserved bytes, padding, gaps, unknown components.
-    regions = [("legacy bytes 416-463", 416, 464), ("sw_reserved bytes 464-511", 464, 512),
-               ("header reserved bytes 528-575", 528, 576)]
-    for bit, c in sorted(layout.components.items()):
-        if not c.supervisor:
-            regions.append((f"{name_of(bit)} (other bytes)", c.offset, c.offset + c.size))
-    regions.append(("bytes outside every component", 0, n))
-    for label, start, end in regions:
-        bad = [i for i in range(start, min(end, n)) if not covered[i] and a[i] != b[i]]
-        if bad:
-            out.append(f"{label}: {len(bad)} byte(s) differ from offset {bad[0]}")
-            for i in bad:
-                covered[i] = 1
+    if min(len(a), len(b)) < legacy.EXTENDED:  # no header to decode: bytes only
+        line = _bytes_differ("bytes", a, b, 0)
+        return out + ([line] if line else [])
+    da, db = dec.decode(a, layout), dec.decode(b, layout)
+    out += regdiff.lines(register_diff(da, db), limit=limit)
+    if da.xcomp_bv != db.xcomp_bv:
+        out.append(
+            f"XCOMP_BV: {describe_mask(da.xcomp_bv)} -> {describe_mask(db.xcomp_bv)} (not register state)"
+        )
+    for name, label in _NOT_STATE:
+        fa, fb = da.field(name), db.field(name)
+        if fa.value != fb.value:
+            line = _bytes_differ(
+                label, fa.value.to_bytes(fa.size, "little"), fb.value.to_bytes(fb.size, "little"), fa.offset
+            )
+            if name == "mxcsr_mask":
+                line = f"MXCSR_MASK: {fa.value:#x} -> {fb.value:#x} (not register state)"
+            if line:
+                out.append(line)
+    runs_b = dict(db.rest)
+    for off, chunk in da.rest:
+        other = runs_b.get(off)
+        if other is None:
+            continue  # the two lengths place different runs: said above
+        line = _bytes_differ(f"bytes {off}-{off + len(chunk) - 1} (no register)", chunk, other, off)
+        if line:
+            out.append(line)
+    if unused:
+        out += _unused(da, db)
+        if not out and a != b:  # byte-exact means no difference goes unsaid
+            out.append(_bytes_differ("bytes", a, b, 0) or "bytes differ")
     return out
 
 
-def assert_xsave_equal(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview,
-                       host: HostLike | XsaveLayout) -> None:
-    """Raise AssertionError naming every register that differs."""
+def assert_xsave_equal(a: Buffer, b: Buffer, host: HostLike | XsaveLayout) -> None:
+    """Raise AssertionError naming every register (and non-state byte range) that differs."""
     lines = diff_xsave(a, b, host)
     if lines:
         raise AssertionError("xsave buffers differ:\n  " + "\n  ".join(lines))

@@ -43,7 +43,8 @@ def test_json_document(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0 and doc["schema"] == "kvmfpu-decode/1"
     (c,) = doc["captures"]
     assert set(c) == CAPTURE_KEYS
-    assert c["layout"] == {"host": "devhost-zen5", "how": "--host"}
+    assert c["layout"] == {"host": "devhost-zen5", "how": "--host", "shape": "amd-std-avx512",
+                           "hosts": ["devhost-zen5"]}
     assert c["header"]["xstate_bv"] == "0xe7" and c["header"]["compacted"] is False
     assert c["x87"]["st"][0] == {"reg": "st0", "value": "2", "tag": "valid",
                                  "raw": "0x40008000000000000000"}

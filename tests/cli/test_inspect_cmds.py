@@ -79,7 +79,8 @@ def test_convert_then_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rc == 1 and doc["schema"] == "kvmfpu-diff/1" and doc["same"] is False
     (pair,) = doc["pairs"]
     assert [d["register"] for d in pair["differences"]] == ["zmm5", "zmm11", "k1", "zmm17"]
-    assert pair["differences"][2] == {"register": "k1", "a": "0xf0f0", "b": "0x0"}
+    assert pair["differences"][2] == {"register": "k1", "a": "0xf0f0", "b": "0x0",
+                                      "parts": [], "more_parts": 0}
 
 
 def test_diff_reports_register_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +88,9 @@ def test_diff_reports_register_names(tmp_path: Path, capsys: pytest.CaptureFixtu
     struct.pack_into("<I", data, 24, 0x1F80)                 # MXCSR
     (tmp_path / "b").write_bytes(bytes(data))
     rc, out, _ = run(capsys, "diff", KVM_SAMPLE, str(tmp_path / "b"), "--host", "devhost-zen5")
-    assert rc == 1 and out.strip() == "mxcsr: 0x1fa0 != 0x1f80"
+    assert rc == 1 and out.splitlines()[1:] == [
+        "  mxcsr: 0x1fa0 [PE IM DM ZM OM UM PM RC=nearest] -> 0x1f80 [IM DM ZM OM UM PM "
+        "RC=nearest]"]
 
 
 def test_convert_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
