@@ -1,0 +1,405 @@
+"""A libvirt domain's ``<cpu>`` as the QEMU ``-cpu`` value libvirt 9.0 generates, resolved.
+
+What libvirt does (libvirt 9.0, checked against the real libvirt 9.0.0-4+deb12u2 here with
+``virsh domxml-to-native qemu-argv``; tests/qemu/test_libvirt_cpu.py):
+
+- ``mode='custom'``: ``-cpu MODEL`` then each ``<feature>`` in document order as
+  ``NAME=on`` (policy force, require) or ``NAME=off`` (disable, forbid); ``optional`` is
+  settled against the host at start (on when the host has it, else off). Names go through
+  libvirt's table virQEMUCapsCPUFeaturesX86 (src/qemu/qemu_capabilities.c: cmp_legacy ->
+  cmp-legacy, pclmuldq -> pclmulqdq, ...); others pass unchanged. cmt, mbm_total,
+  mbm_local, osxsave and ospke are never passed (virQEMUCapsCPUFilterFeatures: QEMU never
+  had them or dropped them). ``<model vendor_id=>`` adds ``vendor=``.
+- ``host-passthrough``: ``-cpu host``; ``maximum``: ``-cpu max``; with ``migratable=`` and
+  the features as above.
+- ``host-model``: at start libvirt replaces it with its host CPU model (virCPUUpdate with
+  virQEMUCapsGetHostModel): the cpu_map model closest to QEMU's migratable expansion of
+  ``host`` plus the host's extra features (require) and the model's missing ones (disable),
+  x86Decode in src/cpu/cpu_x86.c. Computed here from the host description, see
+  :func:`host_model`; what that leaves out is said in the notes.
+- ``check``: none (no check), partial (libvirt compares the host CPU with the definition
+  before starting QEMU and refuses a missing required feature), full (also after start,
+  the vCPU QEMU created); libvirt's defaults (qemuDomainDefCPUPostParse): none for
+  host-passthrough and maximum, partial otherwise. Both refusals stop the guest the way
+  QEMU's ``enforce`` does, so partial/full resolve with ``enforce`` (noted).
+- Domain ``<features>``: ``<kvm><hidden state='on'/>`` -> ``kvm=off``, ``<pmu state=>`` ->
+  ``pmu=``; ``<clock><timer name='tsc' frequency=>`` -> ``tsc-frequency=``.
+
+Bad input raises :class:`kvmfpu.qemu.models.UnknownModel` (this layer's input error; the
+guest resolver, kvmfpu.migrate.guest_spec, turns it into InputError).
+
+Data: ``data/libvirt_cpu_map.json`` (libvirt's cpu_map, tools/import_libvirt_cpu_map.py).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+from kvmfpu.qemu import features as qf
+from kvmfpu.qemu import models
+from kvmfpu.qemu.models import GuestModel, UnknownModel
+
+#: Largest domain XML read (a domain with hundreds of devices is ~100 KiB).
+MAX_XML: Final = 1 << 20
+#: libvirt's cpu mode names and QEMU's model for the two that are QEMU models.
+MODES: Final = ("custom", "host-model", "host-passthrough", "maximum")
+MODE_QEMU: Final = {"host-passthrough": "host", "maximum": "max"}
+POLICIES: Final = ("force", "require", "optional", "disable", "forbid")
+CHECKS: Final = ("none", "partial", "full")
+#: virQEMUCapsCPUFeaturesX86 (qemu_capabilities.c): libvirt name -> QEMU name.
+RENAMES: Final = {
+    "cmp_legacy": "cmp-legacy",
+    "ds_cpl": "ds-cpl",
+    "fxsr_opt": "fxsr-opt",
+    "kvm_pv_eoi": "kvm-pv-eoi",
+    "kvm_pv_unhalt": "kvm-pv-unhalt",
+    "lahf_lm": "lahf-lm",
+    "nodeid_msr": "nodeid-msr",
+    "pclmuldq": "pclmulqdq",
+    "perfctr_core": "perfctr-core",
+    "perfctr_nb": "perfctr-nb",
+    "tsc_adjust": "tsc-adjust",
+}
+#: virQEMUCapsCPUFilterFeatures: never passed to QEMU.
+NEVER_PASSED: Final = frozenset({"cmt", "mbm_total", "mbm_local", "osxsave", "ospke"})
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class DomainCpu:
+    """The parts of a domain XML that decide the ``-cpu`` value."""
+
+    mode: str
+    check: str  # explicit, or libvirt's default for the mode
+    check_given: bool
+    match: str | None = None
+    model: str | None = None
+    fallback: str | None = None
+    vendor_id: str | None = None
+    migratable: str | None = None
+    features: tuple[Feature, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # (property, value) from <features>/<clock>
+    virt_type: str | None = None
+
+
+@cache
+def cpu_map() -> dict[str, Any]:
+    text = resources.files("kvmfpu.qemu").joinpath("data", "libvirt_cpu_map.json").read_text()
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+@cache
+def feature_names() -> dict[str, str]:
+    """Every spelling libvirt's cpu_map accepts (names and QEMU aliases) -> its name."""
+    out: dict[str, str] = {}
+    for f in cpu_map()["features"]:
+        out[f["name"]] = f["name"]
+        for a in f.get("aliases", ()):
+            out.setdefault(a, f["name"])
+    return out
+
+
+@cache
+def cpu_models() -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in cpu_map()["models"]}
+
+
+def source() -> dict[str, Any]:
+    src: dict[str, Any] = cpu_map()["source"]
+    return src
+
+
+def qemu_name(name: str) -> str:
+    """The name libvirt writes on the ``-cpu`` line for a cpu_map feature."""
+    return RENAMES.get(name, name)
+
+
+def _refuse_dtd(text: str, what: str) -> None:
+    # xml.etree expands internal entities (billion laughs); a domain XML never has a DTD.
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise UnknownModel(f"{what}: XML with a DOCTYPE or ENTITY declaration is refused")
+
+
+def parse(text: str, what: str = "domain XML") -> DomainCpu:
+    """A whole ``<domain>`` or a bare ``<cpu>`` element -> :class:`DomainCpu`."""
+    if len(text) > MAX_XML:
+        raise UnknownModel(f"{what}: {len(text)} characters, more than the {MAX_XML} read")
+    _refuse_dtd(text, what)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise UnknownModel(f"{what}: malformed XML: {exc}") from None
+    cpu: ET.Element | None
+    dom: ET.Element | None
+    if root.tag == "cpu":
+        cpu, dom = root, None
+    elif root.tag == "domain":
+        cpu, dom = root.find("cpu"), root
+    else:
+        raise UnknownModel(f"{what}: root element <{root.tag}>, expected <domain> or <cpu>")
+    virt = None if dom is None else dom.get("type")
+    mode = "custom" if cpu is None else cpu.get("mode", "custom")
+    if mode not in MODES:
+        raise UnknownModel(f"{what}: <cpu mode={mode!r}>: libvirt's modes are {', '.join(MODES)}")
+    check = None if cpu is None else cpu.get("check")
+    if check is not None and check not in CHECKS:
+        raise UnknownModel(f"{what}: <cpu check={check!r}>: libvirt's values are {', '.join(CHECKS)}")
+    model_el = None if cpu is None else cpu.find("model")
+    model = None if model_el is None or not (model_el.text or "").strip() else model_el.text.strip()  # type: ignore[union-attr]
+    if mode == "custom" and model is None:
+        raise UnknownModel(f"{what}: no <cpu><model>: libvirt leaves -cpu out and QEMU's default applies")
+    feats = []
+    for f in () if cpu is None else cpu.findall("feature"):
+        name, policy = f.get("name"), f.get("policy", "require")
+        if not name:
+            raise UnknownModel(f"{what}: <feature> without a name")
+        if policy not in POLICIES:
+            raise UnknownModel(
+                f"{what}: feature {name}: policy {policy!r} is not one of {', '.join(POLICIES)}"
+            )
+        canon = feature_names().get(name)
+        if canon is None:
+            raise UnknownModel(
+                f"{what}: unknown CPU feature: {name} (libvirt 9.0's cpu_map has no such name)"
+            )
+        feats.append(Feature(canon, policy))
+    # qemuDomainDefCPUPostParse: check defaults to none for host-passthrough and maximum.
+    default = "none" if mode in ("host-passthrough", "maximum") else "partial"
+    return DomainCpu(
+        mode=mode,
+        check=check or default,
+        check_given=check is not None,
+        match=None if cpu is None else cpu.get("match"),
+        model=model,
+        fallback=None if model_el is None else model_el.get("fallback"),
+        vendor_id=None if model_el is None else model_el.get("vendor_id"),
+        migratable=None if cpu is None else cpu.get("migratable"),
+        features=tuple(feats),
+        extra=_domain_props(dom),
+        virt_type=virt,
+    )
+
+
+def _domain_props(dom: ET.Element | None) -> tuple[tuple[str, str], ...]:
+    if dom is None:
+        return ()
+    out = []
+    hidden = dom.find("features/kvm/hidden")
+    if hidden is not None and hidden.get("state") == "on":
+        out.append(("kvm", "off"))
+    pmu = dom.find("features/pmu")
+    if pmu is not None and pmu.get("state") in ("on", "off"):
+        out.append(("pmu", pmu.get("state", "")))
+    for t in dom.findall("clock/timer"):
+        if t.get("name") == "tsc" and t.get("frequency"):
+            out.append(("tsc-frequency", t.get("frequency", "")))
+    return tuple(out)
+
+
+def host_model(host: Any, *, qemu: str | None = None) -> tuple[str, tuple[Feature, ...], list[str]]:
+    """libvirt's host-model CPU for ``host`` (a kvmfpu.kvm.system.Kvm): (model, features
+    with their policies, notes), :func:`decode` of QEMU's migratable expansion of ``host``."""
+    from kvmfpu.qemu.host_cpu import host_expansion, supported_features
+
+    on = {n for n, v in host_expansion(host).items() if v}
+    supported = supported_features(host)
+    name, req, dis = decode(on, host.host.vendor, _signature(host), qemu=qemu, supported=supported)
+    notes = [
+        f"host-model on {host.host.name}: libvirt's x86Decode of QEMU's migratable host expansion "
+        f"gives {name} with {len(req)} added and {len(dis)} removed features (computed by kvmfpu "
+        "from the host description; APPROXIMATED: feature-MSR bits (IA32_ARCH_CAPABILITIES...) "
+        "are not in kvmfpu's host expansion, signature stepping ranges are not compared)"
+    ]
+    feats = tuple(Feature(f, "require") for f in req) + tuple(Feature(f, "disable") for f in dis)
+    return name, feats, notes
+
+
+def options(req: list[str], dis: list[str]) -> list[str]:
+    """A decoded CPU's -cpu options: the required features, then the disabled ones."""
+    opts = [f"{qemu_name(f)}=on" for f in req if f not in NEVER_PASSED]
+    return opts + [f"{qemu_name(f)}=off" for f in dis if f not in NEVER_PASSED]
+
+
+def decode(
+    on: set[str],
+    vendor: str | None,
+    signature: tuple[int, int],
+    *,
+    qemu: str | None = None,
+    accel: str = "kvm",
+    supported: frozenset[str] | set[str] | None = None,
+) -> tuple[str, list[str], list[str]]:
+    """x86Decode (src/cpu/cpu_x86.c) of a QEMU feature set (canonical QEMU names): (model,
+    features to require, features to disable), libvirt names in cpu_map order.
+
+    Walk the cpu_map models from the last; skip those QEMU does not have, those with
+    ``decode guest='off'`` and those of another vendor; a candidate lists what the CPU has
+    beyond the model (require) and what the model has beyond the CPU, or QEMU's model
+    beyond the CPU (its blockers, query-cpu-definitions unavailable-features), to disable;
+    a model whose signature (family, model) matches beats one that does not, otherwise the
+    one with fewer listed features wins (ties: the later model in the map). ``supported``:
+    what the host can give a model (blockers are counted against it; default ``on``)."""
+    have = {f["name"] for f in cpu_map()["features"] if _qemu_feature(f["name"]) in on}
+    by_qemu = {q: f["name"] for f in cpu_map()["features"] if (q := _qemu_feature(f["name"]))}
+    vendor_name = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "Hygon"}.get(vendor or "")
+    fam, mod = signature
+    best: tuple[str, list[str], list[str]] | None = None
+    best_sig = False
+    for m in reversed(cpu_map()["models"]):
+        if not m["decode_guest"] or (m["vendor"] and vendor_name and m["vendor"] != vendor_name):
+            continue
+        try:
+            qmodel = models.resolve(m["name"], qemu=qemu, accel=accel)
+        except UnknownModel:
+            continue  # not in QEMU's query-cpu-definitions
+        feats = set(m["features"])
+        blockers = {
+            by_qemu[q] for q in qmodel.features - (on if supported is None else supported) if q in by_qemu
+        }
+        req = [f["name"] for f in cpu_map()["features"] if f["name"] in have - feats]
+        dis = [f["name"] for f in cpu_map()["features"] if f["name"] in (feats | blockers) - have]
+        sig = any(s["family"] == fam and s["model"] == mod for s in m["signatures"])
+        if (
+            best is None
+            or (sig and not best_sig)
+            or (sig == best_sig and len(best[1]) + len(best[2]) > len(req) + len(dis))
+        ):
+            best, best_sig = (m["name"], req, dis), sig
+    if best is None:
+        raise UnknownModel("host-model: no libvirt CPU model fits the host")
+    return best
+
+
+def _qemu_feature(name: str) -> str | None:
+    try:
+        return qf.canonical(qemu_name(name))
+    except qf.UnknownFeature:
+        return None
+
+
+def _signature(host: Any) -> tuple[int, int]:
+    eax = host.host.cpuid(1, 0)[0]
+    family = (eax >> 8) & 0xF
+    if family == 0xF:
+        family += (eax >> 20) & 0xFF
+    return family, ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0)
+
+
+def _kvm(host: Any) -> Any:
+    """``host`` is a Kvm or a function making one (built only when a mode needs it)."""
+    return host() if callable(host) else host
+
+
+def _feature_options(cpu: DomainCpu, host: Any, notes: list[str]) -> list[str]:
+    opts = []
+    offered = None
+    for f in cpu.features:
+        if f.name in NEVER_PASSED:
+            notes.append(
+                f"{f.name} ({f.policy}): libvirt never passes it to QEMU (virQEMUCapsCPUFilterFeatures)"
+            )
+            continue
+        if f.policy == "optional":
+            if host is None:
+                notes.append(
+                    f"{f.name} (optional): libvirt settles it against the host at start; "
+                    "no host given, left out"
+                )
+                continue
+            if offered is None:
+                from kvmfpu.qemu.host_cpu import supported_features
+
+                offered = supported_features(_kvm(host))
+            on = _qemu_feature(f.name) in offered
+            notes.append(
+                f"{f.name} (optional): {'on' if on else 'off'}, the host {'has' if on else 'lacks'} it"
+            )
+            opts.append(f"{qemu_name(f.name)}={'on' if on else 'off'}")
+            continue
+        opts.append(f"{qemu_name(f.name)}={'on' if f.policy in ('force', 'require') else 'off'}")
+    return opts
+
+
+def qemu_cpu_arg(cpu: DomainCpu, *, host: Any = None, qemu: str | None = None) -> tuple[str, list[str]]:
+    """The ``-cpu`` value libvirt generates for ``cpu`` and what kvmfpu notes about it.
+    ``host`` (a kvmfpu.kvm.system.Kvm, or a function returning one) is needed for
+    host-model and optional features only."""
+    notes: list[str] = []
+    if cpu.mode == "host-model":
+        if host is None:
+            raise UnknownModel("host-model: libvirt derives it from the host; give the host (--src/--host)")
+        # virCPUUpdate: the domain becomes mode='custom' with the host CPU model; its own
+        # features update the model's policies
+        model, feats, notes = host_model(_kvm(host), qemu=qemu)
+        merged = {f.name: f for f in feats}
+        merged.update((f.name, f) for f in cpu.features)
+        cpu = replace(cpu, mode="custom", model=model, features=tuple(merged.values()))
+    if cpu.mode in MODE_QEMU:
+        head, opts = MODE_QEMU[cpu.mode], []
+        if cpu.migratable in ("on", "off"):
+            opts.append(f"migratable={cpu.migratable}")
+    else:
+        assert cpu.model is not None
+        head, opts = cpu.model, []
+        if cpu.model not in cpu_models():
+            notes.append(f"{cpu.model}: not in libvirt 9.0's cpu_map; libvirt passes it if QEMU has it")
+        if cpu.vendor_id:
+            opts.append(f"vendor={cpu.vendor_id}")
+        # removed='yes' in the cpu_map: no longer the model's, turned off unless the domain
+        # names the feature itself
+        named = {f.name for f in cpu.features}
+        gone = cpu_models().get(cpu.model, {}).get("removed", ())
+        opts += [f"{qemu_name(f)}=off" for f in gone if f not in named]
+        if cpu.match == "minimum":
+            notes.append("match='minimum': libvirt adds the host's other features at start (not modelled)")
+    opts += _feature_options(cpu, host, notes)
+    opts += [f"{k}={v}" for k, v in cpu.extra]
+    if cpu.check != "none":
+        who = "before starting QEMU" if cpu.check == "partial" else "before and after starting QEMU"
+        notes.append(
+            f"check={cpu.check}{'' if cpu.check_given else ' (libvirt default)'}: libvirt refuses to "
+            f"start the guest without a required feature ({who}); modelled as QEMU's enforce"
+        )
+    return ",".join([head, *opts]), notes
+
+
+def from_domain_xml(
+    text: str, *, host: Any = None, qemu: str | None = None, what: str = "domain XML"
+) -> GuestModel:
+    """A domain XML (or a ``<cpu>`` element) as the guest QEMU runs: the ``-cpu`` value
+    libvirt generates, resolved by :func:`kvmfpu.qemu.models.resolve`."""
+    cpu = parse(text, what)
+    arg, notes = qemu_cpu_arg(cpu, host=host, qemu=qemu)
+    enforce = cpu.check != "none" and not arg.startswith(("host", "max"))
+    return _resolve(arg + (",enforce" if enforce else ""), arg, notes, qemu, what, cpu.virt_type)
+
+
+def libvirt_mode(name: str, *, host: Any = None, qemu: str | None = None) -> GuestModel:
+    """``host-passthrough``, ``host-model`` or ``maximum`` with libvirt's defaults."""
+    if name not in MODES[1:]:
+        raise UnknownModel(f"{name!r}: libvirt's CPU modes are {', '.join(MODES[1:])} (and custom models)")
+    return from_domain_xml(f"<cpu mode='{name}'/>", host=host, qemu=qemu, what=name)
+
+
+def _resolve(
+    spec: str, arg: str, notes: list[str], qemu: str | None, what: str, virt: str | None
+) -> GuestModel:
+    if virt not in (None, "kvm"):
+        notes.append(f"<domain type='{virt}'> (not KVM): kvmfpu models the guest under KVM")
+    try:
+        g = models.resolve(spec, qemu=qemu)
+    except UnknownModel as exc:
+        why = str(exc).strip('"').removeprefix(f"{spec!r}: ")
+        raise UnknownModel(f"{what}: libvirt generates -cpu {arg}, which QEMU refuses: {why}") from None
+    return replace(g, notes=(f"libvirt 9.0 generates -cpu {arg}", *notes, *g.notes))
