@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
@@ -100,14 +101,17 @@ def cpu_map() -> dict[str, Any]:
 
 
 @cache
-def feature_names() -> dict[str, str]:
-    """Every spelling libvirt's cpu_map accepts (names and QEMU aliases) -> its name."""
-    out: dict[str, str] = {}
-    for f in cpu_map()["features"]:
-        out[f["name"]] = f["name"]
-        for a in f.get("aliases", ()):
-            out.setdefault(a, f["name"])
-    return out
+def feature_names() -> frozenset[str]:
+    """The feature names a domain XML may use: the cpu_map's own. Its ``<alias
+    source='qemu'>`` spellings are for reading QEMU's answers only (libvirt 9.0 here
+    refuses ``sse4_2`` in a domain: "unknown CPU feature: sse4_2")."""
+    return frozenset(f["name"] for f in cpu_map()["features"])
+
+
+@cache
+def qemu_aliases() -> dict[str, str]:
+    """cpu_map ``<alias source='qemu'>``: QEMU spelling -> libvirt name."""
+    return {a: f["name"] for f in cpu_map()["features"] for a in f.get("aliases", ())}
 
 
 @cache
@@ -168,12 +172,11 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
             raise UnknownModel(
                 f"{what}: feature {name}: policy {policy!r} is not one of {', '.join(POLICIES)}"
             )
-        canon = feature_names().get(name)
-        if canon is None:
-            raise UnknownModel(
-                f"{what}: unknown CPU feature: {name} (libvirt 9.0's cpu_map has no such name)"
-            )
-        feats.append(Feature(canon, policy))
+        if name not in feature_names():
+            alias = qemu_aliases().get(name)
+            hint = f"; libvirt's name is {alias}" if alias else ""
+            raise UnknownModel(f"{what}: unknown CPU feature: {name} (not in libvirt 9.0's cpu_map{hint})")
+        feats.append(Feature(name, policy))
     # qemuDomainDefCPUPostParse: check defaults to none for host-passthrough and maximum.
     default = "none" if mode in ("host-passthrough", "maximum") else "partial"
     return DomainCpu(
@@ -301,9 +304,10 @@ def _kvm(host: Any) -> Any:
     return host() if callable(host) else host
 
 
-def _feature_options(cpu: DomainCpu, host: Any, notes: list[str]) -> list[str]:
+def _feature_options(
+    cpu: DomainCpu, host: Any, notes: list[str], offered: AbstractSet[str] | None
+) -> list[str]:
     opts = []
-    offered = None
     for f in cpu.features:
         if f.name in NEVER_PASSED:
             notes.append(
@@ -311,7 +315,7 @@ def _feature_options(cpu: DomainCpu, host: Any, notes: list[str]) -> list[str]:
             )
             continue
         if f.policy == "optional":
-            if host is None:
+            if host is None and offered is None:
                 notes.append(
                     f"{f.name} (optional): libvirt settles it against the host at start; "
                     "no host given, left out"
@@ -331,17 +335,30 @@ def _feature_options(cpu: DomainCpu, host: Any, notes: list[str]) -> list[str]:
     return opts
 
 
-def qemu_cpu_arg(cpu: DomainCpu, *, host: Any = None, qemu: str | None = None) -> tuple[str, list[str]]:
+def qemu_cpu_arg(
+    cpu: DomainCpu, *, host: Any = None, qemu: str | None = None, offered: AbstractSet[str] | None = None
+) -> tuple[str, list[str]]:
     """The ``-cpu`` value libvirt generates for ``cpu`` and what kvmfpu notes about it.
     ``host`` (a kvmfpu.kvm.system.Kvm, or a function returning one) is needed for
-    host-model and optional features only."""
+    host-model and optional features only; ``offered`` (QEMU feature names) stands for
+    the host's features when settling optional ones without a Kvm."""
     notes: list[str] = []
+    if cpu.mode == "custom" and cpu.match == "minimum":
+        # virCPUUpdate: match='minimum' starts the host-model CPU (libvirt 9.0 here gives
+        # the same -cpu for <model>Penryn</model> minimum as for host-model)
+        notes.append(f"match='minimum': libvirt starts the host-model CPU ({cpu.model} is only a minimum)")
+        cpu = replace(cpu, mode="host-model")
     if cpu.mode == "host-model":
         if host is None:
-            raise UnknownModel("host-model: libvirt derives it from the host; give the host (--src/--host)")
+            raise UnknownModel(
+                "host-model: libvirt computes it on the host the guest starts on; kvmfpu needs that "
+                "host (migrate --src, validate --host, models --host); matrix runs one guest CPU on "
+                "every source: give a -cpu model or a domain XML with a custom model"
+            )
         # virCPUUpdate: the domain becomes mode='custom' with the host CPU model; its own
         # features update the model's policies
-        model, feats, notes = host_model(_kvm(host), qemu=qemu)
+        model, feats, more = host_model(_kvm(host), qemu=qemu)
+        notes += more
         merged = {f.name: f for f in feats}
         merged.update((f.name, f) for f in cpu.features)
         cpu = replace(cpu, mode="custom", model=model, features=tuple(merged.values()))
@@ -361,9 +378,7 @@ def qemu_cpu_arg(cpu: DomainCpu, *, host: Any = None, qemu: str | None = None) -
         named = {f.name for f in cpu.features}
         gone = cpu_models().get(cpu.model, {}).get("removed", ())
         opts += [f"{qemu_name(f)}=off" for f in gone if f not in named]
-        if cpu.match == "minimum":
-            notes.append("match='minimum': libvirt adds the host's other features at start (not modelled)")
-    opts += _feature_options(cpu, host, notes)
+    opts += _feature_options(cpu, host, notes, offered)
     opts += [f"{k}={v}" for k, v in cpu.extra]
     if cpu.check != "none":
         who = "before starting QEMU" if cpu.check == "partial" else "before and after starting QEMU"
