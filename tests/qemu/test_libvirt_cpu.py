@@ -11,6 +11,7 @@ Expected values, each named where it is used:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -243,10 +244,8 @@ def libvirtd() -> Iterator[None]:
         time.sleep(1)
     yield
     for pidfile in reversed(started):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.kill(int(Path(pidfile).read_text().split()[0]), 15)
-        except (OSError, ValueError):
-            pass
 
 
 def _domxml_to_native(path: Path) -> str:
