@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from kvmfpu.blob.errors import InputError
@@ -64,7 +65,8 @@ def resolve_guest(
             if start == "<":
                 return libvirt_cpu.from_domain_xml(text, host=host, qemu=qemu, what=spec)
             if start == "{":
-                return expansion.from_json(text, what=spec)
+                # the release the guest runs at (advice re-runs pick models of that release)
+                return replace(expansion.from_json(text, what=spec), qemu=qemu)
             raise InputError(
                 f"{spec}: neither a libvirt domain XML ('<') nor a query-cpu-model-expansion reply ('{{')"
             )

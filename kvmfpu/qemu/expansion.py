@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kvmfpu.qemu import features as qf
+from kvmfpu.qemu import models
 from kvmfpu.qemu.models import FEATURES, GuestModel, UnknownModel
 
 #: Largest reply read (a full expansion of ``max`` is ~30 KiB).
@@ -29,11 +30,41 @@ MAX_JSON: Final = 1 << 20
 @dataclass(frozen=True)
 class ExpandedGuest(GuestModel):
     """A guest whose features are a QEMU expansion's, verbatim: not a model version, so
-    its label is the expansion's name and it is never re-resolved at another release."""
+    its label is the expansion's name and it is never re-resolved at another release.
+    ``spec`` is a ``-cpu`` value kvmfpu resolves to the same features where one exists
+    (advice re-runs start from it), else the label."""
+
+    expansion: str = ""
 
     @property
     def label(self) -> str:
-        return self.spec
+        return self.expansion or self.spec
+
+
+def equivalent_spec(on: frozenset[str], name: str, vendor: str | None) -> str | None:
+    """A ``Model-vN,+f,-f`` that models.resolve turns into exactly ``on``: the expansion's
+    own model if it is one, else the model version of the same vendor needing the fewest
+    options."""
+    tried = [name] if name.lower() in {n.lower() for n in models.names(versions=True)} else []
+    tried += [f"{m.name}-v{v.version}" for m in models.catalogue() for v in m.versions]
+    best: tuple[tuple[int, int], str] | None = None
+    for label in tried:
+        base = models.resolve(label)
+        have = base.features | base.msr_features
+        opts = [f"+{f}" for f in sorted(on - have)] + [f"-{f}" for f in sorted(have - on)]
+        spec = ",".join([base.label, *opts])
+        try:
+            g = models.resolve(spec)
+        except UnknownModel:
+            continue
+        if g.features | g.msr_features != on:
+            continue
+        if label == name:
+            return spec
+        key = (int(vendor is not None and base.vendor != vendor), len(opts))
+        if best is None or key < best[0]:
+            best = (key, spec)
+    return None if best is None else best[1]
 
 
 def _model_info(doc: Any, what: str) -> dict[str, Any]:
@@ -81,6 +112,8 @@ def from_reply(doc: Any, what: str = "query-cpu-model-expansion") -> ExpandedGue
             unknown.append(name)
     msr = frozenset(f for f in on if f not in FEATURES)
     name = info["name"]
+    vendor = props.get("vendor")
+    spec = equivalent_spec(frozenset(on), name, vendor if isinstance(vendor, str) else None)
     notes = [
         f"QEMU's expansion of model {name!r}: {len(on)} features on, taken verbatim (the answering "
         "QEMU's own dependencies and host filtering are in it)"
@@ -91,9 +124,14 @@ def from_reply(doc: Any, what: str = "query-cpu-model-expansion") -> ExpandedGue
             + ", ".join(sorted(unknown)[:12])
             + (" ..." if len(unknown) > 12 else "")
         )
-    vendor = props.get("vendor")
+    notes.append(
+        f"the same features as -cpu {spec}"
+        if spec
+        else "no -cpu value kvmfpu resolves gives the same features"
+    )
     return ExpandedGuest(
-        spec=f"expansion:{name}",
+        expansion=f"expansion:{name}",
+        spec=spec or f"expansion:{name}",
         name=name,
         version=None,
         features=frozenset(on) - msr,

@@ -33,6 +33,10 @@ def test_reply_is_the_models_features(kind: str) -> None:
     assert (g.xcr0, g.xss) == (want.xcr0, want.xss)
     assert g.vendor == "AuthenticAMD" and g.family == 23
     assert g.label == ("expansion:base" if kind == "static" else "expansion:EPYC-Rome-v1")
+    # spec: a -cpu value giving the same features (what advice re-runs start from); QEMU's
+    # TCG expansion lacks the KVM defaults (kvm_default_props) and has TCG's own
+    again = models.resolve(g.spec)
+    assert again.features == g.features and g.spec.startswith("EPYC-Rome-v1,")
 
 
 def test_every_accepted_shape() -> None:
@@ -51,11 +55,14 @@ def test_unknown_properties_are_said_not_guessed() -> None:
 
 def test_runs_as_migrate_guest() -> None:
     """The expansion is a fixed feature set: migrate runs it at any QEMU release."""
-    from kvmfpu.migrate.check import COMPATIBLE, check
+    from kvmfpu.migrate.check import COMPATIBLE, INCOMPATIBLE, check
 
     path = DATA / "epyc-rome-v1-static.qmp.json"
     r = check("zen3@6.6", "zen4@6.6", str(path), vmm="qemu@7.2", advise=False)
     assert r.verdict == COMPATIBLE and r.guest.label == "expansion:base"
+    # Zen 1 lacks clwb, rdpid, wbnoinvd...: incompatible, and the advice re-runs work
+    r = check("zen4@6.6", "zen1@6.6", str(path))
+    assert r.verdict == INCOMPATIBLE and any(a.kind == "QEMU option" for a in r.advice)
 
 
 @pytest.mark.parametrize(

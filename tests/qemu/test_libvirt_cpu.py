@@ -170,10 +170,16 @@ def test_host_model_needs_the_host_lazily() -> None:
 
 
 def test_domain_features_reach_the_cpu_line() -> None:
-    """<kvm><hidden>, <pmu>, <timer name='tsc' frequency> (libvirt test cpu-tsc-frequency's
-    .args ends in invtsc=on,tsc-frequency=4567890000: after the features)."""
+    """<kvm><hidden>, <pmu> after the features (oracle-custom-all.xml); <timer name='tsc'
+    frequency> last, as libvirt's test cpu-tsc-frequency .args ends in
+    "invtsc=on,tsc-frequency=4567890000" (libvirt/libvirt@ba16113c76050a10bbccaae0192a0d30f97de5ae)."""
     arg, _ = qemu_cpu_arg(parse((DATA / "oracle-custom-all.xml").read_text()), offered=set())
-    assert arg.endswith(",kvm=off,pmu=off,tsc-frequency=2500000000")
+    assert arg.endswith(",kvm=off,pmu=off")
+    cpu = parse(
+        "<domain type='kvm'><cpu><model>Haswell</model><feature policy='require' name='invtsc'/></cpu>"
+        "<clock offset='utc'><timer name='tsc' frequency='4567890000'/></clock></domain>"
+    )
+    assert qemu_cpu_arg(cpu)[0].endswith(",invtsc=on,tsc-frequency=4567890000")
 
 
 BAD = [
