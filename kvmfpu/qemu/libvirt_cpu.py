@@ -9,14 +9,20 @@ What libvirt does (libvirt 9.0, checked against the real libvirt 9.0.0-4+deb12u2
   libvirt's table virQEMUCapsCPUFeaturesX86 (src/qemu/qemu_capabilities.c: cmp_legacy ->
   cmp-legacy, pclmuldq -> pclmulqdq, ...); others pass unchanged. cmt, mbm_total,
   mbm_local, osxsave and ospke are never passed (virQEMUCapsCPUFilterFeatures: QEMU never
-  had them or dropped them). ``<model vendor_id=>`` adds ``vendor=``.
+  had them or dropped them). ``<model vendor_id=>`` adds ``vendor=`` first; a model's
+  cpu_map features marked ``removed='yes'`` (EPYC: monitor) are turned off after the
+  features unless the domain names them. Feature names are the cpu_map's own: libvirt
+  refuses QEMU spellings (``sse4_2``) and names it lacks (``pconfig`` it passes, though
+  QEMU 7.2 has no such property: QEMU then refuses to start).
+- ``match='minimum'``: libvirt starts the host-model CPU (the model is only a floor).
 - ``host-passthrough``: ``-cpu host``; ``maximum``: ``-cpu max``; with ``migratable=`` and
   the features as above.
 - ``host-model``: at start libvirt replaces it with its host CPU model (virCPUUpdate with
   virQEMUCapsGetHostModel): the cpu_map model closest to QEMU's migratable expansion of
-  ``host`` plus the host's extra features (require) and the model's missing ones (disable),
-  x86Decode in src/cpu/cpu_x86.c. Computed here from the host description, see
-  :func:`host_model`; what that leaves out is said in the notes.
+  ``host`` plus the host's extra features (require) and the model's missing ones and its
+  QEMU blockers (disable), x86Decode in src/cpu/cpu_x86.c; see :func:`decode`, which
+  gives exactly libvirt 9.0's host-model line for the TCG host here. For a kvmfpu host it
+  runs on the host description; what that leaves out is said in the notes.
 - ``check``: none (no check), partial (libvirt compares the host CPU with the definition
   before starting QEMU and refuses a missing required feature), full (also after start,
   the vCPU QEMU created); libvirt's defaults (qemuDomainDefCPUPostParse): none for
@@ -373,12 +379,13 @@ def qemu_cpu_arg(
             notes.append(f"{cpu.model}: not in libvirt 9.0's cpu_map; libvirt passes it if QEMU has it")
         if cpu.vendor_id:
             opts.append(f"vendor={cpu.vendor_id}")
-        # removed='yes' in the cpu_map: no longer the model's, turned off unless the domain
-        # names the feature itself
+    opts += _feature_options(cpu, host, notes, offered)
+    if cpu.mode == "custom" and cpu.model is not None:
+        # removed='yes' in the cpu_map: no longer the model's, turned off after the
+        # features unless the domain names it (libvirt 9.0 here: EPYC,...,monitor=off)
         named = {f.name for f in cpu.features}
         gone = cpu_models().get(cpu.model, {}).get("removed", ())
         opts += [f"{qemu_name(f)}=off" for f in gone if f not in named]
-    opts += _feature_options(cpu, host, notes, offered)
     opts += [f"{k}={v}" for k, v in cpu.extra]
     if cpu.check != "none":
         who = "before starting QEMU" if cpu.check == "partial" else "before and after starting QEMU"
