@@ -79,8 +79,11 @@ def _list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document("kvmfpu-models/1", body), indent=2))
         return 0
+    latest = {m.name: m.latest for m in models.catalogue()}
     for g in rows:
         extra = f"  (unverified: {g.unverified})" if g.unverified else ""
+        if not args.versions and latest[g.name] > 1:
+            extra += f"  (versions v1..v{latest[g.name]}: --versions)"
         print(f"{g.label:28} XCR0 {g.xcr0:#9x}  XSS {g.xss:#7x}  {_xsave_feats(g)}{extra}")
     for name, what in special.items():
         print(f"{name:28} {what}")

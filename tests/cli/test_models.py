@@ -33,8 +33,9 @@ def test_list_names_models_host_max_aliases_and_modes(capsys: pytest.CaptureFixt
     rc, out, _ = run(capsys, "models")
     rows = {line.split()[0]: line for line in out.splitlines()}
     assert rc == 0
-    for m in models.catalogue():  # every model at its newest version
+    for m in models.catalogue():  # every model at its newest version, naming the others
         assert f"{m.name}-v{m.latest}" in rows
+        assert (f"versions v1..v{m.latest}" in rows[f"{m.name}-v{m.latest}"]) is (m.latest > 1)
     assert "host" in rows and "max" in rows
     # the aliases QEMU registers (builtin_x86_defs .alias): Skylake-Server-IBRS is v2
     assert "alias of Skylake-Server-v2" in rows["Skylake-Server-IBRS"]
