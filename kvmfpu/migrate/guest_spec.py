@@ -71,6 +71,8 @@ def resolve_guest(
                 f"{spec}: neither a libvirt domain XML ('<') nor a query-cpu-model-expansion reply ('{{')"
             )
         name = spec.strip()
+        if os.sep in name.split(",", 1)[0] or name.lower().endswith((".xml", ".json")):
+            raise InputError(f"{spec}: no such file (a guest description file was meant?)")
         if name in libvirt_cpu.MODES[1:]:
             return libvirt_cpu.libvirt_mode(name, host=host, qemu=qemu)
         return models.resolve(spec, qemu=qemu, accel=accel)

@@ -166,6 +166,13 @@ def test_bad_guest_files_one_line_exit_2(
     assert path.read_bytes() == before  # nothing a user gives is modified
 
 
+def test_missing_file_is_said(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, _, err = run(
+        capsys, "migrate", "--src", "zen4", "--dst", "zen4", "--guest", str(tmp_path / "dom.xml")
+    )
+    assert rc == 2 and "dom.xml: no such file" in err
+
+
 def test_huge_file_refused_unread(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "huge.xml"
     with path.open("wb") as f:
