@@ -74,6 +74,8 @@ RENAMES: Final = {
 }
 #: virQEMUCapsCPUFilterFeatures: never passed to QEMU.
 NEVER_PASSED: Final = frozenset({"cmt", "mbm_total", "mbm_local", "osxsave", "ospke"})
+#: QEMU's default CPU type for x86_64 pc and q35 machines, which libvirt writes out.
+DEFAULT_MODEL: Final = "qemu64"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class DomainCpu:
     features: tuple[Feature, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()  # (property, value) from <features>/<clock>
     virt_type: str | None = None
+    default_model: bool = False  # no <model>: QEMU's default CPU type, written by libvirt
 
 
 @cache
@@ -167,8 +170,11 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
         raise UnknownModel(f"{what}: <cpu check={check!r}>: libvirt's values are {', '.join(CHECKS)}")
     model_el = None if cpu is None else cpu.find("model")
     model = None if model_el is None or not (model_el.text or "").strip() else model_el.text.strip()  # type: ignore[union-attr]
-    if mode == "custom" and model is None:
-        raise UnknownModel(f"{what}: no <cpu><model>: libvirt leaves -cpu out and QEMU's default applies")
+    default_model = mode == "custom" and model is None
+    if default_model:
+        # qemuDomainDefSetDefaultCPU: libvirt writes QEMU's default CPU type for the machine
+        # (libvirt 9.0 here gives -cpu qemu64 for pc and q35 domains without <cpu>)
+        model = DEFAULT_MODEL
     feats = []
     for f in () if cpu is None else cpu.findall("feature"):
         name, policy = f.get("name"), f.get("policy", "require")
@@ -183,8 +189,10 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
             hint = f"; libvirt's name is {alias}" if alias else ""
             raise UnknownModel(f"{what}: unknown CPU feature: {name} (not in libvirt 9.0's cpu_map{hint})")
         feats.append(Feature(name, policy))
-    # qemuDomainDefCPUPostParse: check defaults to none for host-passthrough and maximum.
-    default = "none" if mode in ("host-passthrough", "maximum") else "partial"
+    # qemuDomainDefCPUPostParse: check defaults to none for host-passthrough and maximum and
+    # for custom CPUs of TCG domains (not compared with the host), partial otherwise.
+    tcg = mode == "custom" and virt not in (None, "kvm")
+    default = "none" if mode in ("host-passthrough", "maximum") or tcg else "partial"
     return DomainCpu(
         mode=mode,
         check=check or default,
@@ -197,6 +205,7 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
         features=tuple(feats),
         extra=_domain_props(dom),
         virt_type=virt,
+        default_model=default_model,
     )
 
 
@@ -375,6 +384,11 @@ def qemu_cpu_arg(
     else:
         assert cpu.model is not None
         head, opts = cpu.model, []
+        if cpu.default_model:
+            notes.append(
+                f"no <cpu><model>: libvirt writes QEMU's default CPU type ({cpu.model}); check "
+                f"{cpu.check} by libvirt's defaults (UNVERIFIED for the default CPU)"
+            )
         if cpu.model not in cpu_models():
             notes.append(f"{cpu.model}: not in libvirt 9.0's cpu_map; libvirt passes it if QEMU has it")
         if cpu.vendor_id:

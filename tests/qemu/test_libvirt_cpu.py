@@ -124,6 +124,15 @@ def test_check_values_and_enforce() -> None:
     assert not libvirt_mode("host-passthrough").enforce
 
 
+def test_no_cpu_element_is_qemus_default() -> None:
+    """No <cpu> (or no <model>): libvirt 9.0 here writes -cpu qemu64 (oracle-no-cpu-*.xml);
+    a TCG domain's custom CPU is not checked against the host by default, a KVM one is."""
+    g = from_domain_xml((DATA / "oracle-no-cpu-pc.xml").read_text())
+    assert g.name == "qemu64" and not g.enforce and any("default CPU type" in n for n in g.notes)
+    kvm = from_domain_xml("<domain type='kvm'><name>x</name></domain>")
+    assert kvm.name == "qemu64" and kvm.enforce
+
+
 def test_modes() -> None:
     assert libvirt_mode("host-passthrough").passthrough
     assert libvirt_mode("host-passthrough").name == "host"
@@ -193,7 +202,6 @@ BAD = [
     ("<cpu mode='host-modle'/>", "libvirt's modes"),
     ("<cpu check='strict'><model>qemu64</model></cpu>", "check='strict'"),
     ("<cpu><model>qemu64</model><feature name='pconfig'/></cpu>", "'pconfig' is not a QEMU CPU property"),
-    ("<cpu/>", "no <cpu><model>"),
     ("<vm/>", "root element <vm>"),
     (
         '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
