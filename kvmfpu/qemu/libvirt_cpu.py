@@ -28,8 +28,10 @@ What libvirt does (libvirt 9.0, checked against the real libvirt 9.0.0-4+deb12u2
   the vCPU QEMU created); libvirt's defaults (qemuDomainDefCPUPostParse): none for
   host-passthrough and maximum, partial otherwise. Both refusals stop the guest the way
   QEMU's ``enforce`` does, so partial/full resolve with ``enforce`` (noted).
-- Domain ``<features>``: ``<kvm><hidden state='on'/>`` -> ``kvm=off``, ``<pmu state=>`` ->
-  ``pmu=``; ``<clock><timer name='tsc' frequency=>`` -> ``tsc-frequency=``.
+- Domain settings appended in libvirt's order: ``<timer name='kvmclock' present=>``,
+  ``<apic eoi=>`` (kvm-pv-eoi), ``<pvspinlock>`` (kvm-pv-unhalt), ``<hyperv>`` (hv-*, not
+  modelled), ``<kvm>`` (hidden -> kvm=off, hint-dedicated, poll-control, pv-ipi),
+  ``<pmu>``, ``<timer name='tsc' frequency=>`` (tsc-frequency).
 
 Bad input raises :class:`kvmfpu.qemu.models.UnknownModel` (this layer's input error; the
 guest resolver, kvmfpu.migrate.guest_spec, turns it into InputError).
@@ -209,16 +211,53 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
     )
 
 
+#: <features><kvm> children -> the QEMU property libvirt sets (hidden inverts: kvm=off).
+_KVM_FEATURES: Final = (
+    ("hidden", "kvm"),
+    ("hint-dedicated", "kvm-hint-dedicated"),
+    ("poll-control", "kvm-poll-control"),
+    ("pv-ipi", "kvm-pv-ipi"),
+)
+
+
+def _state(el: ET.Element | None, attr: str = "state") -> str | None:
+    value = None if el is None else el.get(attr)
+    return {"on": "on", "off": "off", "yes": "on", "no": "off"}.get(value or "")
+
+
 def _domain_props(dom: ET.Element | None) -> tuple[tuple[str, str], ...]:
+    """The domain-level settings libvirt appends to -cpu, in its order (libvirt 9.0 here:
+    qemu64,kvm-pv-eoi=on,kvm-pv-unhalt=off,hv-relaxed=on,hv-vapic=on,kvm-hint-dedicated=on,
+    ...; EPYC-Rome,kvm=off,pmu=off; libvirt's cpu-tsc-frequency test: tsc-frequency last)."""
     if dom is None:
         return ()
-    out = []
-    hidden = dom.find("features/kvm/hidden")
-    if hidden is not None and hidden.get("state") == "on":
-        out.append(("kvm", "off"))
-    pmu = dom.find("features/pmu")
-    if pmu is not None and pmu.get("state") in ("on", "off"):
-        out.append(("pmu", pmu.get("state", "")))
+    out: list[tuple[str, str]] = []
+    for t in dom.findall("clock/timer"):
+        if t.get("name") == "kvmclock" and _state(t, "present"):
+            out.append(("kvmclock", _state(t, "present") or ""))
+    eoi = _state(dom.find("features/apic"), "eoi")
+    if eoi:
+        out.append(("kvm-pv-eoi", eoi))
+    unhalt = _state(dom.find("features/pvspinlock"))
+    if unhalt:
+        out.append(("kvm-pv-unhalt", unhalt))
+    hyperv = dom.find("features/hyperv")
+    for h in () if hyperv is None else list(hyperv):
+        if _state(h) != "on":
+            continue
+        if h.tag == "spinlocks":
+            out.append(("hv-spinlocks", hex(int(h.get("retries", "0x1fff"), 0))))
+        elif h.tag == "vendor_id":
+            out.append(("hv-vendor-id", h.get("value", "")))
+        else:
+            out.append((f"hv-{h.tag.replace('_', '-')}", "on"))
+    for tag, prop in _KVM_FEATURES:
+        state = _state(dom.find(f"features/kvm/{tag}"))
+        if state:
+            out.append((prop, ("off" if state == "on" else "on") if tag == "hidden" else state))
+    pmu = _state(dom.find("features/pmu"))
+    if pmu:
+        out.append(("pmu", pmu))
     for t in dom.findall("clock/timer"):
         if t.get("name") == "tsc" and t.get("frequency"):
             out.append(("tsc-frequency", t.get("frequency", "")))

@@ -24,6 +24,7 @@ import pytest
 
 from kvmfpu.kvm.system import Kvm
 from kvmfpu.qemu import expansion, libvirt_cpu
+from kvmfpu.qemu import features as qf
 from kvmfpu.qemu.libvirt_cpu import from_domain_xml, libvirt_mode, parse, qemu_cpu_arg
 from kvmfpu.qemu.models import UnknownModel
 
@@ -122,6 +123,18 @@ def test_check_values_and_enforce() -> None:
     assert from_domain_xml("<cpu><model>qemu64</model></cpu>").enforce
     assert not libvirt_mode("maximum").enforce
     assert not libvirt_mode("host-passthrough").enforce
+
+
+def test_paravirt_features_change_the_kvm_leaf() -> None:
+    """<apic eoi>, <pvspinlock>, <kvm> and the kvmclock timer set FEAT_KVM bits
+    (CPUID 0x40000001 EAX): the resolved guest has them as libvirt asked (oracle-paravirt.xml:
+    kvm=off hides the whole leaf; oracle-kvm-features.xml keeps it)."""
+    g = from_domain_xml((DATA / "oracle-kvm-features.xml").read_text())
+    assert {"kvm-pv-eoi", "kvm-hint-dedicated", "kvm-poll-control"} <= g.features
+    assert not {"kvm-pv-unhalt", "kvm-pv-ipi"} & g.features
+    # kvm=off: x86_cpu_expand_features clears the FEAT_KVM word (kvm-pv-unhalt asked on too)
+    hidden = from_domain_xml((DATA / "oracle-paravirt.xml").read_text())
+    assert not {f for f in hidden.features if qf.FEATURES[f][0].word == "FEAT_KVM"}
 
 
 def test_no_cpu_element_is_qemus_default() -> None:
