@@ -102,6 +102,7 @@ class DomainCpu:
     extra: tuple[tuple[str, str], ...] = ()  # (property, value) from <features>/<clock>
     virt_type: str | None = None
     default_model: bool = False  # no <model>: QEMU's default CPU type, written by libvirt
+    unmodelled: tuple[str, ...] = ()  # <cpu> children kvmfpu does not turn into -cpu options
 
 
 @cache
@@ -206,6 +207,7 @@ def parse(text: str, what: str = "domain XML") -> DomainCpu:
         migratable=None if cpu is None else cpu.get("migratable"),
         features=tuple(feats),
         extra=_domain_props(dom),
+        unmodelled=tuple(t for t in ("cache", "maxphysaddr") if cpu is not None and cpu.find(t) is not None),
         virt_type=virt,
         default_model=default_model,
     )
@@ -440,6 +442,11 @@ def qemu_cpu_arg(
         gone = cpu_models().get(cpu.model, {}).get("removed", ())
         opts += [f"{qemu_name(f)}=off" for f in gone if f not in named]
     opts += [f"{k}={v}" for k, v in cpu.extra]
+    for tag in cpu.unmodelled:
+        notes.append(
+            f"<cpu><{tag}>: its -cpu options (cache or physical-address-bits leaves only) are not "
+            "modelled and left out of the line"
+        )
     if cpu.check != "none":
         who = "before starting QEMU" if cpu.check == "partial" else "before and after starting QEMU"
         notes.append(

@@ -137,6 +137,13 @@ def test_paravirt_features_change_the_kvm_leaf() -> None:
     assert not {f for f in hidden.features if qf.FEATURES[f][0].word == "FEAT_KVM"}
 
 
+def test_unmodelled_children_are_said() -> None:
+    g = from_domain_xml(
+        "<cpu mode='maximum'><cache mode='passthrough'/><maxphysaddr mode='passthrough'/></cpu>"
+    )
+    assert sum("not modelled and left out" in n for n in g.notes) == 2
+
+
 def test_no_cpu_element_is_qemus_default() -> None:
     """No <cpu> (or no <model>): libvirt 9.0 here writes -cpu qemu64 (oracle-no-cpu-*.xml);
     a TCG domain's custom CPU is not checked against the host by default, a KVM one is."""
@@ -234,7 +241,7 @@ def test_bad_input(text: str, message: str) -> None:
 
 # -- live: the real libvirt 9.0 here ------------------------------------------------------
 
-LIVE = ("oracle-custom-all.xml", "oracle-host-model.xml", "oracle-maximum.xml")
+LIVE = ("oracle-custom-all.xml", "oracle-host-model.xml", "oracle-maximum.xml", "oracle-paravirt.xml")
 
 
 def _libvirt_usable() -> str | None:
