@@ -481,6 +481,8 @@ def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
     dv = vmm_of(dst_vmm) if dst_vmm is not None else v
     g = guest_at(guest, v, host=lambda: _kvm(s))
     report = run_destination(run_source(s, g, v, blob), d, blob_name=blob_name, vmm=dv)
+    # what resolving the guest CPU said (libvirt's -cpu line, what is approximated): in the verdict
+    report.findings[:0] = [Finding("info", "guest", f"guest CPU: {n}") for n in g.notes]
     if advise and report.verdict != COMPATIBLE:
         from kvmfpu.migrate.advice import advise as _advise
         report.advice = _advise(report, blob)

@@ -61,6 +61,9 @@ def test_migrate_guest_domain_xml(capsys: pytest.CaptureFixture[str], tmp_path: 
         capsys, "migrate", "--src", "zen3@6.6", "--dst", "zen4@6.6", "--guest", str(xml), "--no-advice"
     )
     assert rc == 0 and "verdict: COMPATIBLE" in out
+    # the verdict says how the guest CPU was derived and what is approximated
+    assert "[guest] guest CPU: libvirt 9.0 generates -cpu EPYC-Milan," in out
+    assert "APPROXIMATED" in out
 
 
 def test_migrate_guest_libvirt_line_and_expansion(capsys: pytest.CaptureFixture[str]) -> None:
