@@ -18,6 +18,8 @@ from kvmfpu.kvm.cpuid import CpuidEntry
 from kvmfpu.kvm.errors import KvmError
 from kvmfpu.kvm.system import ARCH_REQ_XCOMP_GUEST_PERM, Kvm
 from kvmfpu.kvm.vcpu import Vcpu
+from kvmfpu.qemu.guest_cpuid import build
+from kvmfpu.qemu.models import GuestModel
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,13 @@ class Verdict:
                 "reason": self.reason, "commit": self.commit, "note": self.note}
 
 
-def guest_cpuid(kvm: Kvm, guest: str | HostModel | None) -> list[CpuidEntry]:
-    """The guest CPUID a VMM gives the vCPU: KVM_GET_SUPPORTED_CPUID (``host``/None), or
-    that trimmed to another processor model's XSAVE features (leaf 1 XSAVE and leaf 0xD's
-    XCR0), the way a named CPU model limits them."""
+def guest_cpuid(kvm: Kvm, guest: str | HostModel | GuestModel | None) -> list[CpuidEntry]:
+    """The guest CPUID a VMM gives the vCPU: KVM_GET_SUPPORTED_CPUID (``host``/None), QEMU's
+    table for a guest CPU (a GuestModel: kvmfpu.qemu.guest_cpuid.build, the permission
+    already asked by Validator), or KVM's table trimmed to another processor model's XSAVE
+    features (leaf 1 XSAVE and leaf 0xD's XCR0), the way a named CPU model limits them."""
+    if isinstance(guest, GuestModel):
+        return build(kvm, guest, ask_perm=False).entries
     supported = kvm.get_supported_cpuid()
     if guest is None or guest == "host":
         return supported
@@ -63,11 +68,14 @@ class Validator:
     """KVM_SET_XSAVE's verdict on buffers for ``host`` running ``kernel``, for a guest
     CPU model ``guest`` (None: the host's supported CPUID)."""
 
-    def __init__(self, host: str | HostModel, kernel: str, guest: str | HostModel | None = None,
-                 flavor: str | None = None):
+    def __init__(self, host: str | HostModel, kernel: str,
+                 guest: str | HostModel | GuestModel | None = None, flavor: str | None = None):
         kvm = self.kvm = Kvm(host, kernel, flavor)
         self.notes: list[str] = []
-        wants = xf.XTILEDATA if guest in (None, "host") else cpus.load(guest).supported_xcr0
+        if isinstance(guest, GuestModel):
+            wants = guest.components
+        else:
+            wants = xf.XTILEDATA if guest in (None, "host") else cpus.load(guest).supported_xcr0
         if kvm.kernel.has("amx") and kvm.caps.supported_xcr0 & wants & xf.XTILEDATA:
             # A VMM asks for AMX before creating vCPUs (QEMU: kvm_request_xsave_components).
             kvm.arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM, int(xf.XFeature.XTILEDATA))

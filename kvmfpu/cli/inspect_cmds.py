@@ -30,8 +30,11 @@ def add_parser(sub: Any) -> None:
     v.add_argument("file")
     v.add_argument("--host", required=True, help="destination host CPU model or dump")
     v.add_argument("--kernel", required=True, help="destination kernel (e.g. 5.17, 6.6.30)")
-    v.add_argument("--guest-cpu", help="guest CPU model (a host model name; default: host "
-                                       "passthrough, KVM_GET_SUPPORTED_CPUID)")
+    v.add_argument("--guest-cpu", metavar="CPU",
+                   help="the guest CPU, as migrate --guest takes it (a -cpu value, libvirt's "
+                        "host-passthrough/host-model/maximum, a domain XML or expansion JSON "
+                        "file), or a host description whose XSAVE features trim KVM's table "
+                        "(default: KVM_GET_SUPPORTED_CPUID as is)")
     v.add_argument("--flavor", help="vmx, svm or pvm (default: by the host's vendor)")
     input_options(v, json_doc="kvmfpu-validate/1")
     v.set_defaults(func=cmd_validate)
@@ -70,7 +73,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     caps = _captures(args.file, args.format, args.max_size)
     try:
-        validator = Validator(args.host, args.kernel, args.guest_cpu, args.flavor)
+        guest = _guest_cpu(args)
+        validator = Validator(args.host, args.kernel, guest, args.flavor)
     except UnknownKernel as exc:
         raise UsageError(str(exc)) from None
     except ValueError as exc:      # flavour/vendor mismatch
@@ -100,6 +104,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if v.note:
                 print(f"  note: {v.note}")
     return 0 if ok else 1
+
+
+def _guest_cpu(args: argparse.Namespace) -> Any:
+    """--guest-cpu through the guest resolver (migrate.guest_spec); a value it refuses that
+    names a host description keeps the older meaning (that host's XSAVE features)."""
+    from kvmfpu import cpus
+    from kvmfpu.blob.errors import InputError
+    from kvmfpu.kvm.system import Kvm
+    from kvmfpu.migrate.guest_spec import resolve_guest
+    if args.guest_cpu is None:
+        return None
+    try:
+        return resolve_guest(args.guest_cpu, host=lambda: Kvm(args.host, args.kernel, args.flavor))
+    except InputError as exc:
+        try:
+            cpus.load(args.guest_cpu)
+        except (cpus.UnknownHost, cpus.DumpError) as host_exc:
+            raise UsageError(f"--guest-cpu: {exc}; nor a host description: {host_exc}") from None
+        return args.guest_cpu
 
 
 def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> list[Any]:

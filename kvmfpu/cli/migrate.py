@@ -1,4 +1,4 @@
-"""``kvmfpu migrate``, ``kvmfpu matrix`` and ``kvmfpu models``."""
+"""``kvmfpu migrate`` and ``kvmfpu matrix`` (``kvmfpu models``: cli/models.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import sys
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
+
+#: What --guest (and validate --guest-cpu) take: kvmfpu.migrate.guest_spec.
+GUEST_HELP = ("QEMU -cpu value (Model[-vN][,+f,-f,f=on...], host, max), libvirt's "
+              "host-passthrough, host-model or maximum, or a file: a libvirt domain XML "
+              "(its <cpu>) or a QEMU query-cpu-model-expansion reply")
 
 
 def add_parser(sub: Any) -> None:
@@ -22,8 +27,7 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--src", required=True, metavar="HOST[@KERNEL]",
                    help="source host (model name or dump file) and kernel (default: newest)")
     m.add_argument("--dst", required=True, metavar="HOST[@KERNEL]", help="destination")
-    m.add_argument("--guest", required=True, metavar="MODEL",
-                   help="QEMU -cpu value: Model[-vN][,+feature,-feature] or host")
+    m.add_argument("--guest", required=True, metavar="CPU", help=GUEST_HELP)
     m.add_argument("--blob", help="the state that left the source (a KVM_GET_XSAVE capture, "
                                   "core file or QEMU stream) instead of the modelled guest's")
     m.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
@@ -45,8 +49,7 @@ def add_parser(sub: Any) -> None:
                     "it), a CSV, the kvmfpu-matrix/1 JSON document, or without any of them "
                     "prints the tables as text. Hosts are listed by vendor and generation; "
                     "kernel pairs whose tables agree everywhere are shown once (HTML, text).")
-    x.add_argument("--guest", required=True, metavar="MODEL",
-                   help="QEMU -cpu value: Model[-vN][,+feature,-feature] or host")
+    x.add_argument("--guest", required=True, metavar="CPU", help=GUEST_HELP)
     x.add_argument("--hosts", nargs="+", metavar="HOST",
                    help="host model names or dump files (default: every packaged host)")
     x.add_argument("--kernels", nargs="+", metavar="K|SRC:DST",
@@ -62,11 +65,6 @@ def add_parser(sub: Any) -> None:
                    help="also re-run every cell that is not compatible with one thing changed "
                         "and list what would work (slow: several checks per cell)")
     x.set_defaults(func=cmd_matrix)
-
-    g = sub.add_parser("models", help="QEMU's CPU models and the XSAVE state they enable")
-    g.add_argument("--versions", action="store_true", help="one line per version")
-    g.add_argument("--json", action="store_true")
-    g.set_defaults(func=cmd_models)
 
 
 def _bad_input(exc: Exception) -> UsageError:
@@ -133,13 +131,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmfpu.cli.document import document
     from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.migrate import matrix_views
+    from kvmfpu.migrate.guest_spec import resolve_guest
     from kvmfpu.migrate.matrix import compute, to_csv
     from kvmfpu.migrate.report_html import render
     from kvmfpu.qemu.models import UnknownModel
     outputs = [p for p in (args.html, args.csv, args.json) if p is not None]
     check_output(*outputs)
     try:
-        m = compute(args.guest, args.hosts, args.kernels, vmm=args.vmm, advise=args.advice)
+        m = compute(resolve_guest(args.guest), args.hosts, args.kernels, vmm=args.vmm,
+                    advise=args.advice)
     except (InputError, UnknownKernel, UnknownModel, cpus.UnknownHost) as exc:
         raise _bad_input(exc) from None
     if args.html is not None:
@@ -166,22 +166,3 @@ def _write(path: str, text: str) -> None:
     from kvmfpu.cli.common import write_output
     write_output(path, text)
 
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from kvmfpu.qemu import models
-    rows = []
-    for m in models.catalogue():
-        versions = [models.resolve(f"{m.name}-v{v.version}") for v in m.versions]
-        for g in versions if args.versions else versions[-1:]:
-            rows.append(g)
-    if args.json:
-        json.dump({"schema": "kvmfpu-models/1", "sources": list(models.sources()),
-                   "models": [g.to_json() for g in rows]}, sys.stdout, indent=2)
-        print()
-        return 0
-    for g in rows:
-        extra = f"  (unverified: {g.unverified})" if g.unverified else ""
-        feats = ",".join(sorted(f for f in g.features if f.startswith("xsave") or f in
-                                ("xgetbv1", "xfd")))
-        print(f"{g.label:28} XCR0 {g.xcr0:#9x}  XSS {g.xss:#7x}  {feats or '-'}{extra}")
-    return 0

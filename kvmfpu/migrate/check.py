@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -456,15 +456,20 @@ def model_release(vmm: Vmm) -> str | None:
     return older[-1] if older else models.RELEASES[0]
 
 
-def guest_at(guest: str | GuestModel, vmm: Vmm) -> GuestModel:
+def guest_at(guest: str | GuestModel, vmm: Vmm, host: Any = None) -> GuestModel:
     """``guest`` as the VMM's QEMU release resolves it (UnknownModel when that release lacks
-    the model version or a feature)."""
+    the model version or a feature). A string is anything migrate.guest_spec takes (a -cpu
+    value, a libvirt mode, a domain XML or expansion file; InputError when bad); ``host``
+    (a Kvm or a function making one) is the host libvirt's host-model is computed on."""
     rel = model_release(vmm)
-    if isinstance(guest, GuestModel):
-        if rel is None or guest.qemu == rel or guest.passthrough:
-            return guest
-        guest = guest.spec
-    return resolve(guest, qemu=rel)
+    if isinstance(guest, str):
+        from kvmfpu.migrate.guest_spec import resolve_guest
+        return resolve_guest(guest, host=host, qemu=rel)
+    if rel is None or guest.qemu == rel or guest.passthrough or guest.version is None:
+        return guest        # version None: an expansion's feature set, taken verbatim
+    again = resolve(guest.spec, qemu=rel)
+    # keep what was said about the guest's origin (libvirt's -cpu line, its check=)
+    return replace(again, notes=tuple(dict.fromkeys((*guest.notes, *again.notes))))
 
 
 def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
@@ -475,8 +480,10 @@ def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
     s, d = endpoint(src), endpoint(dst)
     v = vmm_of(vmm)
     dv = vmm_of(dst_vmm) if dst_vmm is not None else v
-    g = guest_at(guest, v)
+    g = guest_at(guest, v, host=lambda: _kvm(s))
     report = run_destination(run_source(s, g, v, blob), d, blob_name=blob_name, vmm=dv)
+    # what resolving the guest CPU said (libvirt's -cpu line, what is approximated): in the verdict
+    report.findings[:0] = [Finding("info", "guest", f"guest CPU: {n}") for n in g.notes]
     if advise and report.verdict != COMPATIBLE:
         from kvmfpu.migrate.advice import advise as _advise
         report.advice = _advise(report, blob)
