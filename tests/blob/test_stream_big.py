@@ -12,101 +12,39 @@ about a minute, most of it QEMU writing the stream.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kvmfpu.blob import decode as dec
 from kvmfpu.blob import infer, sources
+from kvmfpu.testing import big_stream as big
 
-ROOT = Path(__file__).resolve().parents[2]
 GIB = int(os.environ.get("KVMFPU_BIG_STREAM_GIB", "3"))
 #: The issue's bound on the decoder's peak resident memory.
 RSS_LIMIT = 200 << 20
 
-#: Run in a fresh interpreter: decode ARGV[1] (a path, or "-" fed by cat ARGV[2]) in a child
-#: and print the child's peak RSS in bytes (ru_maxrss is in KiB on Linux).
-MEASURE = """
-import resource, subprocess, sys
-cmd = [sys.executable, "-m", "kvmfpu", "decode", sys.argv[1], "--json"]
-if sys.argv[1] == "-":
-    cat = subprocess.Popen(["cat", sys.argv[2]], stdout=subprocess.PIPE)
-    out = subprocess.run(cmd, stdin=cat.stdout, capture_output=True)
-    cat.stdout.close()
-    cat.wait()
-else:
-    out = subprocess.run(cmd, capture_output=True)
-sys.stderr.buffer.write(out.stderr)
-sys.stdout.write(str(out.returncode) + " " + str(resource.getrusage(
-    resource.RUSAGE_CHILDREN).ru_maxrss * 1024) + "\\n")
-sys.stdout.buffer.write(out.stdout)
-"""
-
-
-def fill(path: Path, size: int) -> None:
-    """``size`` bytes of random data: one 16 MiB random block written over and over (no
-    4 KiB page of it is zero, so QEMU sends every page)."""
-    block = os.urandom(16 << 20)
-    with open(path, "wb") as f:
-        for _ in range(size // len(block)):
-            f.write(block)
-
 
 @pytest.fixture(scope="module")
 def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kvmfpu.testing.qemu import Qemu, QemuUnavailable
-    if not all(shutil.which(p) for p in ("qemu-system-x86_64", "as", "ld")):
-        pytest.skip("needs qemu-system-x86_64 and GNU as/ld")
+    from kvmfpu.testing.qemu import QemuUnavailable
+    if big.missing_tools():
+        pytest.skip(f"not installed: {', '.join(big.missing_tools())}")
     out = tmp_path_factory.mktemp("big")
     if shutil.disk_usage(out).free < (2 * GIB + 1) << 30:
         pytest.skip(f"needs {2 * GIB + 1} GiB free in {out}")
-    subprocess.run(["as", "--32", "-o", out / "g.o", ROOT / "tools/samples/tcg_guest.S"],
-                   check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start", "-o",
-                    out / "g.elf", out / "g.o"], check=True)
-    ram = out / "ram"
-    fill(ram, GIB << 30)
-    args = ["-accel", "tcg", "-cpu", "max", "-m", f"{GIB}G", "-kernel", str(out / "g.elf"),
-            "-object", f"memory-backend-file,id=ram0,size={GIB}G,mem-path={ram},share=on",
-            "-machine", "memory-backend=ram0"]
-    stream = out / "big.mig"
     try:
-        with Qemu(args) as vm:
-            for _ in range(400):                 # until the guest sits in its HLT loop
-                if "HLT=1" in vm.hmp("info registers"):
-                    break
-                time.sleep(0.05)
-            vm.cmd("stop")
-            # 7.2's default max-bandwidth (128 MiB/s) would make this minutes.
-            vm.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
-            vm.migrate_to(stream, timeout=900)
+        stream = big.make(out, GIB)
     except QemuUnavailable as exc:
         pytest.skip(f"QEMU: {exc}")
-    finally:
-        ram.unlink()
     assert stream.stat().st_size > GIB << 30       # every page is in the stream
     return stream
 
 
-def measured(*argv: str) -> tuple[int, int, dict[str, Any]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True,
-                         text=True, env=env, timeout=1800, check=True)
-    first, _, doc = out.stdout.partition("\n")
-    rc, rss = (int(x) for x in first.split())
-    assert rc == 0, out.stderr
-    return rc, rss, json.loads(doc)
-
-
 def test_decode_from_the_file_seeks_past_ram(big_stream: Path) -> None:
-    _, rss, doc = measured(str(big_stream))
+    rss, doc = big.peak_rss(big_stream)
     print(f"file: peak RSS {rss / 2**20:.1f} MiB")
     assert rss < RSS_LIMIT, f"peak RSS {rss >> 20} MiB"
     (entry,) = doc["files"]
@@ -115,7 +53,7 @@ def test_decode_from_the_file_seeks_past_ram(big_stream: Path) -> None:
 
 
 def test_decode_from_a_pipe_drops_ram(big_stream: Path) -> None:
-    _, rss, doc = measured("-", str(big_stream))
+    rss, doc = big.peak_rss(big_stream, pipe=True)
     print(f"pipe: peak RSS {rss / 2**20:.1f} MiB")
     assert rss < RSS_LIMIT, f"peak RSS {rss >> 20} MiB"
     (entry,) = doc["files"]
