@@ -209,7 +209,8 @@ def find_description(src: Source, max_size: int) -> dict[str, Any]:
         if window >= min(size - here, max_size + 5):
             if size - here > max_size + 5:
                 raise InputError("QEMU stream without a JSON VM description in its last "
-                                 f"{max_size} bytes (--max-size)")
+                                 f"{max_size} bytes: missing, or larger than the "
+                                 f"{max_size}-byte limit (--max-size)")
             raise InputError("QEMU stream without its JSON VM description (was it written by "
                              "QEMU with the description enabled?)")
         window = min(window * 4, size - here, max_size + 5)
@@ -488,7 +489,8 @@ def _mapped_block(src: Source, st: _State, name: str, length: int) -> None:
         raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} has page size {page} "
                          f"and pages at {pages}")
     here = src.base + src.pos
-    if not here <= bitmap < pages:
+    bitmap_size = -(-(length // page) // 64) * 8   # BITS_TO_LONGS(pages) longs of 8 bytes
+    if not here <= bitmap <= pages - bitmap_size:
         raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} puts its bitmap at "
                          f"{bitmap} and pages at {pages}, not after byte {here}")
     src.skip(pages + length - here, "mapped-ram pages")
