@@ -493,5 +493,11 @@ def _mapped_block(src: Source, st: _State, name: str, length: int) -> None:
     if not here <= bitmap <= pages - bitmap_size:
         raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} puts its bitmap at "
                          f"{bitmap} and pages at {pages}, not after byte {here}")
+    if bitmap != here:
+        # mapped_ram_setup_ramblock puts the bitmap right after the header, at the file
+        # offset qemu_get_offset gives: a shifted one means other offsets than this file's.
+        raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} has its bitmap at "
+                         f"{bitmap}, its header ends at file offset {here}: the offsets are "
+                         "not this file's (a stream cut out of a libvirt sparse image?)")
     src.skip(pages + length - here, "mapped-ram pages")
     st.parsed.ram_bytes_skipped += pages + length - here

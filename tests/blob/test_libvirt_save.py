@@ -176,3 +176,29 @@ def test_broken_images_are_one_line_refusals(data: bytes, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:
         sources.read(data)
     assert "\n" not in str(info.value)
+
+
+def sparse_image(base_xml: bytes = XML) -> bytes:
+    """A libvirt "sparse" image (format 6, libvirt 11.1+: libvirt 9.0 cannot write one):
+    libvirt's header and XML, then the shipped real 7.2 stream rewritten to QEMU's
+    mapped-ram layout with its offsets counted in the file (kvmfpu.testing.streams)."""
+    import lzma
+
+    from kvmfpu.blob import sample_data
+    from kvmfpu.testing import streams
+    stream = lzma.decompress(sample_data.path(sample_data.QEMU_TCG).read_bytes())
+    head = header(fmt=6, data_len=len(base_xml)) + base_xml
+    return head + streams.mapped_ram(stream, base=len(head))
+
+
+def test_sparse_image_from_its_documented_layout(tmp_path: Path) -> None:
+    (tmp_path / "sparse.img").write_bytes(sparse_image())
+    (cap,) = sources.read(tmp_path / "sparse.img")
+    info = cap.container["libvirt_save"]
+    assert info["format"] == "sparse" and info["cpu"] is None
+    assert cap.container["qemu_stream"]["capabilities"] == ["mapped-ram"]
+    d = dec.decode(cap.data, infer.choose(cap).layout)
+    assert d.field("pkru").value == 0x55555554 and d.field("mxcsr").value == 0x9FC0
+    # The offsets are the file's: read as a stream of its own from byte 0 they miss.
+    with pytest.raises(InputError, match="mapped-ram"):
+        sources.read(sparse_image()[libvirt_save.HEADER_SIZE + len(XML):])
