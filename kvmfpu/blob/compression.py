@@ -18,7 +18,7 @@ import subprocess
 import threading
 import zlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.stream import CHUNK, Readable, Source
@@ -52,6 +52,7 @@ class _Reader:
     """``read`` of a decompressor, turning its errors into InputError."""
 
     def __init__(self, kind: str, inner: Readable, errors: tuple[type[Exception], ...]):
+        self.caught: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error, *errors)
         self.kind = kind
         self.inner = inner
         self.errors = errors
@@ -59,7 +60,7 @@ class _Reader:
     def read(self, size: int = -1, /) -> bytes:
         try:
             return self.inner.read(size)
-        except (OSError, EOFError, ValueError, zlib.error, *self.errors) as exc:
+        except self.caught as exc:
             raise InputError(f"{self.kind}-compressed input does not expand: {exc}") from None
 
 
@@ -68,10 +69,8 @@ def open_stdlib(kind: str, src: Source) -> Source:
     try:
         opener, errors = _stdlib(kind)
     except ImportError:
-        raise InputError(
-            f"{kind}-compressed input, and this Python lacks the {kind} module"
-        ) from None
-    inner = opener(_Plain(src))
+        raise InputError(f"{kind}-compressed input, and this Python lacks the {kind} module") from None
+    inner: Any = opener(_Plain(src))  # a GzipFile, LZMAFile or BZ2File
     return Source(_Reader(kind, inner, errors), src.name, close=inner.close)
 
 
@@ -81,14 +80,14 @@ def _stdlib(kind: str) -> tuple[Callable[[Readable], Readable], tuple[type[Excep
     if kind == "gzip":
         import gzip
 
-        return (lambda f: gzip.GzipFile(fileobj=f)), ()  # type: ignore[arg-type]
+        return (lambda f: gzip.GzipFile(fileobj=f)), ()
     if kind == "xz":
         import lzma
 
-        return (lambda f: lzma.LZMAFile(f)), (lzma.LZMAError,)  # type: ignore[arg-type]
+        return (lambda f: lzma.LZMAFile(f)), (lzma.LZMAError,)
     import bz2
 
-    return (lambda f: bz2.BZ2File(f)), ()  # type: ignore[arg-type]
+    return (lambda f: bz2.BZ2File(f)), ()
 
 
 class _Plain:

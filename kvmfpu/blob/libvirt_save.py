@@ -44,35 +44,45 @@ def header(src: Source, max_size: int) -> dict[str, Any]:
     """libvirt's header and data (XML, cookie); ``src`` is left at the QEMU stream."""
     raw = src.read(HEADER_SIZE, "libvirt save header")
     if raw[:16] == PARTIAL:
-        raise InputError("libvirt save image is incomplete (magic LibvirtQemudPart: QEMU had "
-                         "not finished writing it; libvirt refuses it too)")
+        raise InputError(
+            "libvirt save image is incomplete (magic LibvirtQemudPart: QEMU had "
+            "not finished writing it; libvirt refuses it too)"
+        )
     if raw[:16] != MAGIC:
         raise InputError("not a libvirt save image (no LibvirtQemudSave magic)")
     order = "<"
     version, data_len, was_running, fmt, cookie = struct.unpack_from("<5I", raw, 16)
-    if version > VERSION:            # qemuSaveImageReadHeader: the other byte order
+    if version > VERSION:  # qemuSaveImageReadHeader: the other byte order
         order = ">"
         version, data_len, was_running, fmt, cookie = struct.unpack_from(">5I", raw, 16)
     if not 1 <= version <= VERSION:
-        raise InputError(f"libvirt save image version {version} (kvmfpu reads 1 and 2, as "
-                         "libvirt 9.0 does)")
+        raise InputError(f"libvirt save image version {version} (kvmfpu reads 1 and 2, as libvirt 9.0 does)")
     if not 0 < data_len <= max_size:
-        raise InputError(f"libvirt save image: {data_len} bytes of domain XML and cookie "
-                         f"(1 to the {max_size}-byte limit, --max-size)")
+        raise InputError(
+            f"libvirt save image: {data_len} bytes of domain XML and cookie "
+            f"(1 to the {max_size}-byte limit, --max-size)"
+        )
     if fmt >= len(FORMATS):
-        raise InputError(f"libvirt save image: unknown image format {fmt} (libvirt's "
-                         f"are 0-{len(FORMATS) - 1}: {', '.join(FORMATS)})")
+        raise InputError(
+            f"libvirt save image: unknown image format {fmt} (libvirt's "
+            f"are 0-{len(FORMATS) - 1}: {', '.join(FORMATS)})"
+        )
     if cookie > data_len:
-        raise InputError(f"libvirt save image: cookie offset {cookie} past its "
-                         f"{data_len}-byte data")
+        raise InputError(f"libvirt save image: cookie offset {cookie} past its {data_len}-byte data")
     data = src.read(data_len, "libvirt save image's domain XML")
     xml_part = data[:cookie] if cookie else data
     domain_xml = _text(xml_part, "domain XML")
     cookie_xml = _text(data[cookie:], "save cookie") if cookie else None
-    return {"version": version, "byte_order": "little" if order == "<" else "big",
-            "data_len": data_len, "was_running": bool(was_running), "format": FORMATS[fmt],
-            "domain_xml": domain_xml, "cookie": cookie_xml,
-            "stream_offset": HEADER_SIZE + data_len}
+    return {
+        "version": version,
+        "byte_order": "little" if order == "<" else "big",
+        "data_len": data_len,
+        "was_running": bool(was_running),
+        "format": FORMATS[fmt],
+        "domain_xml": domain_xml,
+        "cookie": cookie_xml,
+        "stream_offset": HEADER_SIZE + data_len,
+    }
 
 
 def _text(data: bytes, what: str) -> str:
@@ -89,8 +99,9 @@ def cpu_of(domain_xml: str) -> dict[str, str | None] | None:
     described as, for decode's report (the guest description for validate/migrate is made
     from the whole element by kvmfpu.qemu.libvirt_cpu)."""
     if re.search(r"<!(DOCTYPE|ENTITY)", domain_xml):
-        raise InputError("libvirt save image: its domain XML declares a DOCTYPE or entities "
-                         "(libvirt writes neither)")
+        raise InputError(
+            "libvirt save image: its domain XML declares a DOCTYPE or entities (libvirt writes neither)"
+        )
     try:
         root = ET.fromstring(domain_xml)
     except ET.ParseError as exc:
@@ -100,9 +111,12 @@ def cpu_of(domain_xml: str) -> dict[str, str | None] | None:
         return None
     model = cpu.find("model")
     vendor = cpu.find("vendor")
-    return {"mode": cpu.get("mode"), "model": None if model is None else (model.text or None),
-            "fallback": None if model is None else model.get("fallback"),
-            "vendor": None if vendor is None else vendor.text}
+    return {
+        "mode": cpu.get("mode"),
+        "model": None if model is None else (model.text or None),
+        "fallback": None if model is None else model.get("fallback"),
+        "vendor": None if vendor is None else vendor.text,
+    }
 
 
 def domain_facts(domain_xml: str) -> dict[str, Any]:
@@ -125,14 +139,17 @@ def read(src: Source, max_size: int) -> list[Any]:
     try:
         if fmt in ("raw", "sparse"):
             if stream.peek(4) != b"QEVM":
-                raise InputError(f"libvirt save image ({fmt}): no QEMU stream at byte "
-                                 f"{info['stream_offset']}")
+                raise InputError(
+                    f"libvirt save image ({fmt}): no QEMU stream at byte {info['stream_offset']}"
+                )
             caps = qemu.captures(stream, max_size)
         else:
             found = compression.sniff(stream.peek(compression.PEEK))
             if found != fmt:
-                raise InputError(f"the header says {fmt}, but the stream at byte "
-                                 f"{info['stream_offset']} is {found or 'not'} compressed")
+                raise InputError(
+                    f"the header says {fmt}, but the stream at byte "
+                    f"{info['stream_offset']} is {found or 'not'} compressed"
+                )
             inner = compression.expand(fmt, stream)
             try:
                 caps = qemu.captures(inner, max_size)
@@ -140,16 +157,19 @@ def read(src: Source, max_size: int) -> list[Any]:
                 inner.close()
     except InputError as exc:
         raise InputError(f"libvirt save image ({fmt}): {exc}") from None
-    summary = {k: info[k] for k in ("version", "byte_order", "format", "was_running",
-                                    "stream_offset")}
-    summary.update(domain=facts["name"], domain_type=facts["type"], cpu=facts["cpu"],
-                   cookie=info["cookie"] is not None)
+    summary = {k: info[k] for k in ("version", "byte_order", "format", "was_running", "stream_offset")}
+    summary.update(
+        domain=facts["name"], domain_type=facts["type"], cpu=facts["cpu"], cookie=info["cookie"] is not None
+    )
     for cap in caps:
         cap.domain_xml = info["domain_xml"]
         cap.container["libvirt_save"] = summary
         cpu = facts["cpu"]
-        what = "no <cpu> element" if cpu is None else "<cpu mode=%r%s>" % (
-            cpu["mode"], f" model {cpu['model']}" if cpu["model"] else "")
-        cap.notes.insert(0, f"libvirt save image (version {info['version']}, {fmt}) of domain "
-                            f"{facts['name']!r} (type {facts['type']}), {what}")
+        model = f" model {cpu['model']}" if cpu is not None and cpu["model"] else ""
+        what = "no <cpu> element" if cpu is None else f"<cpu mode={cpu['mode']!r}{model}>"
+        cap.notes.insert(
+            0,
+            f"libvirt save image (version {info['version']}, {fmt}) of domain "
+            f"{facts['name']!r} (type {facts['type']}), {what}",
+        )
     return caps

@@ -34,7 +34,17 @@ from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.stream import Source, of_bytes
 
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIGURATION, COMMAND, FOOTER = (
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x7E)
+    0x00,
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x06,
+    0x07,
+    0x08,
+    0x7E,
+)
 # migration/ram.c RAM_SAVE_FLAG_*.
 RAM_FULL, RAM_ZERO, RAM_MEM_SIZE, RAM_PAGE, RAM_EOS, RAM_CONTINUE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 RAM_XBZRLE, RAM_HOOK, RAM_COMPRESS_PAGE, RAM_MULTIFD_FLUSH = 0x40, 0x80, 0x100, 0x200
@@ -47,8 +57,20 @@ MAPPED_RAM_HEADER: Final = 28
 MAPPED_RAM_VERSION: Final = 1
 #: The stream's bytes for each integer type: QEMU's VMStateInfo get functions read fixed
 #: widths whatever the field's size (migration/vmstate-types.c: get_uint64 is qemu_get_be64).
-INT_WIDTHS: Final = {"uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "int8": 1, "int16": 2,
-                     "int32": 4, "int64": 8, "bool": 1, "be16": 2, "be32": 4, "be64": 8}
+INT_WIDTHS: Final = {
+    "uint8": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "bool": 1,
+    "be16": 2,
+    "be32": 4,
+    "be64": 8,
+}
 #: The RAM section's flags sit in the low bits of each page address (up to
 #: RAM_SAVE_FLAG_MULTIFD_FLUSH 0x200), so a page is at least 1 KiB; 64 KiB bounds QEMU's
 #: target pages (kvmfpu reads x86 streams: 4 KiB). The upper bound is kvmfpu's.
@@ -147,11 +169,14 @@ def parse(src: Source, max_size: int) -> Parsed:
             ram_page = st.page_size
             _set_page_size(st)
             if st.parsed.ram_blocks and st.page_size != ram_page:
-                raise InputError(f"QEMU stream: page_size {st.page_size} in the description, "
-                                 f"but its RAM was read with {ram_page}-byte pages") from None
+                raise InputError(
+                    f"QEMU stream: page_size {st.page_size} in the description, "
+                    f"but its RAM was read with {ram_page}-byte pages"
+                ) from None
             st.length = len(tail)
             st.budget = WORK_PER_BYTE * len(tail) + WORK_SLACK
             _sections(of_bytes(tail, src.name), st)
+    assert st.desc is not None
     st.parsed.desc = st.desc
     st.parsed.work, st.parsed.budget = st.work, st.budget
     if not st.parsed.cpus:
@@ -172,8 +197,10 @@ def _set_page_size(st: _State) -> None:
     assert st.desc is not None
     page_size = st.desc.get("page_size", X86_PAGE)
     if isinstance(page_size, bool) or page_size not in PAGE_SIZES:
-        raise InputError(f"QEMU stream: page_size {str(page_size)[:40]} is not a power of two "
-                         f"from {PAGE_SIZES[0]} to {PAGE_SIZES[-1]}")
+        raise InputError(
+            f"QEMU stream: page_size {str(page_size)[:40]} is not a power of two "
+            f"from {PAGE_SIZES[0]} to {PAGE_SIZES[-1]}"
+        )
     st.page_size = int(page_size)
 
 
@@ -183,9 +210,11 @@ def description_in(data: bytes) -> dict[str, Any]:
     while True:
         at = data.rfind(DESC_START, 0, at)
         if at < 5:
-            raise InputError("QEMU stream without its JSON VM description (was it written by "
-                             "QEMU with the description enabled?)")
-        if data[at - 5] == VMDESC and int.from_bytes(data[at - 4:at], "big") == len(data) - at:
+            raise InputError(
+                "QEMU stream without its JSON VM description (was it written by "
+                "QEMU with the description enabled?)"
+            )
+        if data[at - 5] == VMDESC and int.from_bytes(data[at - 4 : at], "big") == len(data) - at:
             return _json(data[at:])
 
 
@@ -204,15 +233,19 @@ def find_description(src: Source, max_size: int) -> dict[str, Any]:
             at = tail.rfind(DESC_START, 0, at)
             if at < 5:
                 break
-            if tail[at - 5] == VMDESC and int.from_bytes(tail[at - 4:at], "big") == window - at:
+            if tail[at - 5] == VMDESC and int.from_bytes(tail[at - 4 : at], "big") == window - at:
                 return _json(tail[at:])
         if window >= min(size - here, max_size + 5):
             if size - here > max_size + 5:
-                raise InputError("QEMU stream without a JSON VM description in its last "
-                                 f"{max_size} bytes: missing, or larger than the "
-                                 f"{max_size}-byte limit (--max-size)")
-            raise InputError("QEMU stream without its JSON VM description (was it written by "
-                             "QEMU with the description enabled?)")
+                raise InputError(
+                    "QEMU stream without a JSON VM description in its last "
+                    f"{max_size} bytes: missing, or larger than the "
+                    f"{max_size}-byte limit (--max-size)"
+                )
+            raise InputError(
+                "QEMU stream without its JSON VM description (was it written by "
+                "QEMU with the description enabled?)"
+            )
         window = min(window * 4, size - here, max_size + 5)
 
 
@@ -230,19 +263,19 @@ def _json(text: bytes) -> dict[str, Any]:
 
 # -- the configuration section (not in the description: savevm.c writes it without one) ---
 
+
 def _configuration(src: Source, st: _State) -> None:
     if src.peek(1) != bytes([CONFIGURATION]):
         return
     src.read(1)
     length = src.uint(4, "configuration")
-    if length > 255:          # a machine type name (pc-i440fx-7.2)
-        raise InputError(f"QEMU stream: a {length}-byte machine type name in its "
-                         "configuration section")
+    if length > 255:  # a machine type name (pc-i440fx-7.2)
+        raise InputError(f"QEMU stream: a {length}-byte machine type name in its configuration section")
     src.read(length, "configuration")
     while src.peek(1) == bytes([SUBSECTION]):
         src.read(1)
         name = src.read(src.uint(1)).decode("latin-1")
-        src.uint(4)                                                # its version
+        src.uint(4)  # its version
         if name == "configuration/target-page-bits":
             bits = src.uint(4)
             if not 10 <= bits <= 16:
@@ -250,19 +283,21 @@ def _configuration(src: Source, st: _State) -> None:
             st.page_size = 1 << bits
         elif name == "configuration/capabilities":
             count = src.uint(4)
-            if count > 64:      # MIGRATION_CAPABILITY__MAX is about 25
-                raise InputError(f"QEMU stream: {count} migration capabilities in its "
-                                 "configuration")
+            if count > 64:  # MIGRATION_CAPABILITY__MAX is about 25
+                raise InputError(f"QEMU stream: {count} migration capabilities in its configuration")
             for _ in range(count):
                 st.parsed.capabilities.append(src.read(src.uint(1)).decode("latin-1"))
         elif name == "configuration/uuid":
             src.read(16)
         else:
-            raise InputError(f"QEMU stream: configuration subsection {name[:60]!r} is not one "
-                             "kvmfpu knows (migration/savevm.c vmstate_configuration)")
+            raise InputError(
+                f"QEMU stream: configuration subsection {name[:60]!r} is not one "
+                "kvmfpu knows (migration/savevm.c vmstate_configuration)"
+            )
 
 
 # -- sections ------------------------------------------------------------------------------
+
 
 def _sections(src: Source, st: _State) -> None:
     while True:
@@ -292,7 +327,7 @@ def _section_header(src: Source, st: _State) -> tuple[str | None, int]:
     kind = src.uint(1, "section header")
     if kind in (EOF_, VMDESC):
         if st.desc is None:
-            return "", -1            # the description is next: the caller keeps the rest
+            return "", -1  # the description is next: the caller keeps the rest
         return None, EOF_
     if kind == FOOTER:
         src.uint(4)
@@ -312,20 +347,17 @@ def _section_header(src: Source, st: _State) -> tuple[str | None, int]:
     elif kind in (PART, END):
         sid = src.uint(4)
         if sid not in st.sections:
-            raise InputError(f"QEMU stream: section id {sid} continues a section never "
-                             "started")
+            raise InputError(f"QEMU stream: section id {sid} continues a section never started")
         name, instance = st.sections[sid], -1
     else:
-        raise InputError(f"QEMU stream: unknown section type {kind:#x} at byte "
-                         f"{src.pos - 1}")
+        raise InputError(f"QEMU stream: unknown section type {kind:#x} at byte {src.pos - 1}")
     return name, instance
 
 
 def _device(src: Source, st: _State, name: str, instance: int) -> None:
     device = st.device(name, instance)
     if device is None:
-        raise InputError(f"QEMU stream: no description for section {name[:60]!r} instance "
-                         f"{instance}")
+        raise InputError(f"QEMU stream: no description for section {name[:60]!r} instance {instance}")
     values: dict[str, Any] = {}
     _vmsd(_Fields(src, st), device, values)
     if name == "cpu":
@@ -343,26 +375,30 @@ class _Fields:
     def spend(self, n: int) -> None:
         self.st.work += n
         if self.st.work > self.st.budget:
-            raise InputError(f"QEMU stream: the VM description asks for more than "
-                             f"{self.st.budget} field values from a {self.st.length}-byte "
-                             "stream (array_len on empty fields?)")
+            raise InputError(
+                f"QEMU stream: the VM description asks for more than "
+                f"{self.st.budget} field values from a {self.st.length}-byte "
+                "stream (array_len on empty fields?)"
+            )
 
     def take(self, n: int) -> bytes:
         self.st.decoded += n
         if self.st.decoded > self.st.max_size:
-            raise InputError(f"QEMU stream: its device state exceeds the {self.st.max_size}-"
-                             "byte limit (--max-size)")
+            raise InputError(
+                f"QEMU stream: its device state exceeds the {self.st.max_size}-byte limit (--max-size)"
+            )
         return self.src.read(n, "device state")
 
     def count(self, f: dict[str, Any], key: str, default: int) -> int:
         """A non-negative integer from the description, at most the stream's length (no
         field or array in it can be larger)."""
         value = f.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 0 <= value <= self.st.length:
-            raise InputError(f"QEMU stream: field {str(f.get('name'))[:40]!r} has {key} "
-                             f"{str(value)[:40]}: not a count this {self.st.length}-byte "
-                             "stream holds")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= self.st.length:
+            raise InputError(
+                f"QEMU stream: field {str(f.get('name'))[:40]!r} has {key} "
+                f"{str(value)[:40]}: not a count this {self.st.length}-byte "
+                "stream holds"
+            )
         return value
 
 
@@ -388,8 +424,10 @@ def _one(r: _Fields, f: dict[str, Any]) -> Any:
     size = r.count(f, "size", 0)
     if isinstance(kind, str) and kind in INT_WIDTHS:
         if size != INT_WIDTHS[kind]:
-            raise InputError(f"QEMU stream: field {str(f.get('name'))[:40]!r} of type {kind} "
-                             f"has size {size}; QEMU reads {INT_WIDTHS[kind]} bytes for it")
+            raise InputError(
+                f"QEMU stream: field {str(f.get('name'))[:40]!r} of type {kind} "
+                f"has size {size}; QEMU reads {INT_WIDTHS[kind]} bytes for it"
+            )
         return int.from_bytes(r.take(size), "big", signed=kind.startswith("int"))
     return r.take(size)
 
@@ -398,20 +436,24 @@ def _vmsd(r: _Fields, desc: dict[str, Any], out: dict[str, Any]) -> None:
     _fields(r, desc.get("fields", []), out)
     for sub in desc.get("subsections", []):
         if r.src.peek(1) != bytes([SUBSECTION]):
-            raise InputError(f"QEMU stream: subsection {str(sub.get('vmsd_name'))[:60]} "
-                             f"missing at byte {r.src.pos}")
+            raise InputError(
+                f"QEMU stream: subsection {str(sub.get('vmsd_name'))[:60]} missing at byte {r.src.pos}"
+            )
         r.src.read(1)
         name = r.src.read(r.src.uint(1)).decode("latin-1")
         r.src.uint(4)
         if name != sub.get("vmsd_name"):
-            raise InputError(f"QEMU stream: subsection {name[:60]!r} where the description "
-                             f"has {str(sub.get('vmsd_name'))[:60]!r}")
+            raise InputError(
+                f"QEMU stream: subsection {name[:60]!r} where the description "
+                f"has {str(sub.get('vmsd_name'))[:60]!r}"
+            )
         inner: dict[str, Any] = {}
         _vmsd(r, sub, inner)
         out[name] = inner
 
 
 # -- RAM -----------------------------------------------------------------------------------
+
 
 def _ram(src: Source, st: _State) -> None:
     """One ram section, up to its RAM_SAVE_FLAG_EOS (ram_load_precopy's loop)."""
@@ -421,8 +463,7 @@ def _ram(src: Source, st: _State) -> None:
         addr = src.uint(8, "RAM section")
         flags = addr & (page_size - 1)
         if flags & ~RAM_KNOWN:
-            raise InputError(f"QEMU stream: unknown RAM page flags {flags:#x} at byte "
-                             f"{src.pos - 8}")
+            raise InputError(f"QEMU stream: unknown RAM page flags {flags:#x} at byte {src.pos - 8}")
         if flags & RAM_MEM_SIZE:
             _blocks(src, st, addr & ~(page_size - 1))
             continue
@@ -430,12 +471,15 @@ def _ram(src: Source, st: _State) -> None:
             return
         if flags & RAM_MULTIFD_FLUSH:
             if st.mapped_ram:
-                continue         # multifd with mapped-ram: its pages are at their offsets
-            raise InputError("QEMU stream written with multifd: its RAM pages travel on other "
-                             "channels, not in this stream")
+                continue  # multifd with mapped-ram: its pages are at their offsets
+            raise InputError(
+                "QEMU stream written with multifd: its RAM pages travel on other channels, not in this stream"
+            )
         if flags & (RAM_XBZRLE | RAM_COMPRESS_PAGE | RAM_HOOK):
-            raise InputError(f"QEMU stream: RAM page flags {flags:#x} (XBZRLE, compressed "
-                             "pages or RDMA hooks) are not supported")
+            raise InputError(
+                f"QEMU stream: RAM page flags {flags:#x} (XBZRLE, compressed "
+                "pages or RDMA hooks) are not supported"
+            )
         if not flags & RAM_CONTINUE:
             src.read(src.uint(1), "RAM block name")
         if flags & RAM_ZERO:
@@ -445,8 +489,7 @@ def _ram(src: Source, st: _State) -> None:
             p.ram_pages_skipped += 1
             p.ram_bytes_skipped += page_size
         else:
-            raise InputError(f"QEMU stream: unknown RAM page flags {flags:#x} at byte "
-                             f"{src.pos - 8}")
+            raise InputError(f"QEMU stream: unknown RAM page flags {flags:#x} at byte {src.pos - 8}")
 
 
 def _blocks(src: Source, st: _State, total: int) -> None:
@@ -454,16 +497,19 @@ def _blocks(src: Source, st: _State, total: int) -> None:
     address under x-ignore-shared, its MappedRamHeader under mapped-ram."""
     p = st.parsed
     if p.postcopy:
-        raise InputError("QEMU stream with postcopy advised: RAM blocks of hugepage backends "
-                         "then carry a page size the stream does not flag (migration/ram.c "
-                         "ram_save_setup), so kvmfpu cannot read its block list")
+        raise InputError(
+            "QEMU stream with postcopy advised: RAM blocks of hugepage backends "
+            "then carry a page size the stream does not flag (migration/ram.c "
+            "ram_save_setup), so kvmfpu cannot read its block list"
+        )
     seen = 0
     while seen < total:
         name = src.read(src.uint(1), "RAM block name").decode("latin-1")
         length = src.uint(8, "RAM block")
         if length == 0 or length > total - seen:
-            raise InputError(f"QEMU stream: RAM block {name[:40]!r} of {length} bytes in a "
-                             f"{total}-byte RAM list")
+            raise InputError(
+                f"QEMU stream: RAM block {name[:40]!r} of {length} bytes in a {total}-byte RAM list"
+            )
         seen += length
         p.ram_blocks += 1
         if st.ignore_shared:
@@ -481,23 +527,30 @@ def _mapped_block(src: Source, st: _State, name: str, length: int) -> None:
     bitmap = src.uint(8, "mapped-ram header")
     pages = src.uint(8, "mapped-ram header")
     if version == 0 or version > MAPPED_RAM_VERSION:
-        raise InputError(f"QEMU stream: mapped-ram header version {version} for block "
-                         f"{name[:40]!r} (kvmfpu reads {MAPPED_RAM_VERSION})")
+        raise InputError(
+            f"QEMU stream: mapped-ram header version {version} for block "
+            f"{name[:40]!r} (kvmfpu reads {MAPPED_RAM_VERSION})"
+        )
     if st.ignore_shared and bitmap == 0 and pages == 0:
-        return                    # an ignored (shared) block: nothing in the file
+        return  # an ignored (shared) block: nothing in the file
     if page != st.page_size or pages % page:
-        raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} has page size {page} "
-                         f"and pages at {pages}")
+        raise InputError(
+            f"QEMU stream: mapped-ram block {name[:40]!r} has page size {page} and pages at {pages}"
+        )
     here = src.base + src.pos
-    bitmap_size = -(-(length // page) // 64) * 8   # BITS_TO_LONGS(pages) longs of 8 bytes
+    bitmap_size = -(-(length // page) // 64) * 8  # BITS_TO_LONGS(pages) longs of 8 bytes
     if not here <= bitmap <= pages - bitmap_size:
-        raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} puts its bitmap at "
-                         f"{bitmap} and pages at {pages}, not after byte {here}")
+        raise InputError(
+            f"QEMU stream: mapped-ram block {name[:40]!r} puts its bitmap at "
+            f"{bitmap} and pages at {pages}, not after byte {here}"
+        )
     if bitmap != here:
         # mapped_ram_setup_ramblock puts the bitmap right after the header, at the file
         # offset qemu_get_offset gives: a shifted one means other offsets than this file's.
-        raise InputError(f"QEMU stream: mapped-ram block {name[:40]!r} has its bitmap at "
-                         f"{bitmap}, its header ends at file offset {here}: the offsets are "
-                         "not this file's (a stream cut out of a libvirt sparse image?)")
+        raise InputError(
+            f"QEMU stream: mapped-ram block {name[:40]!r} has its bitmap at "
+            f"{bitmap}, its header ends at file offset {here}: the offsets are "
+            "not this file's (a stream cut out of a libvirt sparse image?)"
+        )
     src.skip(pages + length - here, "mapped-ram pages")
     st.parsed.ram_bytes_skipped += pages + length - here

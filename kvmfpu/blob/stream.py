@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from kvmfpu.blob.errors import InputError
 
@@ -93,9 +93,7 @@ class Source:
             raise InputError(f"{self.name}: a negative length ({n}) in the {what}")
         out = self.read_some(n)
         if len(out) < n:
-            raise InputError(
-                f"{self.name}: truncated {what} at byte {self.pos} (wanted {n - len(out)} more)"
-            )
+            raise InputError(f"{self.name}: truncated {what} at byte {self.pos} (wanted {n - len(out)} more)")
         return out
 
     def uint(self, n: int, what: str = "stream") -> int:
@@ -113,7 +111,7 @@ class Source:
 
     def read_rest(self, limit: int, what: str) -> bytes:
         """Everything left, at most ``limit`` bytes (InputError past it)."""
-        parts = []
+        parts: list[bytes] = []
         total = 0
         while True:
             chunk = self.read_some(min(CHUNK, limit + 1 - total))
@@ -143,17 +141,15 @@ class Source:
         while left:
             got = len(self.read_some(min(left, CHUNK)))
             if not got:
-                raise InputError(
-                    f"{self.name}: truncated {what} at byte {self.pos} (wanted {left} more)"
-                )
+                raise InputError(f"{self.name}: truncated {what} at byte {self.pos} (wanted {left} more)")
             left -= got
 
     def seek(self, pos: int) -> None:
         """Go to ``pos`` (seekable streams only)."""
         if not self.seekable:
             raise InputError(f"{self.name}: cannot seek in this stream")
-        seek = getattr(self.raw, "seek")
-        seek(self.base + pos)
+        raw: Any = self.raw  # a seekable file object
+        raw.seek(self.base + pos)
         self.pos = pos
         self._head = b""
 
@@ -208,8 +204,7 @@ def sub(src: Source, name: str | None = None) -> Source:
     size = None if src.size is None else src.size - src.pos
     if src.seekable:
         src.seek(src.pos)  # drops what was peeked: the file is where the child starts
-        return Source(src.raw, name or src.name, size=size, seekable=True,
-                      base=src.base + src.pos)
+        return Source(src.raw, name or src.name, size=size, seekable=True, base=src.base + src.pos)
     return Source(_Tail(src), name or src.name, size=size)
 
 

@@ -62,8 +62,8 @@ def _bad_input(exc: Exception) -> UsageError:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from kvmfpu.blob.errors import InputError
-    from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.blob.validate import first_capture, restore_warning
+    from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.migrate.check import INCOMPATIBLE, check
     from kvmfpu.migrate.report import Finding
     from kvmfpu.qemu.models import UnknownModel

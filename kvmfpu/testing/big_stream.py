@@ -57,17 +57,30 @@ def _fill(path: Path, size: int) -> None:
 def make(out: Path, gib: int) -> Path:
     """The stream (QemuUnavailable when QEMU does not run)."""
     subprocess.run(["as", "--32", "-o", out / "g.o", GUEST], check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start", "-o",
-                    out / "g.elf", out / "g.o"], check=True)
+    subprocess.run(
+        ["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start", "-o", out / "g.elf", out / "g.o"],
+        check=True,
+    )
     ram = out / "ram"
     _fill(ram, gib << 30)
-    args = ["-accel", "tcg", "-cpu", "max", "-m", f"{gib}G", "-kernel", str(out / "g.elf"),
-            "-object", f"memory-backend-file,id=ram0,size={gib}G,mem-path={ram},share=on",
-            "-machine", "memory-backend=ram0"]
+    args = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        f"{gib}G",
+        "-kernel",
+        str(out / "g.elf"),
+        "-object",
+        f"memory-backend-file,id=ram0,size={gib}G,mem-path={ram},share=on",
+        "-machine",
+        "memory-backend=ram0",
+    ]
     stream = out / "big.mig"
     try:
         with Qemu(args) as vm:
-            for _ in range(400):                 # until the guest sits in its HLT loop
+            for _ in range(400):  # until the guest sits in its HLT loop
                 if "HLT=1" in vm.hmp("info registers"):
                     break
                 time.sleep(0.05)
@@ -86,8 +99,14 @@ def peak_rss(stream: Path, pipe: bool = False) -> tuple[int, dict[str, Any]]:
     """(peak RSS in bytes, the kvmfpu-decode document) of decoding ``stream``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = ["-", str(stream)] if pipe else [str(stream)]
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True,
-                         text=True, env=env, timeout=1800, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=True,
+    )
     first, _, doc = out.stdout.partition("\n")
     rc, rss = (int(x) for x in first.split())
     if rc != 0:

@@ -222,12 +222,19 @@ def configuration(*capabilities: str, name: bytes = b"pc-i440fx-7.2") -> bytes:
 def ram_section(records: bytes, sid: int = 2) -> bytes:
     """A ram START section (id ``sid``, version 4) holding ``records``, then EOS and its
     footer (migration/ram.c)."""
-    return (bytes([0x01]) + struct.pack(">I", sid) + b"\x03ram" + struct.pack(">II", 0, 4)
-            + records + struct.pack(">Q", _RAM_EOS) + bytes([0x7E]) + struct.pack(">I", sid))
+    return (
+        bytes([0x01])
+        + struct.pack(">I", sid)
+        + b"\x03ram"
+        + struct.pack(">II", 0, 4)
+        + records
+        + struct.pack(">Q", _RAM_EOS)
+        + bytes([0x7E])
+        + struct.pack(">I", sid)
+    )
 
 
-def ram_blocks(blocks: Sequence[tuple[bytes, int]], extra: Callable[[int], bytes] | None = None
-               ) -> bytes:
+def ram_blocks(blocks: Sequence[tuple[bytes, int]], extra: Callable[[int], bytes] | None = None) -> bytes:
     """RAM_SAVE_FLAG_MEM_SIZE and each block's name and length (``extra(i)`` after each:
     an address, a MappedRamHeader)."""
     out = struct.pack(">Q", sum(n for _, n in blocks) | _RAM_MEM_SIZE)
@@ -253,8 +260,9 @@ def ram_stream(pages: Sequence[bytes], capabilities: Sequence[str] = ()) -> byte
     block = (b"pc.ram", length)
     extra: Callable[[int], bytes] | None = None
     if "mapped-ram" in capabilities:
-        start = 8 + len(conf) + 17 + 8 + 1 + len(block[0]) + 8 + (
-            8 if "x-ignore-shared" in capabilities else 0)
+        start = (
+            8 + len(conf) + 17 + 8 + 1 + len(block[0]) + 8 + (8 if "x-ignore-shared" in capabilities else 0)
+        )
 
         def extra(_i: int) -> bytes:
             bitmap_at = start + 28
@@ -266,10 +274,8 @@ def ram_stream(pages: Sequence[bytes], capabilities: Sequence[str] = ()) -> byte
 
         recs = ram_blocks([block], extra)
     else:
-        recs = ram_blocks([block], (lambda _i: _u64(0)) if "x-ignore-shared" in capabilities
-                          else None)
-        recs += b"".join(ram_page(4096 * i, p, b"pc.ram" if i == 0 else None)
-                         for i, p in enumerate(pages))
+        recs = ram_blocks([block], (lambda _i: _u64(0)) if "x-ignore-shared" in capabilities else None)
+        recs += b"".join(ram_page(4096 * i, p, b"pc.ram" if i == 0 else None) for i, p in enumerate(pages))
     return qemu_stream([_field("xcr0")], _u64(7), config=conf, ram=ram_section(recs))
 
 
@@ -284,36 +290,42 @@ def _ram(rng: random.Random) -> bytes:
         recs += b"\x06pc.ram" + struct.pack(">Q", 4096)
         return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
     if choice == 1:  # mapped-ram pages far past the file
+
         def header(_i: int) -> bytes:
             return struct.pack(">IQQQ", 1, 4096, 0, rng.choice((1 << 62, (1 << 64) - 4096)))
-        return qemu_stream(cpu, body, config=configuration("mapped-ram"),
-                           ram=ram_section(ram_blocks([block], header)))
+
+        return qemu_stream(
+            cpu, body, config=configuration("mapped-ram"), ram=ram_section(ram_blocks([block], header))
+        )
     if choice == 2:  # a billion capabilities
-        conf = bytearray(configuration("x-ignore-shared"))
-        struct.pack_into(">I", conf, len(conf) - 20, rng.choice((65, 10**9, 2**32 - 1)))
-        return qemu_stream(cpu, body, config=bytes(conf), ram=b"")
+        edited = bytearray(configuration("x-ignore-shared"))
+        struct.pack_into(">I", edited, len(edited) - 20, rng.choice((65, 10**9, 2**32 - 1)))
+        return qemu_stream(cpu, body, config=bytes(edited), ram=b"")
     if choice == 3:  # flags kvmfpu refuses
         flag = rng.choice((0x40, 0x80, 0x100, 0x200, 0x400, 0x800))
         recs = ram_blocks([block]) + struct.pack(">Q", flag)
         return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
     if choice == 4:  # many zero pages (read, nothing kept)
-        recs = ram_blocks([block]) + ram_page(0, None) + b"".join(
-            ram_page(4096 * (i % 16), None, None) for i in range(rng.randrange(1, 20000)))
+        recs = (
+            ram_blocks([block])
+            + ram_page(0, None)
+            + b"".join(ram_page(4096 * (i % 16), None, None) for i in range(rng.randrange(1, 20000)))
+        )
         return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
     if choice == 5:  # x-ignore-shared with the address cut short
-        recs = ram_blocks([block])[:-rng.randrange(1, 8)]
+        recs = ram_blocks([block])[: -rng.randrange(1, 8)]
         return qemu_stream(cpu, body, config=configuration("x-ignore-shared"), ram=recs)
     if choice == 6:  # a machine name of gigabytes
         conf = bytes([0x07]) + struct.pack(">I", rng.choice((256, 1 << 31, 2**32 - 1))) + b"pc"
         return qemu_stream(cpu, body, config=conf)
     # postcopy advised, then a block list
     advise = bytes([0x08]) + struct.pack(">HH", 3, 16) + bytes(16)
-    return qemu_stream(cpu, body, config=configuration(),
-                       ram=advise + ram_section(ram_blocks([block])))
+    return qemu_stream(cpu, body, config=configuration(), ram=advise + ram_section(ram_blocks([block])))
 
 
-def libvirt_header(data_len: int, fmt: int = 0, version: int = 2, cookie: int = 0,
-                   magic: bytes = b"LibvirtQemudSave") -> bytes:
+def libvirt_header(
+    data_len: int, fmt: int = 0, version: int = 2, cookie: int = 0, magic: bytes = b"LibvirtQemudSave"
+) -> bytes:
     """virQEMUSaveHeader (libvirt src/qemu/qemu_saveimage.h), little-endian."""
     return magic + struct.pack("<5I", version, data_len, 1, fmt, cookie) + bytes(56)
 
@@ -341,8 +353,7 @@ def _libvirt(rng: random.Random) -> bytes:
 
 
 #: The classes :func:`draw` chooses among (what each one once broke is in issues 12, 16).
-CLASSES: Final = ("nested-compression", "vmdesc", "elf-notes", "compressed-elf-notes", "ram",
-                  "libvirt")
+CLASSES: Final = ("nested-compression", "vmdesc", "elf-notes", "compressed-elf-notes", "ram", "libvirt")
 
 
 def draw(rng: random.Random, xstate: bytes) -> tuple[str, bytes]:

@@ -45,8 +45,7 @@ def domain_xml(name: str, kernel: Path) -> str:
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def virsh(*args: str, timeout: float = 120) -> str:
@@ -71,7 +70,8 @@ def _qemu_conf(fmt: str) -> None:
     # Root and no security driver: the guest ELF and the images live in a private tmp dir.
     Path("/etc/libvirt/qemu.conf").write_text(
         f'save_image_format = "{fmt}"\nuser = "root"\ngroup = "root"\n'
-        'dynamic_ownership = 0\nsecurity_driver = "none"\n')
+        'dynamic_ownership = 0\nsecurity_driver = "none"\n'
+    )
 
 
 def _pid(path: str) -> int | None:
@@ -111,7 +111,7 @@ def _boot(name: str, kernel: Path, scratch: Path) -> None:
     xml = scratch / f"{name}.xml"
     xml.write_text(domain_xml(name, kernel))
     virsh("create", str(xml))
-    for _ in range(300):           # the guest sits in its HLT loop
+    for _ in range(300):  # the guest sits in its HLT loop
         regs = virsh("qemu-monitor-command", name, "--hmp", "info registers")
         if "HLT=1" in regs:
             return
@@ -123,8 +123,11 @@ def make(out: Path, kernel: Path) -> dict[str, Any]:
     """Every image this libvirt makes, by name, with the failures (never raises)."""
     scratch = out / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    made: dict[str, Any] = {"images": {}, "failures": {}, "libvirtd": _run(
-        "libvirtd", "--version").stdout.strip()}
+    made: dict[str, Any] = {
+        "images": {},
+        "failures": {},
+        "libvirtd": _run("libvirtd", "--version").stdout.strip(),
+    }
     try:
         _private_dirs(scratch)
         subprocess.run(["virtlogd", "-d"], check=True, timeout=60)
@@ -148,8 +151,7 @@ def make(out: Path, kernel: Path) -> dict[str, Any]:
                     virsh("define", str(xml))
                     virsh("start", name)
                     for _ in range(300):
-                        if "HLT=1" in virsh("qemu-monitor-command", name, "--hmp",
-                                            "info registers"):
+                        if "HLT=1" in virsh("qemu-monitor-command", name, "--hmp", "info registers"):
                             break
                         time.sleep(0.05)
                     virsh("managedsave", name, timeout=300)

@@ -24,7 +24,7 @@ from typing import Final
 
 MEM_SIZE, ZERO, PAGE, EOS, CONTINUE = 0x04, 0x02, 0x08, 0x10, 0x20
 PAGE_SIZE: Final = 4096
-ALIGN: Final = 1 << 20          # MAPPED_RAM_FILE_OFFSET_ALIGNMENT
+ALIGN: Final = 1 << 20  # MAPPED_RAM_FILE_OFFSET_ALIGNMENT
 
 
 @dataclass
@@ -45,7 +45,7 @@ def _walk(data: bytes) -> tuple[bytes, bytes, _Ram, int]:
     start = pos
     sid = struct.unpack_from(">I", data, pos + 1)[0]
     name_len = data[pos + 5]
-    assert data[pos + 6:pos + 6 + name_len] == b"ram"
+    assert data[pos + 6 : pos + 6 + name_len] == b"ram"
     pos += 6 + name_len + 8
     start_header = data[start:pos]
     ram = _Ram(sid=sid)
@@ -58,29 +58,29 @@ def _walk(data: bytes) -> tuple[bytes, bytes, _Ram, int]:
             total, seen = addr & ~(PAGE_SIZE - 1), 0
             while seen < total:
                 ln = data[pos]
-                name = data[pos + 1:pos + 1 + ln].decode()
+                name = data[pos + 1 : pos + 1 + ln].decode()
                 (length,) = struct.unpack_from(">Q", data, pos + 1 + ln)
                 pos += 1 + ln + 8
                 ram.blocks.append((name, length))
                 seen += length
             continue
         if flags & EOS:
-            assert data[pos] == 0x7E           # the section footer
+            assert data[pos] == 0x7E  # the section footer
             pos += 5
             if data[pos] in (0x02, 0x03) and struct.unpack_from(">I", data, pos + 1)[0] == sid:
-                pos += 5                       # the next PART/END of ram
+                pos += 5  # the next PART/END of ram
                 continue
             return head, start_header, ram, pos
         if not flags & CONTINUE:
             ln = data[pos]
-            block = data[pos + 1:pos + 1 + ln].decode()
+            block = data[pos + 1 : pos + 1 + ln].decode()
             pos += 1 + ln
         offset = addr & ~(PAGE_SIZE - 1)
         if flags & ZERO:
             pos += 1
         else:
             assert flags & PAGE, f"flags {flags:#x}"
-            ram.pages[(block, offset)] = data[pos:pos + PAGE_SIZE]
+            ram.pages[(block, offset)] = data[pos : pos + PAGE_SIZE]
             pos += PAGE_SIZE
 
 
@@ -90,8 +90,7 @@ def _capabilities(*names: str) -> bytes:
     return out + b"".join(bytes([len(n)]) + n.encode() for n in names)
 
 
-def mapped_ram(stream: bytes, base: int = 0, capabilities: tuple[str, ...] = ("mapped-ram",)
-               ) -> bytes:
+def mapped_ram(stream: bytes, base: int = 0, capabilities: tuple[str, ...] = ("mapped-ram",)) -> bytes:
     """``stream`` (a real 7.2 stream) with its RAM in the mapped-ram layout; ``base`` is
     where it will start in its file (a libvirt image's header before it)."""
     head, start_header, ram, rest = _walk(stream)
@@ -109,8 +108,8 @@ def mapped_ram(stream: bytes, base: int = 0, capabilities: tuple[str, ...] = ("m
         region = bytearray(length)
         for (block, offset), page in ram.pages.items():
             if block == name:
-                region[offset:offset + PAGE_SIZE] = page
-                i = offset // PAGE_SIZE       # host unsigned longs: little-endian x86
+                region[offset : offset + PAGE_SIZE] = page
+                i = offset // PAGE_SIZE  # host unsigned longs: little-endian x86
                 bitmap[i // 8] |= 1 << (i % 8)
         out += bitmap
         out += bytes(pages_offset - base - len(out))

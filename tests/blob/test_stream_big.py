@@ -30,6 +30,7 @@ RSS_LIMIT = 200 << 20
 @pytest.fixture(scope="module")
 def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kvmfpu.testing.qemu import QemuUnavailable
+
     if big.missing_tools():
         pytest.skip(f"not installed: {', '.join(big.missing_tools())}")
     out = tmp_path_factory.mktemp("big")
@@ -39,7 +40,7 @@ def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
         stream = big.make(out, GIB)
     except QemuUnavailable as exc:
         pytest.skip(f"QEMU: {exc}")
-    assert stream.stat().st_size > GIB << 30       # every page is in the stream
+    assert stream.stat().st_size > GIB << 30  # every page is in the stream
     return stream
 
 
