@@ -191,6 +191,13 @@ def _open(source: str | os.PathLike[str] | bytes | Readable) -> Source:
         return of_bytes(source)
     if isinstance(source, (str, os.PathLike)):
         return open_path(source)
+    try:      # standard input redirected from a file: seek in it like a named file
+        fd = source.fileno()  # type: ignore[attr-defined]
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and os.lseek(fd, 0, os.SEEK_CUR) == 0:
+            return of_file(os.dup(fd), "standard input", st.st_size)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
     return Source(source, "standard input")
 
 

@@ -19,7 +19,7 @@ def integer(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     d = sub.add_parser("decode", help="decode xsave state (KVM buffers, hex dumps, core files, "
-                                      "signal frames, QEMU streams)")
+                                      "signal frames, QEMU streams, libvirt save images)")
     d.add_argument("file", nargs="+",
                    help="the captures ('-' for standard input); a bad file is reported in "
                         "one line on stderr, the others are still decoded, and the exit "

@@ -171,6 +171,10 @@ def make(out: Path, kernel: Path) -> dict[str, Any]:
 
 def main() -> int:
     out, kernel = Path(sys.argv[1]), Path(sys.argv[2])
+    # Mounting over /run outside a namespace of its own would hide the machine's daemons.
+    if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
+        print("run me under `unshare -m --propagation private`", file=sys.stderr)
+        return 2
     made = make(out, kernel)
     (out / "manifest.json").write_text(json.dumps(made, indent=2))
     return 0
