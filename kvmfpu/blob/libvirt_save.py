@@ -12,10 +12,13 @@ order; then data_len bytes: the domain XML, NUL-terminated, the cookie (an XML d
 from cookieOffset when it is not 0, and zeros (libvirt leaves 64 KiB for edited XML); then
 the QEMU stream.
 
-"sparse" (libvirt 11.1, QEMU's mapped-ram: each RAM block's pages at a fixed file offset) is
-read from its documented layout (QEMU docs/devel/migration/mapped-ram.rst, libvirt's
-qemu.conf save_image_format): libvirt 9.0 and QEMU 7.2 here cannot write one, so it is
-tested with streams built to that layout, not with a libvirt-written file.
+"sparse" (format 6, added to libvirt in 2025 by "Extend the list of formats to include
+sparse", libvirt's qemu.conf.in save_image_format: QEMU's mapped-ram, each RAM block's pages
+at a fixed file offset) is read from its documented layout (QEMU docs/devel/migration/
+mapped-ram.rst, QEMU 9.0+), with the QEMU stream taken to start right after libvirt's data
+as for the other formats and its offsets as the file's. libvirt 9.0 and QEMU 7.2 here cannot
+write one, so it is tested with the real 7.2 sample rewritten to that layout
+(kvmfpu.testing.streams), not with a libvirt-written file.
 """
 
 from __future__ import annotations
