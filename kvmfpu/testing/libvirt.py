@@ -1,7 +1,8 @@
 """Real libvirt save images for tests, made by a private libvirtd (root only).
 
 ``python -m kvmfpu.testing.libvirt OUT GUEST_ELF`` must run in a mount namespace of its own
-(``unshare -m --propagation private``): it mounts fresh /run, /var/lib/libvirt,
+(``unshare -m --propagation private``, with KVMFPU_PARENT_MNTNS naming the caller's
+/proc/self/ns/mnt so it can tell): it mounts fresh /run, /var/lib/libvirt,
 /var/cache/libvirt and /var/log/libvirt and a copy of /etc/libvirt with its own qemu.conf,
 so the virtlogd and libvirtd it starts (``virtlogd -d``, ``libvirtd -d``) share nothing with
 daemons already running on the machine. For each image format it restarts libvirtd with
@@ -171,9 +172,15 @@ def make(out: Path, kernel: Path) -> dict[str, Any]:
 
 def main() -> int:
     out, kernel = Path(sys.argv[1]), Path(sys.argv[2])
-    # Mounting over /run outside a namespace of its own would hide the machine's daemons.
-    if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
-        print("run me under `unshare -m --propagation private`", file=sys.stderr)
+    # Mounting over /run outside a namespace of its own would hide the machine's daemons:
+    # the caller names its namespace, and this one must differ from it.
+    parent = os.environ.get("KVMFPU_PARENT_MNTNS")
+    if not parent or os.readlink("/proc/self/ns/mnt") == parent:
+        print(
+            "run me under `unshare -m --propagation private` with KVMFPU_PARENT_MNTNS set to "
+            "the caller's /proc/self/ns/mnt",
+            file=sys.stderr,
+        )
         return 2
     made = make(out, kernel)
     (out / "manifest.json").write_text(json.dumps(made, indent=2))

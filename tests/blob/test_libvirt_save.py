@@ -42,7 +42,7 @@ def libvirt_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "_start", "-o", out / "g.elf", out / "g.o"],
         check=True,
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KVMFPU_PARENT_MNTNS": os.readlink("/proc/self/ns/mnt")}
     run = subprocess.run(
         [
             "unshare",
