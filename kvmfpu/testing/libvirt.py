@@ -99,6 +99,13 @@ def _stop(pidfile: str) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _destroy_all() -> None:
+    """Stop every domain this libvirtd runs (only this run's: the daemon is private)."""
+    out = _run("virsh", "-c", URI, "list", "--name", timeout=60)
+    for name in out.stdout.split():
+        _run("virsh", "-c", URI, "destroy", name, timeout=60)
+
+
 def _start_libvirtd() -> None:
     subprocess.run(["libvirtd", "-d"], check=True, timeout=60)
     for _ in range(400):
@@ -164,6 +171,7 @@ def make(out: Path, kernel: Path) -> dict[str, Any]:
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 made["failures"][fmt] = str(exc)[-400:]
             finally:
+                _destroy_all()  # a domain whose save failed would outlive libvirtd
                 _stop("/run/libvirtd.pid")
     finally:
         _stop("/run/virtlogd.pid")
