@@ -18,6 +18,10 @@
   with XTILEDATA, so each has the 11 KB dynamic fpstate), then a full AMX KVM_SET_XSAVE into
   every one so that all their state pages are touched; the peak RSS of that process (a
   child, interpreter included). Target: <= 300 MB.
+* stream-rss: ``kvmfpu decode`` of a real multi-GB QEMU 7.2 stream (TCG guest whose RAM is a
+  random-filled memory-backend-file; kvmfpu.testing.big_stream), from the file (RAM skipped by
+  seeking) and from a pipe (read and dropped): the decoder's peak RSS, interpreter included.
+  Target: < 200 MB. ``--stream-gib N`` (default 3; 1 with --quick, 0 to skip).
 * matrix: ``kvmfpu matrix`` work for a 20-host x 20-host x 8-kernel grid (every packaged
   host, the eight named kernel profiles, guest Skylake-Server-v5 through QEMU): each cell
   is a full check (guest CPUID, save, transport, KVM_SET_* in QEMU's order, register, MSR
@@ -39,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # This checkout's kvmfpu, not an installed copy (tools run from the source tree).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -256,11 +261,35 @@ def matrix_rate() -> dict[str, float]:
             "seconds": m.seconds, "verdicts_per_s": m.count / m.seconds}
 
 
+def stream_rss(gib: int) -> dict[str, float] | None:
+    """Peak RSS of decoding a real ``gib`` GiB stream, file and pipe (None without QEMU)."""
+    import tempfile
+
+    from kvmfpu.testing import big_stream
+    from kvmfpu.testing.qemu import QemuUnavailable
+    if gib <= 0 or big_stream.missing_tools():
+        return None
+    with tempfile.TemporaryDirectory(prefix="kvmfpu-bench-") as tmp:
+        try:
+            stream = big_stream.make(Path(tmp), gib)
+        except QemuUnavailable:
+            return None
+        out: dict[str, float] = {"gib": gib, "stream_bytes": stream.stat().st_size}
+        for how in ("file", "pipe"):
+            t0 = time.perf_counter()
+            rss, _ = big_stream.peak_rss(stream, pipe=how == "pipe")
+            out[f"{how}_max_rss_mb"] = rss / 1e6
+            out[f"{how}_s"] = time.perf_counter() - t0
+        return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer loops (noisier)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--amx-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-gib", type=int, default=None,
+                    help="size of the stream-rss measurement's QEMU stream (0: skip)")
     args = ap.parse_args()
     if args.amx_child:
         print(json.dumps(amx_child(args.amx_child)))
@@ -278,11 +307,14 @@ def main() -> int:
                       validate(loops, repeats), real_set, "ratio <= 0.5 vs one KVM_SET_XSAVE")]
     fleet = amx_fleet(10_000)
     grid = matrix_rate()
+    stream = stream_rss(args.stream_gib if args.stream_gib is not None else
+                        1 if args.quick else 3)
     if args.json:
         json.dump({"timings": [dict(asdict(r), ratio=r.ratio) for r in results],
                    "decode_blobs_per_s": 1 / decode_s,
                    "decode_json_blobs_per_s": 1 / decode_json_s,
-                   "spr_10k_amx": fleet, "matrix": grid}, sys.stdout, indent=2)
+                   "spr_10k_amx": fleet, "matrix": grid, "stream_rss": stream},
+                  sys.stdout, indent=2)
         print()
         return 0
     print(f"real KVM_SET_XSAVE+KVM_GET_XSAVE round trip: "
@@ -303,6 +335,14 @@ def main() -> int:
           f"fpstate {fleet['kernel_fpstate']:.0f} B each; arena {fleet['arena_mb']:.1f} MB; "
           f"peak RSS {fleet['max_rss_mb']:.1f} MB ({ok}) [target: <= 300 MB]; "
           f"built in {fleet['build_s']:.2f} s, filled in {fleet['total_s']:.2f} s")
+    if stream is None:
+        print("stream-rss: n/a (no QEMU, or --stream-gib 0)")
+    else:
+        worst = max(stream["file_max_rss_mb"], stream["pipe_max_rss_mb"])
+        print(f"stream-rss: {stream['stream_bytes'] / 2**30:.2f} GiB QEMU stream: peak RSS "
+              f"{stream['file_max_rss_mb']:.1f} MB from the file ({stream['file_s']:.1f} s), "
+              f"{stream['pipe_max_rss_mb']:.1f} MB from a pipe ({stream['pipe_s']:.1f} s) "
+              f"({'ok' if worst < 200 else 'OVER'}) [target: < 200 MB]")
     per = grid["seconds"] / grid["verdicts"]
     vs = "" if real is None else f", {per / real:.0f}x one real KVM_SET+GET_XSAVE round trip"
     print(f"matrix: {grid['hosts']:.0f} x {grid['hosts']:.0f} hosts x {grid['kernels']:.0f} "

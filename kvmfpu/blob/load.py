@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kvmfpu.blob import decode as dec
 from kvmfpu.blob import infer, sources
 from kvmfpu.blob.sources import MAX_SIZE, Capture
+from kvmfpu.blob.stream import Readable
 from kvmfpu.cpus.model import HostModel
 
 
@@ -19,12 +20,13 @@ class Loaded:
     decoded: dec.Decoded
 
 
-def load(source: str | os.PathLike[str] | bytes, host: str | HostModel | None = None,
+def load(source: str | os.PathLike[str] | bytes | Readable, host: str | HostModel | None = None,
          fmt: str | None = None, *, max_size: int = MAX_SIZE,
          xfd: int | None = None) -> list[Loaded]:
-    """Every xsave image in ``source``, decoded. ``host`` names the layout (else it is
-    inferred, and AmbiguousLayout says when it cannot be); ``xfd`` is the vCPU's IA32_XFD
-    (QEMU streams carry their own). Bad input raises InputError, nothing else."""
+    """Every xsave image in ``source`` (a path, bytes, or a binary stream), decoded.
+    ``host`` names the layout (else it is inferred, and AmbiguousLayout says when it cannot
+    be); ``xfd`` is the vCPU's IA32_XFD (QEMU streams carry their own). Bad input raises
+    InputError, nothing else."""
     out = []
     for cap in sources.read(source, fmt, max_size):
         choice = infer.choose(cap, host)

@@ -1,55 +1,55 @@
 """Read xsave state from what users capture: raw KVM_GET_XSAVE/KVM_GET_XSAVE2 buffers, hex
 dumps, ELF core files (NT_X86_XSTATE, one per thread, NT_X86_XSAVE_LAYOUT when present),
-Linux signal-frame fpstate, and QEMU migration streams; any of them gzip-, xz- or
-bzip2-compressed (``migrate "exec:gzip -c > f"`` is how streams are often kept).
+Linux signal-frame fpstate, QEMU migration streams and libvirt save images; any of them
+gzip-, xz-, bzip2-, zstd- or lzop-compressed (``migrate "exec:gzip -c > f"`` is how streams
+are often kept).
 
-``read`` detects the format (``--format`` overrides it) and returns one ``Capture`` per
-xsave image found. Work is bounded by the input's size: files larger than ``max_size`` are
-refused before being read; compressed input that would expand past it, or that nests more
-than ``MAX_COMPRESSION_LAYERS`` compressions, is refused; the xsave images decoded from one
-input may not add up to more than ``max_size`` bytes, and an ELF core's note segments may
-neither overlap nor reach past the file (so no byte is decoded twice).
+``read`` opens the input as a stream (kvmfpu.blob.stream), expands compression as a stream
+(kvmfpu.blob.compression), detects the format from the first bytes (``--format`` overrides
+it) and returns one ``Capture`` per xsave image found. Formats in ``STREAMED`` (QEMU
+streams, libvirt images) are read as streams: a multi-GB file is never held, and
+``max_size`` limits what is decoded (device state, the VM description, XML), not the file.
+The others are small captures read whole: files larger than ``max_size`` are refused before
+being read, compressed input that would expand past it is refused, and so is nesting more
+than ``MAX_COMPRESSION_LAYERS`` compressions; the xsave images decoded from one input may not
+add up to more than ``max_size`` bytes, and an ELF core's note segments may neither overlap
+nor reach past the file (so no byte is decoded twice).
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import itertools
 import os
 import stat
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from kvmfpu.blob import hexdump
+from kvmfpu.blob import compression, hexdump
 from kvmfpu.blob.errors import InputError
+from kvmfpu.blob.stream import Readable, Source, of_bytes, of_file
 
 if TYPE_CHECKING:
     from kvmfpu.arch.layout import XsaveLayout
 
-FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu")
+FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu", "libvirt-save")
 MAX_SIZE: Final = 256 << 20
-#: The largest --max-size taken (1 TiB): QEMU streams hold guest RAM, so a few GiB are real
-#: inputs; beyond this a limit is no limit (and 2**62 used to overflow the reads).
+#: The largest --max-size taken (1 TiB): beyond this a limit is no limit (and 2**62 used to
+#: overflow the reads).
 MAX_SIZE_LIMIT: Final = 1 << 40
 #: ``gzip -c`` of an ``xz`` file is a mistake users make; deeper nesting is not a capture.
 MAX_COMPRESSION_LAYERS: Final = 3
 _CHUNK: Final = 1 << 20
+#: How many leading bytes detection looks at.
+PEEK: Final = 64
 FP_XSTATE_MAGIC1: Final = 0x46505853
 FP_XSTATE_MAGIC2: Final = 0x46505845
 NT_PRSTATUS: Final = 1
 NT_X86_XSTATE: Final = 0x202
 NT_X86_XSAVE_LAYOUT: Final = 0x205
 QEMU_VM_FILE_MAGIC: Final = b"QEVM"
-
-
-class Readable(Protocol):
-    """A binary file or stream (a file, sys.stdin.buffer, a GzipFile)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass
@@ -66,6 +66,39 @@ class Capture:
     # QEMU streams carry fields, not a buffer: build it for another host's layout.
     rebuild: Callable[[XsaveLayout], bytes] | None = None
     reference_host: str | None = None
+    #: The libvirt domain XML the image carries (its <cpu> describes the guest).
+    domain_xml: str | None = None
+    #: What the container says of itself, by container kind (JSON-able): a libvirt image's
+    #: header fields and <cpu>, a QEMU stream's capabilities and RAM skipped.
+    container: dict[str, Any] = field(default_factory=dict)
+    #: Components whose registers hold data but whose XSTATE_BV bits are clear in a stream
+    #: written under TCG: a KVM destination restores their initial state.
+    restores_init: int = 0
+
+
+def _qemu(src: Source, max_size: int) -> list[Capture]:
+    from kvmfpu.blob import qemu
+    return qemu.captures(src, max_size)
+
+
+def _libvirt_save(src: Source, max_size: int) -> list[Capture]:
+    from kvmfpu.blob import libvirt_save
+    caps: list[Capture] = libvirt_save.read(src, max_size)
+    return caps
+
+
+#: Detection by the first PEEK bytes, in order, the first match wins (one line a format;
+#: text dumps, signal frames and raw buffers are told apart afterwards, on the whole data).
+DETECT: Final[list[tuple[str, Callable[[bytes], bool]]]] = [
+    ("core", lambda h: h[:4] == b"\x7fELF"),
+    ("qemu", lambda h: h[:4] == QEMU_VM_FILE_MAGIC),
+    ("libvirt-save", lambda h: h[:16] in (b"LibvirtQemudSave", b"LibvirtQemudPart")),
+]
+#: Formats read as streams, never held whole: format -> reader(Source, max_size).
+STREAMED: Final[dict[str, Callable[[Source, int], list[Capture]]]] = {
+    "qemu": _qemu,
+    "libvirt-save": _libvirt_save,
+}
 
 
 def check_max_size(max_size: int) -> int:
@@ -80,21 +113,12 @@ def read_stream(stream: Readable, max_size: int, what: str) -> bytes:
     """Up to ``max_size`` bytes of ``stream`` (InputError "WHAT exceeds the limit" past it),
     read in chunks: a large limit never allocates more than what arrives."""
     check_max_size(max_size)
-    chunks: list[bytes] = []
-    total = 0
-    while total <= max_size:
-        chunk = stream.read(min(_CHUNK, max_size + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-    raise InputError(f"{what} exceeds the {max_size}-byte limit (--max-size)")
+    return Source(stream, what).read_rest(max_size, what)
 
 
-def read_bytes(path: str | os.PathLike[str], max_size: int = MAX_SIZE) -> bytes:
-    """The file's bytes, refusing directories, FIFOs, devices, unreadable paths and oversized
-    files without reading them."""
-    check_max_size(max_size)
+def open_path(path: str | os.PathLike[str]) -> Source:
+    """A regular file as a seekable Source; directories, FIFOs, devices and unreadable paths
+    are refused without reading."""
     try:
         # O_NONBLOCK: a FIFO put where the file was checked must not block the open.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -104,65 +128,53 @@ def read_bytes(path: str | os.PathLike[str], max_size: int = MAX_SIZE) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path}: not a regular file")
-        if st.st_size > max_size:
-            raise InputError(f"{path}: {st.st_size} bytes is more than the {max_size}-byte "
-                             "limit (--max-size)")
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            return read_stream(f, max_size, str(path))
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror}") from None
-    finally:
+        return of_file(fd, str(path), st.st_size)
+    except BaseException:
         os.close(fd)
+        raise
 
 
-_COMPRESSED: Final = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"))
+def read_bytes(path: str | os.PathLike[str], max_size: int = MAX_SIZE) -> bytes:
+    """The file's bytes, refusing directories, FIFOs, devices, unreadable paths and oversized
+    files without reading them."""
+    check_max_size(max_size)
+    with open_path(path) as src:
+        if src.size is not None and src.size > max_size:
+            raise InputError(f"{path}: {src.size} bytes is more than the {max_size}-byte "
+                             "limit (--max-size)")
+        try:
+            return src.read_rest(max_size, str(path))
+        except OSError as exc:
+            raise InputError(f"{path}: {exc.strerror}") from None
 
 
 def decompress(data: bytes, max_size: int = MAX_SIZE) -> tuple[bytes, str | None]:
-    """``data`` expanded when it is gzip, xz or bzip2 (with the compression's name), else
-    as is. Expansion stops past ``max_size``: a small file cannot fill memory."""
+    """``data`` expanded when it is compressed (with the compression's name), else as is.
+    Expansion stops past ``max_size``: a small file cannot fill memory."""
     check_max_size(max_size)
-    kind = next((name for magic, name in _COMPRESSED if data.startswith(magic)), None)
-    if kind is None or (kind == "bzip2" and not data[3:4].isdigit()):   # "BZh1".."BZh9"
+    kind = compression.sniff(data[:compression.PEEK])
+    if kind is None:
         return data, None
-    try:
-        opener, errors = _opener(kind)
-    except ImportError:
-        raise InputError(f"{kind}-compressed input, and this Python lacks the {kind} "
-                         "module") from None
-    try:
-        with opener(io.BytesIO(data)) as stream:
-            out = read_stream(stream, max_size, f"{kind}-compressed input")
-    except InputError:
-        raise InputError(f"{kind}-compressed input expands past the {max_size}-byte limit "
-                         "(--max-size)") from None
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise InputError(f"{kind}-compressed input does not expand: {exc}") from None
-    except errors as exc:
-        raise InputError(f"{kind}-compressed input does not expand: {exc}") from None
-    return out, kind
+    with compression.expand(kind, of_bytes(data)) as inner:
+        return _expand_all(inner, kind, max_size), kind
 
 
-def _opener(kind: str) -> tuple[Callable[[io.BytesIO], io.BufferedIOBase],
-                                 tuple[type[Exception], ...]]:
-    """The stdlib reader and its own error types; lzma and bz2 are optional in Python
-    builds, so they are imported here."""
-    if kind == "gzip":
-        return (lambda f: gzip.GzipFile(fileobj=f)), ()
-    if kind == "xz":
-        import lzma
-        return (lambda f: lzma.LZMAFile(f)), (lzma.LZMAError,)
-    import bz2
-    return (lambda f: bz2.BZ2File(f)), ()
+def _expand_all(inner: Source, kind: str, max_size: int) -> bytes:
+    try:
+        return inner.read_rest(max_size, f"{kind}-compressed input")
+    except InputError as exc:
+        if "limit" in str(exc):
+            raise InputError(f"{kind}-compressed input expands past the {max_size}-byte limit "
+                             "(--max-size)") from None
+        raise
 
 
 def detect(data: bytes) -> str:
     if not data:
         raise InputError("the input is empty")
-    if data[:4] == b"\x7fELF":
-        return "core"
-    if data[:4] == QEMU_VM_FILE_MAGIC:
-        return "qemu"
+    head = _detect_head(data[:PEEK])
+    if head is not None:
+        return head
     if hexdump.looks_like_text(data):
         return hexdump.dialect(data.decode("ascii"))
     if _sigframe_size(data) is not None:
@@ -170,25 +182,56 @@ def detect(data: bytes) -> str:
     return "raw"
 
 
-def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
+def _detect_head(head: bytes) -> str | None:
+    return next((name for name, test in DETECT if test(head)), None)
+
+
+def _open(source: str | os.PathLike[str] | bytes | Readable) -> Source:
+    if isinstance(source, bytes):
+        return of_bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        return open_path(source)
+    try:      # standard input redirected from a file: seek in it like a named file
+        fd = source.fileno()  # type: ignore[attr-defined]
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and os.lseek(fd, 0, os.SEEK_CUR) == 0:
+            return of_file(os.dup(fd), "standard input", st.st_size)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    return Source(source, "standard input")
+
+
+def read(source: str | os.PathLike[str] | bytes | Readable, fmt: str | None = None,
          max_size: int = MAX_SIZE) -> list[Capture]:
-    """Every xsave image in ``source`` (a path or the bytes themselves)."""
+    """Every xsave image in ``source`` (a path, the bytes themselves, or a binary stream
+    such as sys.stdin.buffer)."""
     check_max_size(max_size)
-    data = source if isinstance(source, bytes) else read_bytes(source, max_size)
-    if len(data) > max_size:
-        raise InputError(f"{len(data)} bytes is more than the {max_size}-byte limit (--max-size)")
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    layers: list[str] = []
-    while True:
-        data, compression = decompress(data, max_size)
-        if compression is None:
-            break
-        layers.append(compression)
-        if len(layers) > MAX_COMPRESSION_LAYERS:
-            raise InputError(f"compressed more than {MAX_COMPRESSION_LAYERS} times over "
-                             f"({', '.join(layers)}, ...): not a capture kvmfpu reads")
-    caps = _read_plain(data, fmt, max_size)
+    if isinstance(source, bytes) and len(source) > max_size and fmt not in STREAMED \
+            and _detect_head(source[:PEEK]) not in STREAMED \
+            and compression.sniff(source[:compression.PEEK]) is None:
+        raise InputError(f"{len(source)} bytes is more than the {max_size}-byte limit "
+                         "(--max-size)")
+    opened: list[Source] = []
+    try:
+        src = _open(source)
+        opened.append(src)
+        layers: list[str] = []
+        while (kind := compression.sniff(src.peek(compression.PEEK))) is not None:
+            layers.append(kind)
+            if len(layers) > MAX_COMPRESSION_LAYERS:
+                raise InputError(f"compressed more than {MAX_COMPRESSION_LAYERS} times over "
+                                 f"({', '.join(layers)}, ...): not a capture kvmfpu reads")
+            src = compression.expand(kind, src)
+            opened.append(src)
+        caps = _read_source(src, fmt, max_size, layers)
+    except OSError as exc:          # EIO and the like, mid-read
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "input"
+        raise InputError(f"{name}: {exc.strerror or exc}") from None
+    finally:
+        for s in reversed(opened):
+            s.close()
     if sum(len(c.data) for c in caps) > max_size:
         raise InputError(f"the xsave images in the input add up to more than the "
                          f"{max_size}-byte limit (--max-size)")
@@ -200,9 +243,29 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
     return caps
 
 
+def _read_source(src: Source, fmt: str | None, max_size: int, layers: list[str]) -> list[Capture]:
+    """The captures in the (expanded) stream ``src``."""
+    head = src.peek(PEEK)
+    if not head:
+        raise InputError("the input is empty")
+    kind = fmt or _detect_head(head)
+    if kind in STREAMED:
+        return STREAMED[kind](src, max_size)
+    if not layers and src.size is not None and src.size > max_size:
+        raise InputError(f"{src.name}: {src.size} bytes is more than the {max_size}-byte "
+                         "limit (--max-size)")
+    if layers:
+        data = _expand_all(src, layers[-1], max_size)
+    else:
+        data = src.read_rest(max_size, src.name)
+    return _read_plain(data, fmt, max_size)
+
+
 def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
     """The captures in uncompressed ``data``."""
     kind = fmt or detect(data)
+    if kind in STREAMED:
+        return STREAMED[kind](of_bytes(data), max_size)
     if kind == "raw":
         return [Capture(data, "raw buffer", "raw", _xcr0_at_464(data))]
     if kind in ("hex", "xxd", "od", "gdb"):
@@ -212,15 +275,12 @@ def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
             raise InputError(f"--format {kind}: the input is not text") from None
         blob = hexdump.parse(text, kind, max_size)
         inner = detect(blob) if blob else "raw"
-        if inner in ("core", "qemu", "sigframe"):
+        if inner in ("core", "sigframe", *STREAMED):
             return _read_plain(blob, inner, max_size)
         return [Capture(blob, f"{kind} dump", kind, _xcr0_at_464(blob))]
     if kind == "sigframe":
         return [_sigframe(data)]
-    if kind == "core":
-        return _core(data, max_size)
-    from kvmfpu.blob import qemu
-    return qemu.captures(data)
+    return _core(data, max_size)
 
 
 def _xcr0_at_464(data: bytes) -> int | None:

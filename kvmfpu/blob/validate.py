@@ -8,8 +8,10 @@ KVM_SET_CPUID2) and then checks buffers without copying them (Vcpu.check_xsave),
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmfpu import cpus
 from kvmfpu.arch import xfeatures as xf
@@ -21,6 +23,9 @@ from kvmfpu.kvm.vcpu import Vcpu
 from kvmfpu.qemu.guest_cpuid import build
 from kvmfpu.qemu.models import GuestModel
 
+if TYPE_CHECKING:
+    from kvmfpu.blob.sources import Capture
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -30,10 +35,39 @@ class Verdict:
     reason: str | None = None
     commit: str | None = None
     note: str = ""
+    #: What happens to the guest's state although KVM accepts the buffer (a TCG-written
+    #: QEMU stream: registers restored to their initial state).
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        # The warnings join the note: the kvmfpu-validate/1 result keeps its fields.
+        note = "; ".join(n for n in (self.note, *self.warnings) if n)
         return {"accepted": self.accepted, "errno": self.errno, "function": self.function,
-                "reason": self.reason, "commit": self.commit, "note": self.note}
+                "reason": self.reason, "commit": self.commit, "note": note}
+
+
+def first_capture(path: str | os.PathLike[str]) -> Capture:
+    """The first vCPU's capture in a file (what ``migrate --blob`` moves; read_blob in
+    kvmfpu.migrate.check gives its bytes), with what its container says."""
+    from kvmfpu.blob import sources
+    from kvmfpu.blob.errors import InputError
+    caps = sources.read(path, None, sources.MAX_SIZE)
+    if not caps:
+        raise InputError(f"{os.fspath(path)}: no xsave image found")
+    return caps[0]
+
+
+def restore_warning(cap: Capture) -> str | None:
+    """For a QEMU stream written under TCG (kvmfpu.blob.qemu sets Capture.restores_init):
+    the components whose registers the destination loads in their initial state, because
+    QEMU copies TCG's XSTATE_BV (never updated, 0 from reset) into KVM_SET_XSAVE's buffer
+    (target/i386/xsave_helper.c x86_cpu_xsave_all_areas) and XRSTOR initialises every
+    component whose bit is clear."""
+    if not cap.restores_init:
+        return None
+    return (f"written under TCG: XSTATE_BV leaves out {xf.describe_mask(cap.restores_init)}, "
+            "whose registers hold data, so the destination will restore their initial state "
+            "(the guest's values are lost)")
 
 
 def guest_cpuid(kvm: Kvm, guest: str | HostModel | GuestModel | None) -> list[CpuidEntry]:
@@ -98,4 +132,11 @@ class Validator:
         except KvmError as exc:
             return Verdict(False, exc.errno_name, exc.function, exc.reason, exc.commit, note)
         return Verdict(True, note=note)
+
+    def check_capture(self, cap: Capture) -> Verdict:
+        """``check`` of the capture's buffer, with what the container says happens to the
+        state although KVM accepts it (restore_warning)."""
+        verdict = self.check(cap.data)
+        warning = restore_warning(cap)
+        return dataclasses.replace(verdict, warnings=(warning,)) if warning else verdict
 

@@ -44,7 +44,8 @@ def input_options(p: argparse.ArgumentParser, *, json_doc: str | None = None) ->
     from kvmfpu.blob.sources import FORMATS, MAX_SIZE
     p.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--max-size", type=max_size, default=MAX_SIZE,
-                   help=f"largest input read, in bytes (default {MAX_SIZE})")
+                   help=f"most bytes decoded from an input (a small capture's size; a QEMU "
+                        f"stream's device state and description), default {MAX_SIZE}")
     if json_doc:
         p.add_argument("--json", action="store_true", help=f"print the {json_doc} document")
 

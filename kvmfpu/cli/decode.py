@@ -19,10 +19,14 @@ def integer(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     d = sub.add_parser("decode", help="decode xsave state (KVM buffers, hex dumps, core files, "
-                                      "signal frames, QEMU streams)",
+                                      "signal frames, QEMU streams, libvirt save images)",
                        description="Exit status 0; with --strict, 1 when any anomaly is "
-                                   "reported; 2 on bad input.")
-    d.add_argument("file", help="the capture ('-' for standard input)")
+                                   "reported; 2 on bad input (a bad file among several is "
+                                   "one line on stderr, the others are still decoded).")
+    d.add_argument("file", nargs="+",
+                   help="the captures ('-' for standard input); a bad file is reported in "
+                        "one line on stderr, the others are still decoded, and the exit "
+                        "status is 2")
     d.add_argument("--host", help="host CPU model or dump whose layout the capture uses "
                                   "(default: inferred; asked for when ambiguous)")
     input_options(d, json_doc="kvmfpu-decode/1")
@@ -35,41 +39,83 @@ def add_parser(sub: Any) -> None:
     d.set_defaults(func=cmd_decode)
 
 
-def load(args: argparse.Namespace) -> list[Any]:
-    """kvmfpu.blob.load.Loaded for each xsave image in args.file ('-': standard input)."""
+def load(args: argparse.Namespace, file: str | None = None) -> list[Any]:
+    """kvmfpu.blob.load.Loaded for each xsave image in ``file`` (default: the first of
+    args.file; '-': standard input, read as a stream)."""
     import sys
 
     from kvmfpu.blob.errors import InputError
     from kvmfpu.blob.load import load as load_blob
-    from kvmfpu.blob.sources import read_stream
 
+    name = args.file[0] if file is None else file
     try:
-        source: str | bytes = args.file
-        if args.file == "-":   # read in chunks: a large --max-size allocates nothing
-            source = read_stream(sys.stdin.buffer, args.max_size, "standard input")
+        source: Any = sys.stdin.buffer if name == "-" else name
         return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd)
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
-    from kvmfpu.blob import render
+def load_all(args: argparse.Namespace) -> list[tuple[str, list[Any] | None, str | None]]:
+    """(file, its items or None, its error or None) for every file, in order: a bad file
+    does not stop the others (as grep and file do). A bad --host stops them all."""
+    out: list[tuple[str, list[Any] | None, str | None]] = []
+    for name in args.file:
+        try:
+            out.append((name, load(args, name), None))
+        except UsageError as exc:
+            out.append((name, None, str(exc)))
+    return out
 
-    items = load(args)
-    # --strict: an anomaly is a finding a script can act on (exit 1), as `validate` does.
-    status = 1 if args.strict and any(it.decoded.anomalies for it in items) else 0
+
+def _error_line(name: str, error: str, several: bool) -> str:
+    """The file's one line: its name first when several files are decoded (unless the
+    message already starts with it)."""
+    return error if not several or error.startswith(f"{name}:") else f"{name}: {error}"
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import sys
+
+    from kvmfpu.blob import render
+    from kvmfpu.cli.common import one_line
+    from kvmfpu.cli.document import document
+
+    results = load_all(args)
+    several = len(results) > 1
+    if not several and results[0][2] is not None:
+        raise UsageError(results[0][2])
     if args.json:
-        print(json.dumps({"schema": render.SCHEMA, "captures": [
-            render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
-                           host=it.choice.host, how=it.choice.how, notes=it.capture.notes,
-                           shape=it.choice.shape, hosts=it.choice.hosts)
-            for it in items]}, indent=2))
-        return status
-    for n, it in enumerate(items):
-        if n:
-            print()
-        print("\n".join(render.text(it.decoded, origin=it.capture.origin, host=it.choice.host,
-                                    how=it.choice.how, all_registers=args.all,
-                                    notes=it.capture.notes,
-                                    shape="" if args.host else it.choice.shape)))
-    return status
+        captures: list[dict[str, Any]] = []
+        files = []
+        for name, items, error in results:
+            first = len(captures)
+            for it in items or []:
+                captures.append(render.to_json(
+                    it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
+                    host=it.choice.host, how=it.choice.how, notes=it.capture.notes,
+                    shape=it.choice.shape, hosts=it.choice.hosts))
+            files.append({"file": name, "error": error,
+                          "captures": list(range(first, len(captures))),
+                          "container": items[0].capture.container if items else {}})
+        print(json.dumps(document(render.SCHEMA, {"captures": captures, "files": files}),
+                         indent=2))
+    else:
+        shown = 0
+        for name, items, _error in results:
+            for it in items or []:
+                if shown:
+                    print()
+                if several:
+                    print(f"== {one_line(name)} ==")
+                shown += 1
+                print("\n".join(render.text(it.decoded, origin=it.capture.origin,
+                                            host=it.choice.host, how=it.choice.how,
+                                            all_registers=args.all, notes=it.capture.notes,
+                                            shape="" if args.host else it.choice.shape)))
+    # --strict: an anomaly is a finding a script can act on (exit 1), as `validate` does.
+    anomalies = any(it.decoded.anomalies for _, items, _ in results for it in items or [])
+    bad = [(name, error) for name, _, error in results if error is not None]
+    for name, error in bad:
+        sys.stdout.flush()
+        print("kvmfpu: error: " + one_line(_error_line(name, error, several)), file=sys.stderr)
+    return 2 if bad else 1 if args.strict and anomalies else 0

@@ -84,7 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for cap in caps:
         if cap.rebuild is not None:          # QEMU builds the buffer for the destination
             cap.data = cap.rebuild(host.layout)
-        results.append((cap, validator.check(cap.data)))
+        results.append((cap, validator.check_capture(cap)))
     ok = all(v.accepted for _, v in results)
     if args.json:
         print(json.dumps({"schema": "kvmfpu-validate/1", "host": host.name, "accepted": ok,
@@ -103,6 +103,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{cap.origin}: rejected by KVM_SET_XSAVE on {where}: -{v.errno}: {v.reason}")
             if v.note:
                 print(f"  note: {v.note}")
+            for w in v.warnings:
+                print(f"  warning: {w}")
     return 0 if ok else 1
 
 

@@ -73,15 +73,21 @@ def _bad_input(exc: Exception) -> UsageError:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from kvmfpu.blob.errors import InputError
+    from kvmfpu.blob.validate import first_capture, restore_warning
     from kvmfpu.kvm.profiles import UnknownKernel
-    from kvmfpu.migrate.check import INCOMPATIBLE, check, read_blob
+    from kvmfpu.migrate.check import INCOMPATIBLE, check
+    from kvmfpu.migrate.report import Finding
     from kvmfpu.qemu.models import UnknownModel
     try:
-        blob = read_blob(args.blob) if args.blob else None
+        cap = first_capture(args.blob) if args.blob else None
+        blob = bytes(cap.data) if cap is not None else None
         report = check(args.src, args.dst, args.guest, vmm=args.vmm, dst_vmm=args.dst_vmm,
                        blob=blob, blob_name=args.blob, advise=not args.no_advice)
     except (InputError, UnknownKernel, UnknownModel) as exc:
         raise _bad_input(exc) from None
+    warning = restore_warning(cap) if cap is not None else None
+    if warning:            # the registers do not arrive: as a source that loses them
+        report.findings.append(Finding("error", "source", f"the state given: {warning}"))
     if args.json:
         json.dump({"schema": "kvmfpu-migrate/1", **report.to_json()}, sys.stdout, indent=2)
         print()

@@ -42,11 +42,14 @@ def qemu_stream(
     page_size: Any = 4096,
     instance: int = 0,
     fields_json: str | None = None,
+    config: bytes = b"",
+    ram: bytes = b"",
 ) -> bytes:
     """A version-3 stream with one ``cpu`` section (QEMU_VM_SECTION_FULL: id, name, instance,
     version), its field bytes ``body``, QEMU_VM_EOF and the JSON VM description naming
     ``fields`` (as migration/savevm.c and vmstate.c write them); ``fields_json`` gives the
-    fields as JSON text instead (nesting json.dumps cannot write)."""
+    fields as JSON text instead (nesting json.dumps cannot write). ``config`` (a
+    configuration section) and ``ram`` (sections) come before the cpu section."""
     desc = {
         "page_size": page_size,
         "devices": [
@@ -66,6 +69,8 @@ def qemu_stream(
     return (
         b"QEVM"
         + struct.pack(">I", 3)
+        + config
+        + ram
         + section
         + body
         + bytes([_EOF, _VMDESC])
@@ -198,8 +203,157 @@ def _elf(rng: random.Random, xstate: bytes) -> bytes:
     return elf_core(n, [(0, len(n) + rng.choice((1, 4096, 1 << 40)))])  # past the file
 
 
-#: The classes :func:`draw` chooses among (what each one once broke is in issue 16).
-CLASSES: Final = ("nested-compression", "vmdesc", "elf-notes", "compressed-elf-notes")
+# -- RAM sections and libvirt headers (issue 12's streamed readers) -----------------------
+
+_RAM_MEM_SIZE, _RAM_ZERO, _RAM_PAGE, _RAM_EOS, _RAM_CONTINUE = 0x04, 0x02, 0x08, 0x10, 0x20
+
+
+def configuration(*capabilities: str, name: bytes = b"pc-i440fx-7.2") -> bytes:
+    """QEMU_VM_CONFIGURATION: the machine name, and the capabilities subsection when any
+    (migration/savevm.c vmstate_configuration, vmstate_capabilites)."""
+    out = bytes([0x07]) + struct.pack(">I", len(name)) + name
+    if capabilities:
+        sub = b"configuration/capabilities"
+        out += bytes([0x05, len(sub)]) + sub + struct.pack(">II", 1, len(capabilities))
+        out += b"".join(bytes([len(c)]) + c.encode() for c in capabilities)
+    return out
+
+
+def ram_section(records: bytes, sid: int = 2) -> bytes:
+    """A ram START section (id ``sid``, version 4) holding ``records``, then EOS and its
+    footer (migration/ram.c)."""
+    return (
+        bytes([0x01])
+        + struct.pack(">I", sid)
+        + b"\x03ram"
+        + struct.pack(">II", 0, 4)
+        + records
+        + struct.pack(">Q", _RAM_EOS)
+        + bytes([0x7E])
+        + struct.pack(">I", sid)
+    )
+
+
+def ram_blocks(blocks: Sequence[tuple[bytes, int]], extra: Callable[[int], bytes] | None = None) -> bytes:
+    """RAM_SAVE_FLAG_MEM_SIZE and each block's name and length (``extra(i)`` after each:
+    an address, a MappedRamHeader)."""
+    out = struct.pack(">Q", sum(n for _, n in blocks) | _RAM_MEM_SIZE)
+    for i, (name, length) in enumerate(blocks):
+        out += bytes([len(name)]) + name + struct.pack(">Q", length) + (extra(i) if extra else b"")
+    return out
+
+
+def ram_page(offset: int, data: bytes | None, name: bytes | None = b"pc.ram") -> bytes:
+    """One page record: a 4 KiB page, or a zero page (``data`` None); ``name`` None is
+    RAM_SAVE_FLAG_CONTINUE."""
+    flags = (_RAM_PAGE if data is not None else _RAM_ZERO) | (_RAM_CONTINUE if name is None else 0)
+    out = struct.pack(">Q", offset | flags) + (b"" if name is None else bytes([len(name)]) + name)
+    return out + (data if data is not None else b"\0")
+
+
+def ram_stream(pages: Sequence[bytes], capabilities: Sequence[str] = ()) -> bytes:
+    """A valid stream whose pc.ram block holds ``pages`` (4 KiB each), sent as pages, or laid
+    out as mapped-ram (when ``capabilities`` has it: its header, bitmap and pages at file
+    offsets, pages aligned to 4 KiB, which QEMU's loader accepts; QEMU writes 1 MiB)."""
+    conf = configuration(*capabilities)
+    length = 4096 * len(pages)
+    block = (b"pc.ram", length)
+    extra: Callable[[int], bytes] | None = None
+    if "mapped-ram" in capabilities:
+        start = (
+            8 + len(conf) + 17 + 8 + 1 + len(block[0]) + 8 + (8 if "x-ignore-shared" in capabilities else 0)
+        )
+
+        def extra(_i: int) -> bytes:
+            bitmap_at = start + 28
+            bitmap = bytes([(1 << len(pages)) - 1 & 0xFF]) + bytes(7)
+            pages_at = -(-(bitmap_at + len(bitmap)) // 4096) * 4096
+            addr = _u64(0) if "x-ignore-shared" in capabilities else b""
+            head = addr + struct.pack(">IQQQ", 1, 4096, bitmap_at, pages_at)
+            return head + bitmap + bytes(pages_at - bitmap_at - len(bitmap)) + b"".join(pages)
+
+        recs = ram_blocks([block], extra)
+    else:
+        recs = ram_blocks([block], (lambda _i: _u64(0)) if "x-ignore-shared" in capabilities else None)
+        recs += b"".join(ram_page(4096 * i, p, b"pc.ram" if i == 0 else None) for i, p in enumerate(pages))
+    return qemu_stream([_field("xcr0")], _u64(7), config=conf, ram=ram_section(recs))
+
+
+def _ram(rng: random.Random) -> bytes:
+    """Streams whose RAM sections ask for absurd lengths, offsets or counts."""
+    cpu = [_field("xcr0")]
+    body = _u64(7)
+    block = (b"pc.ram", 1 << 16)
+    choice = rng.randrange(8)
+    if choice == 0:  # a RAM list that claims far more than its blocks
+        recs = struct.pack(">Q", (rng.choice((1 << 40, 1 << 60)) & ~0xFFF) | _RAM_MEM_SIZE)
+        recs += b"\x06pc.ram" + struct.pack(">Q", 4096)
+        return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
+    if choice == 1:  # mapped-ram pages far past the file
+
+        def header(_i: int) -> bytes:
+            return struct.pack(">IQQQ", 1, 4096, 0, rng.choice((1 << 62, (1 << 64) - 4096)))
+
+        return qemu_stream(
+            cpu, body, config=configuration("mapped-ram"), ram=ram_section(ram_blocks([block], header))
+        )
+    if choice == 2:  # a billion capabilities
+        edited = bytearray(configuration("x-ignore-shared"))
+        struct.pack_into(">I", edited, len(edited) - 20, rng.choice((65, 10**9, 2**32 - 1)))
+        return qemu_stream(cpu, body, config=bytes(edited), ram=b"")
+    if choice == 3:  # flags kvmfpu refuses
+        flag = rng.choice((0x40, 0x80, 0x100, 0x200, 0x400, 0x800))
+        recs = ram_blocks([block]) + struct.pack(">Q", flag)
+        return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
+    if choice == 4:  # many zero pages (read, nothing kept)
+        recs = (
+            ram_blocks([block])
+            + ram_page(0, None)
+            + b"".join(ram_page(4096 * (i % 16), None, None) for i in range(rng.randrange(1, 20000)))
+        )
+        return qemu_stream(cpu, body, config=configuration(), ram=ram_section(recs))
+    if choice == 5:  # x-ignore-shared with the address cut short
+        recs = ram_blocks([block])[: -rng.randrange(1, 8)]
+        return qemu_stream(cpu, body, config=configuration("x-ignore-shared"), ram=recs)
+    if choice == 6:  # a machine name of gigabytes
+        conf = bytes([0x07]) + struct.pack(">I", rng.choice((256, 1 << 31, 2**32 - 1))) + b"pc"
+        return qemu_stream(cpu, body, config=conf)
+    # postcopy advised, then a block list
+    advise = bytes([0x08]) + struct.pack(">HH", 3, 16) + bytes(16)
+    return qemu_stream(cpu, body, config=configuration(), ram=advise + ram_section(ram_blocks([block])))
+
+
+def libvirt_header(
+    data_len: int, fmt: int = 0, version: int = 2, cookie: int = 0, magic: bytes = b"LibvirtQemudSave"
+) -> bytes:
+    """virQEMUSaveHeader (libvirt src/qemu/qemu_saveimage.h), little-endian."""
+    return magic + struct.pack("<5I", version, data_len, 1, fmt, cookie) + bytes(56)
+
+
+def libvirt_image(stream: bytes, fmt: int = 0) -> bytes:
+    xml = b"<domain type='qemu'><name>h</name><cpu mode='host-model'/></domain>\0"
+    return libvirt_header(len(xml), fmt) + xml + stream
+
+
+def _libvirt(rng: random.Random) -> bytes:
+    """libvirt save images with absurd headers around a small valid stream."""
+    stream = qemu_stream([_field("xcr0")], _u64(7))
+    choice = rng.randrange(6)
+    if choice == 0:
+        return libvirt_header(rng.choice((0, 1 << 31, 2**32 - 1))) + stream
+    if choice == 1:
+        return libvirt_header(64, fmt=rng.choice((7, 100, 2**32 - 1))) + bytes(64) + stream
+    if choice == 2:
+        return libvirt_header(64, version=rng.choice((0, 3, 1 << 24))) + bytes(64) + stream
+    if choice == 3:  # the header says compressed, the stream is not (or the other way)
+        return libvirt_image(rng.choice((stream, gzip.compress(stream))), rng.choice((0, 1, 2, 3)))
+    if choice == 4:
+        return libvirt_header(64, cookie=rng.choice((65, 2**32 - 1))) + bytes(64) + stream
+    return libvirt_image(stream)[: rng.randrange(16, 200)]
+
+
+#: The classes :func:`draw` chooses among (what each one once broke is in issues 12, 16).
+CLASSES: Final = ("nested-compression", "vmdesc", "elf-notes", "compressed-elf-notes", "ram", "libvirt")
 
 
 def draw(rng: random.Random, xstate: bytes) -> tuple[str, bytes]:
@@ -210,6 +364,10 @@ def draw(rng: random.Random, xstate: bytes) -> tuple[str, bytes]:
         return kind, compressed(xstate, [rng.choice(tuple(CODECS)) for _ in range(depth)])
     if kind == "vmdesc":
         return kind, _vmdesc(rng)
+    if kind in ("ram", "libvirt"):
+        data = _ram(rng) if kind == "ram" else _libvirt(rng)
+        # A third through a decompressor: the pipe path (RAM read and dropped).
+        return kind, compressed(data, ["gzip"]) if rng.random() < 0.33 else data
     core = _elf(rng, xstate)
     if kind == "elf-notes":
         return kind, core

@@ -131,3 +131,112 @@ def test_one_capture_per_vcpu(tmp_path: Path) -> None:
         pytest.skip(str(exc))
     caps = sources.read(stream)
     assert [c.origin for c in caps] == ["QEMU cpu 0", "QEMU cpu 1", "QEMU cpu 2"]
+
+
+# -- streamed reading: RAM skipped, pipes, sizes, RAM variants ----------------------------
+
+def test_file_and_pipe_give_the_same_vcpu(tmp_path: Path) -> None:
+    """A file is read by seeking (the description from its end); a gzip stream through a
+    pipe (RAM dropped, the device sections kept until the description): same buffer."""
+    import gzip
+    import io
+    data = sample_stream()
+    (tmp_path / "s.mig").write_bytes(data)
+    (by_file,) = sources.read(tmp_path / "s.mig")
+    (by_pipe,) = sources.read(gzip.compress(data, 1))
+    (by_stdin,) = sources.read(io.BufferedReader(io.BytesIO(data)))   # not seekable here
+    assert by_file.data == by_pipe.data == by_stdin.data
+    assert by_file.container["qemu_stream"]["read_as"] == "file"
+    assert by_pipe.container["qemu_stream"]["read_as"] == "pipe"
+    # The sample's RAM (its 16 MiB guest, non-zero pages only): skipped, never decoded.
+    assert by_file.container["qemu_stream"]["ram_bytes_skipped"] == 475136
+
+
+def test_max_size_limits_what_is_decoded_not_the_stream(tmp_path: Path) -> None:
+    data = sample_stream()                          # 625 KB: 464 KB of RAM pages
+    (tmp_path / "s.mig").write_bytes(data)
+    assert len(sources.read(tmp_path / "s.mig", max_size=200_000)) == 1
+    with pytest.raises(InputError, match="limit"):  # its VM description alone is 99 KB
+        sources.read(tmp_path / "s.mig", max_size=50_000)
+    with pytest.raises(InputError, match="limit"):
+        import gzip
+        sources.read(gzip.compress(data, 1), max_size=50_000)
+
+
+def test_mapped_ram_stream() -> None:
+    """QEMU 9.0+'s mapped-ram layout (kvmfpu.testing.streams rewrites the real 7.2 sample
+    to it: QEMU 7.2 cannot write one): each block's pages at their file offset, skipped by
+    seeking on a file and read forward on a pipe."""
+    import gzip
+
+    from kvmfpu.testing import streams
+    mapped = streams.mapped_ram(sample_stream())
+    (orig,) = sources.read(sample_stream())
+    for data in (mapped, gzip.compress(mapped, 1)):
+        (cap,) = sources.read(data)
+        assert cap.data == orig.data
+        assert cap.container["qemu_stream"]["capabilities"] == ["mapped-ram"]
+        assert cap.container["qemu_stream"]["ram_bytes_skipped"] > 16 << 20
+
+
+def test_mapped_ram_refusals() -> None:
+    import struct as st
+
+    from kvmfpu.testing import streams
+    mapped = bytearray(streams.mapped_ram(sample_stream()))
+    at = mapped.index(b"\x06pc.ram") + 7 + 8           # its MappedRamHeader
+    import gzip
+    cut = bytes(mapped[:at + 28 + 4096])
+    with pytest.raises(InputError, match="without its JSON VM description"):
+        sources.read(cut)                               # a file: its end is looked at first
+    with pytest.raises(InputError, match="truncated mapped-ram pages"):
+        sources.read(gzip.compress(cut, 1))             # a pipe: the pages run out
+    bad = bytearray(mapped)
+    st.pack_into(">I", bad, at, 2)
+    with pytest.raises(InputError, match="mapped-ram header version 2"):
+        sources.read(bytes(bad))
+    bad = bytearray(mapped)
+    st.pack_into(">Q", bad, at + 20, 0)                # pages before the header
+    with pytest.raises(InputError, match="pages at 0, not after byte"):
+        sources.read(bytes(bad))
+
+
+@pytest.mark.parametrize("record, message", [
+    (0x200, "multifd"),                      # RAM_SAVE_FLAG_MULTIFD_FLUSH
+    (0x100, "compressed pages"),             # RAM_SAVE_FLAG_COMPRESS_PAGE
+    (0x40, "XBZRLE"),                        # RAM_SAVE_FLAG_XBZRLE
+    (0x80, "RDMA"),                          # RAM_SAVE_FLAG_HOOK
+    (0x400, "unknown RAM page flags 0x400"),
+])
+def test_ram_flags_kvmfpu_does_not_read(record: int, message: str) -> None:
+    """migration/ram.c RAM_SAVE_FLAG_*: pages elsewhere or encoded are refused in a line."""
+    from kvmfpu.testing import streams
+    with pytest.raises(InputError, match=message) as info:
+        sources.read(streams.with_ram_record(sample_stream(), record))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_real_x_ignore_shared_stream(tmp_path: Path) -> None:
+    """QEMU 7.2 with x-ignore-shared and a shared memory-backend-file: the configuration
+    section's capabilities subsection names it, each RAM block carries its address, and the
+    shared RAM's pages are not in the stream (what this machine's QEMU wrote)."""
+    from kvmfpu.testing.qemu import Qemu, QemuUnavailable
+    backing = tmp_path / "ram"
+    args = ["-accel", "tcg", "-cpu", "max", "-S", "-object",
+            f"memory-backend-file,id=m0,size=16M,mem-path={backing},share=on",
+            "-machine", "memory-backend=m0"]
+    try:
+        with Qemu(args) as vm:
+            vm.cmd("migrate-set-capabilities",
+                   capabilities=[{"capability": "x-ignore-shared", "state": True}])
+            stream = vm.migrate_to(tmp_path / "ignore.mig")
+    except QemuUnavailable as exc:
+        pytest.skip(str(exc))
+    assert b"configuration/capabilities" in stream.read_bytes()[:200]
+    (cap,) = sources.read(stream)
+    q = cap.container["qemu_stream"]
+    assert q["capabilities"] == ["x-ignore-shared"] and q["ram_blocks"] >= 2
+    assert q["ram_bytes_skipped"] < 16 << 20      # the 16 MiB of m0 are not in it
+    d = dec.decode(cap.data, infer.choose(cap).layout)
+    assert d.field("fcw").value == 0x37F          # x86_cpu_reset's FCW

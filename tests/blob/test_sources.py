@@ -151,3 +151,34 @@ def test_every_container_decodes_and_encodes_byte_identically(
     else:
         assert item.capture.data == blob
     assert dec.encode(item.decoded) == item.capture.data
+
+
+@pytest.mark.parametrize("program", ["zstd", "lzop"])
+def test_program_compressions(program: str, guest_blob: Any, tmp_path: Path) -> None:
+    """zstd and lzop are expanded by their programs (what libvirt compresses with)."""
+    if not shutil.which(program):
+        pytest.skip(f"no {program}")
+    blob = guest_blob("skylake-sp")
+    packed = subprocess.run([program, "-c"], input=blob, capture_output=True,
+                            check=True).stdout
+    (cap,) = sources.read(packed)
+    assert cap.data == blob and cap.notes[0] == f"{program}-compressed input"
+    with pytest.raises(InputError, match=f"{program}-compressed input does not expand"):
+        sources.read(packed[:len(packed) // 2])
+
+
+def test_a_missing_program_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmfpu.blob import compression
+    monkeypatch.setattr(compression.shutil, "which", lambda _name: None)
+    with pytest.raises(InputError, match="the zstd program is needed"):
+        sources.read(b"\x28\xb5\x2f\xfd" + bytes(20))
+
+
+def test_detection_table_and_streams(guest_blob: Any) -> None:
+    """Detection reads the first bytes only; a non-seekable stream is read like a file."""
+    import io
+    blob = guest_blob("zen4")
+    assert [name for name, _ in sources.DETECT] == ["core", "qemu", "libvirt-save"]
+    assert set(sources.STREAMED) == {"qemu", "libvirt-save"}
+    (cap,) = sources.read(io.BufferedReader(io.BytesIO(blob)))
+    assert cap.data == blob and cap.fmt == "raw"
