@@ -24,13 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from kvmfpu.blob import hexdump
+from kvmfpu.blob import hexdump, vmm_formats
 from kvmfpu.blob.errors import InputError
 
 if TYPE_CHECKING:
     from kvmfpu.arch.layout import XsaveLayout
 
-FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu")
+FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu",
+                  *vmm_formats.FORMATS)   # S12c: VMM and CRIU state files
 MAX_SIZE: Final = 256 << 20
 #: The largest --max-size taken (1 TiB): QEMU streams hold guest RAM, so a few GiB are real
 #: inputs; beyond this a limit is no limit (and 2**62 used to overflow the reads).
@@ -163,6 +164,9 @@ def detect(data: bytes) -> str:
         return "core"
     if data[:4] == QEMU_VM_FILE_MAGIC:
         return "qemu"
+    vmm = vmm_formats.detect(data)   # S12c: before the text check (state.json is text)
+    if vmm is not None:
+        return vmm
     if hexdump.looks_like_text(data):
         return hexdump.dialect(data.decode("ascii"))
     if _sigframe_size(data) is not None:
@@ -219,6 +223,8 @@ def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
         return [_sigframe(data)]
     if kind == "core":
         return _core(data, max_size)
+    if kind in vmm_formats.READERS:   # S12c
+        return vmm_formats.read(kind, data, max_size)
     from kvmfpu.blob import qemu
     return qemu.captures(data)
 
