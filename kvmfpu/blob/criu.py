@@ -33,12 +33,13 @@ IMG_SERVICE_MAGIC: Final = 0x55105940
 CORE_MAGIC: Final = 0x55053847
 MARCH_X86_64: Final = 1
 #: user_x86_xsave_entry: field number -> (xfeature bit, word bytes, words). The counts are
-#: XSAVE_PB_NELEMS of the kernel structs (crtools.c alloc_xsave_extends); pkru_state is
+#: XSAVE_PB_NELEMS of the kernel structs (crtools.c alloc_xsave_extends; compel's copy of
+#: arch/x86/include/asm/fpu/types.h); pkru_state is
 #: {u32 pkru, u32 pad}.
 XSAVE_FIELDS: Final = {
     2: (xf.XFeature.YMM, 4, 64),
     3: (xf.XFeature.BNDREGS, 8, 8),
-    4: (xf.XFeature.BNDCSR, 8, 2),
+    4: (xf.XFeature.BNDCSR, 8, 8),  # mpx_bndcsr_state is padded to 64 bytes
     5: (xf.XFeature.OPMASK, 8, 8),
     6: (xf.XFeature.ZMM_HI256, 8, 64),
     7: (xf.XFeature.HI16_ZMM, 8, 128),
