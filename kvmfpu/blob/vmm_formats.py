@@ -1,6 +1,7 @@
 """The VMM and checkpoint state files kvmfpu reads, as one table sources.py extends its
 formats and detection with: Cloud Hypervisor's snapshot state.json, crosvm's per-vCPU
-snapshot fragments, CRIU core images and Firecracker vmstate files.
+snapshot fragments, CRIU core images, Firecracker vmstate files (v1.7-v1.14) and
+``snapshot-editor info-vmstate vcpu-states`` text (v1.15 on).
 
 Detection looks only at a file's first bytes (or, for JSON, its first keys), so it is
 cheap and never mistakes another format's bytes; the readers are imported when used.
@@ -22,6 +23,7 @@ READERS: Final = {
     "crosvm": "kvmfpu.blob.crosvm",
     "criu": "kvmfpu.blob.criu",
     "firecracker": "kvmfpu.blob.firecracker_state",
+    "firecracker-info": "kvmfpu.blob.firecracker_text",
 }
 FORMATS: Final = tuple(READERS)
 
@@ -33,6 +35,9 @@ _FIRECRACKER_MAGICS: Final = (0x0710_1984_8664_0000, 0x0710_1984_AAAA_0000)
 #: A ciborium-written struct is a CBOR map whose first key is the first field's name:
 #: crosvm's x86 VcpuSnapshot begins with ``vcpu_id`` (text string of 7 bytes: 0x67).
 _CBOR_VCPU: Final = b"\x67vcpu_id"
+#: `snapshot-editor info-vmstate vcpu-states` (src/snapshot-editor/src/info.rs): "vcpu 0:"
+#: then VcpuState's pretty Debug.
+_SNAPSHOT_EDITOR: Final = re.compile(rb"\Avcpu \d{1,3}:[ \t]*\r?\n\s*VcpuState \{")
 _JSON_FIRST_KEY: Final = re.compile(rb'\A\s*\{\s*"([a-z_]{1,32})"\s*:')
 
 
@@ -46,6 +51,8 @@ def detect(data: bytes) -> str | None:
             return "firecracker"
     if data[:1] and data[0] & 0xE0 == 0xA0 and data[1:9] == _CBOR_VCPU:
         return "crosvm"
+    if _SNAPSHOT_EDITOR.match(data[:64]):
+        return "firecracker-info"
     m = _JSON_FIRST_KEY.match(data[:256])
     if m:
         key = m.group(1)

@@ -429,3 +429,67 @@ def criu_core_image(fpregs: dict[str, Any], comm: str = "fpu") -> bytes:
     tc = _pb(1, 1) + _pb(2, 0) + _pb(3, 0) + _pb(4, 0) + _pb(5, 0) + _pb(6, comm.encode())
     core = _pb(1, 1) + _pb(2, ti) + _pb(3, tc)
     return struct.pack("<II", 0x54564319, 0x55053847) + struct.pack("<i", len(core)) + core
+
+
+# --- Firecracker v1.15+: snapshot-editor info-vmstate vcpu-states (Rust {:#?}) -----------
+
+
+@dataclass
+class RustStruct:
+    """A value Rust's derived Debug prints as ``Name { field: value, ... }``."""
+
+    name: str
+    fields: list[tuple[str, Any]]
+
+
+def rust_debug(value: Any, indent: int = 0) -> str:
+    """Rust's pretty Debug (``{:#?}``): structs and lists one item per line, four spaces
+    per level, a trailing comma after each item; integers in decimal; Some(x)/None."""
+    pad, inner = " " * indent, " " * (indent + 4)
+    if isinstance(value, RustStruct):
+        if not value.fields:
+            return value.name
+        body = "".join(f"{inner}{k}: {rust_debug(v, indent + 4)},\n" for k, v in value.fields)
+        return f"{value.name} {{\n{body}{pad}}}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        return "[\n" + "".join(f"{inner}{rust_debug(v, indent + 4)},\n" for v in value) + f"{pad}]"
+    if isinstance(value, tuple) and value[0] == "Some":
+        return f"Some(\n{inner}{rust_debug(value[1], indent + 4)},\n{pad})"
+    if value is None:
+        return "None"
+    return str(value)
+
+
+def firecracker_info_text(vcpus: list[VcpuSample]) -> bytes:
+    """What ``snapshot-editor info-vmstate vcpu-states`` prints for these vCPUs (info.rs:
+    "vcpu {i}:" then "{state:#?}"), written by Rust's pretty-Debug rules. The FamStructWrapper
+    framing is vmm-sys-util's and was not seen in real output: the reader does not rely on it."""
+    out = []
+    for i, s in enumerate(vcpus):
+        entries = [RustStruct("kvm_cpuid_entry2", [*zip(("function", "index", "flags", "eax", "ebx", "ecx",
+                                                          "edx"), e, strict=True), ("padding", [0, 0, 0])])
+                   for e in s.cpuid]
+        cpuid = RustStruct("FamStructWrapper", [("mem_allocator", [RustStruct("kvm_cpuid2", [
+            ("nent", len(entries)), ("padding", 0), ("entries", RustStruct("[]", []))])]), ("entries", entries)])
+        xcrs = RustStruct("kvm_xcrs", [("nr_xcrs", 1), ("flags", 0), ("xcrs", [
+            RustStruct("kvm_xcr", [("xcr", 0), ("reserved", 0), ("value", s.xcr0 if j == 0 else 0)])
+            for j in range(16)]), ("padding", [0] * 16)])
+        region = list(struct.unpack("<1024I", s.xsave[:4096]))
+        extra = list(struct.unpack(f"<{len(s.xsave[4096:]) // 4}I", s.xsave[4096:]))
+        xsave = RustStruct("FamStructWrapper", [("mem_allocator", [RustStruct("kvm_xsave2", [
+            ("len", len(extra)), ("xsave", RustStruct("kvm_xsave", [("region", region),
+                                                                    ("extra", RustStruct("[]", []))]))])]),
+            ("entries", extra)])
+        state = RustStruct("VcpuState", [
+            ("cpuid", cpuid), ("saved_msrs", [RustStruct("kvm_msrs", [("nmsrs", len(s.msrs)), ("pad", 0)])]),
+            ("debug_regs", RustStruct("kvm_debugregs", [("db", [0] * 4), ("dr6", 0), ("dr7", 0)])),
+            ("lapic", RustStruct("kvm_lapic_state", [("regs", [0] * 8)])),
+            ("mp_state", RustStruct("kvm_mp_state", [("mp_state", 0)])),
+            ("regs", RustStruct("kvm_regs", [("rax", 0), ("rip", 0)])),
+            ("sregs", RustStruct("kvm_sregs", [("cr0", 0x80050033)])),
+            ("vcpu_events", RustStruct("kvm_vcpu_events", [("flags", 0)])),
+            ("xcrs", xcrs), ("xsave", xsave), ("tsc_khz", ("Some", 2_000_000))])
+        out.append(f"vcpu {i}:\n{rust_debug(state)}\n")
+    return "".join(out).encode()

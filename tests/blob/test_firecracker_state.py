@@ -113,3 +113,42 @@ def _version(v: bytes) -> bytes:
 def test_hostile_files(name: str, data: bytes, match: str, tmp_path: Path,
                        capsys: pytest.CaptureFixture[str]) -> None:
     assert_refused(data, match, tmp_path, capsys)
+
+
+# --- v1.15 on: snapshot-editor info-vmstate vcpu-states text (kvmfpu.blob.firecracker_text) --
+
+
+def test_snapshot_editor_text() -> None:
+    """info.rs prints "vcpu {i}:" and VcpuState's {:#?}; written here by Rust's pretty-Debug
+    rules (vs.firecracker_info_text: no real output was available)."""
+    s0, s1 = vs.model_vcpu("zen4"), vs.model_vcpu("zen4", salt=1)
+    text = vs.firecracker_info_text([s0, s1])
+    assert sources.detect(text) == "firecracker-info"
+    items = load(text)
+    assert [i.capture.data for i in items] == [s0.xsave, s1.xsave]
+    assert [i.decoded.field("xmm1").value for i in items] == [0x1234, 0x1235]
+    assert items[0].choice.layout.standard_offset(9) == 0x980 and items[0].capture.extra["xcr0"] == 0x2E7
+
+
+def test_snapshot_editor_text_xsave2_words() -> None:
+    s = vs.model_vcpu("sapphirerapids")
+    s.xsave = s.xsave + bytes(range(256)) * 2
+    (item,) = load(vs.firecracker_info_text([s]), "sapphirerapids")
+    assert item.capture.data == s.xsave
+
+
+def _text(change: str = "", into: str = "") -> bytes:
+    return vs.firecracker_info_text([vs.model_vcpu("zen4")]).replace(change.encode(), into.encode(), 1)
+
+
+@pytest.mark.parametrize(("name", "data", "match", "fmt"), [
+    ("region of 1025 words", _text("region: [\n", "region: [\n1,\n"), "has 1025 words", None),
+    ("word past u32", _text("region: [\n", "region: [\n99999999999,\n"), "larger than 32 bits", None),
+    ("no xsave field", _text("\n    xsave: ", "\n    xsavx: "), "no top-level xsave", None),
+    ("extra words missing", _text("len: 0,", "len: 7,"), "7 extra words", None),
+    ("not VcpuState", b"vcpu 0:\nkvm_mp_state: 0x0\nmpidr: 0x80000000\n", "aarch64", "firecracker-info"),
+    ("33 vCPUs", b"vcpu 0:\nVcpuState {\n" + b"".join(b"vcpu %d:\n" % i for i in range(1, 33)), "33 vCPUs", None),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
+def test_hostile_snapshot_editor_text(name: str, data: bytes, match: str, fmt: str | None, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert_refused(data, match, tmp_path, capsys, fmt)
