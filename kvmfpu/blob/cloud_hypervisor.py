@@ -11,7 +11,8 @@ vCPUs are ``snapshots["cpu-manager"].snapshots["0"...]`` (vmm/src/cpu.rs). Their
 ``{"Kvm": VcpuKvmState}`` with cpuid (list of CpuIdEntry {function, index, flags, eax, ebx,
 ecx, edx}), msrs ({index, data}), xsave (XsaveState: ``region`` [u32; 1024], and from v50.0
 ``extra`` u32 words of KVM_GET_XSAVE2 beyond 4096 bytes, 4b4954ff8) and xcrs. xcrs is
-kvm_bindings' kvm_xcrs: serialised as its raw bytes (a list of 392 byte values) since v39.0 (kvm-bindings 0.8 ``serde_impls!``, src/x86_64/serialize.rs); the older fork
+kvm_bindings' kvm_xcrs: serialised as its raw bytes (a list of 392 byte values) since v39.0
+(kvm-bindings 0.8.1 ``serde_impls!``, src/x86_64/serialize.rs); the older fork
 (cloud-hypervisor/kvm-bindings ch-v0.7.0 ``with-serde``) derived it field by field.
 The VM's own data (``VmSnapshot``) carries ``common_cpuid``, used when a vCPU has none.
 """

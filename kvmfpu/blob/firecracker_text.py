@@ -28,7 +28,8 @@ _VCPU: Final = re.compile(r"^vcpu (\d{1,3}):[ \t]*$", re.M)
 _N = r"(\d{1,20})"
 _CPUID: Final = re.compile(
     r"kvm_cpuid_entry2 \{\s*function: " + _N + r",\s*index: " + _N + r",\s*flags: \d{1,20},"
-    r"\s*eax: " + _N + r",\s*ebx: " + _N + r",\s*ecx: " + _N + r",\s*edx: " + _N + ",")
+    r"\s*eax: " + _N + r",\s*ebx: " + _N + r",\s*ecx: " + _N + r",\s*edx: " + _N + ","
+)
 _XCR: Final = re.compile(r"kvm_xcr \{\s*xcr: " + _N + r",\s*reserved: \d{1,20},\s*value: " + _N + ",")
 _NR_XCRS: Final = re.compile(r"nr_xcrs: " + _N + ",")
 _LIST: Final = re.compile(r"\[((?:\s*\d{1,20},)*)\s*\]")
@@ -76,21 +77,23 @@ def captures(data: bytes, max_size: int) -> list[Capture]:
         raise InputError("snapshot-editor output: not UTF-8 text") from None
     starts = list(_VCPU.finditer(text))
     if not starts:
-        raise InputError("snapshot-editor output: no 'vcpu N:' line (give `info-vmstate "
-                         "vcpu-states` output)")
+        raise InputError("snapshot-editor output: no 'vcpu N:' line (give `info-vmstate vcpu-states` output)")
     if len(starts) > MAX_VCPUS:
-        raise InputError(f"snapshot-editor output: {len(starts)} vCPUs (Firecracker runs at most "
-                         f"{MAX_VCPUS})")
+        raise InputError(
+            f"snapshot-editor output: {len(starts)} vCPUs (Firecracker runs at most {MAX_VCPUS})"
+        )
     out = []
     for k, m in enumerate(starts):
         block = text[m.end() : starts[k + 1].start() if k + 1 < len(starts) else len(text)]
         what = f"snapshot-editor vcpu {m.group(1)}"
         if not block.lstrip().startswith("VcpuState {"):
-            raise InputError(f"{what}: not followed by 'VcpuState {{' (an aarch64 microVM, or "
-                             "not snapshot-editor output)")
+            raise InputError(
+                f"{what}: not followed by 'VcpuState {{' (an aarch64 microVM, or not snapshot-editor output)"
+            )
         buf = _xsave(block, what)
         cpuid: list[CpuidEntry] = [
-            (int(f), int(i), int(a), int(b), int(c), int(d)) for f, i, a, b, c, d in _CPUID.findall(block)]
+            (int(f), int(i), int(a), int(b), int(c), int(d)) for f, i, a, b, c, d in _CPUID.findall(block)
+        ]
         nr = _NR_XCRS.search(block)
         xcrs = _XCR.findall(block)[: int(nr.group(1)) if nr else 0]
         xcr0 = next((int(v) for x, v in xcrs if x == "0"), None)
@@ -98,9 +101,15 @@ def captures(data: bytes, max_size: int) -> list[Capture]:
         note = layout_note(cpuid)
         if note:
             cap.layout_note = note
-            cap.notes.append("layout from the vCPU's CPUID leaf 0xD in the text (read as an "
-                             "NT_X86_XSAVE_LAYOUT note would be)")
-        registers(cap, xcr0 if xcr0 is None or xcr0 < 1 << 64 else None, {},
-                  "snapshot-editor info-vmstate text (MSRs not read)")
+            cap.notes.append(
+                "layout from the vCPU's CPUID leaf 0xD in the text (read as an "
+                "NT_X86_XSAVE_LAYOUT note would be)"
+            )
+        registers(
+            cap,
+            xcr0 if xcr0 is None or xcr0 < 1 << 64 else None,
+            {},
+            "snapshot-editor info-vmstate text (MSRs not read)",
+        )
         out.append(cap)
     return out

@@ -68,7 +68,7 @@ def _cloud_hypervisor(rng: random.Random, s: vs.VcpuSample) -> bytes:
     choice = rng.randrange(6)
     if choice == 0:
         return _cut(rng, vs.ch_state_json([s]))
-    state = vs.ch_vcpu_state(s)
+    state: Any = vs.ch_vcpu_state(s)
     kvm = state["Kvm"]
     if choice == 1:  # a region that is not 1024 u32 words
         kvm["xsave"]["region"] = rng.choice(([0] * 1023, [1 << 40] * 1024, ["x"] * 1024, None, {}))
@@ -77,7 +77,6 @@ def _cloud_hypervisor(rng: random.Random, s: vs.VcpuSample) -> bytes:
     elif choice == 3:  # another hypervisor's state, or no state
         state = rng.choice(({"Mshv": {}}, {}, [], "Kvm"))
     elif choice == 4:  # deep nesting inside the nested JSON string
-        state = json.loads("[" * 50 + "]" * 50) if rng.random() < 0.5 else None
         text = "[" * rng.choice((1000, 100_000)) + "]" * 10
         return json.dumps(
             {

@@ -468,28 +468,88 @@ def firecracker_info_text(vcpus: list[VcpuSample]) -> bytes:
     framing is vmm-sys-util's and was not seen in real output: the reader does not rely on it."""
     out = []
     for i, s in enumerate(vcpus):
-        entries = [RustStruct("kvm_cpuid_entry2", [*zip(("function", "index", "flags", "eax", "ebx", "ecx",
-                                                          "edx"), e, strict=True), ("padding", [0, 0, 0])])
-                   for e in s.cpuid]
-        cpuid = RustStruct("FamStructWrapper", [("mem_allocator", [RustStruct("kvm_cpuid2", [
-            ("nent", len(entries)), ("padding", 0), ("entries", RustStruct("[]", []))])]), ("entries", entries)])
-        xcrs = RustStruct("kvm_xcrs", [("nr_xcrs", 1), ("flags", 0), ("xcrs", [
-            RustStruct("kvm_xcr", [("xcr", 0), ("reserved", 0), ("value", s.xcr0 if j == 0 else 0)])
-            for j in range(16)]), ("padding", [0] * 16)])
+        entries = [
+            RustStruct(
+                "kvm_cpuid_entry2",
+                [
+                    *zip(("function", "index", "flags", "eax", "ebx", "ecx", "edx"), e, strict=True),
+                    ("padding", [0, 0, 0]),
+                ],
+            )
+            for e in s.cpuid
+        ]
+        cpuid = RustStruct(
+            "FamStructWrapper",
+            [
+                (
+                    "mem_allocator",
+                    [
+                        RustStruct(
+                            "kvm_cpuid2",
+                            [("nent", len(entries)), ("padding", 0), ("entries", RustStruct("[]", []))],
+                        )
+                    ],
+                ),
+                ("entries", entries),
+            ],
+        )
+        xcrs = RustStruct(
+            "kvm_xcrs",
+            [
+                ("nr_xcrs", 1),
+                ("flags", 0),
+                (
+                    "xcrs",
+                    [
+                        RustStruct(
+                            "kvm_xcr", [("xcr", 0), ("reserved", 0), ("value", s.xcr0 if j == 0 else 0)]
+                        )
+                        for j in range(16)
+                    ],
+                ),
+                ("padding", [0] * 16),
+            ],
+        )
         region = list(struct.unpack("<1024I", s.xsave[:4096]))
         extra = list(struct.unpack(f"<{len(s.xsave[4096:]) // 4}I", s.xsave[4096:]))
-        xsave = RustStruct("FamStructWrapper", [("mem_allocator", [RustStruct("kvm_xsave2", [
-            ("len", len(extra)), ("xsave", RustStruct("kvm_xsave", [("region", region),
-                                                                    ("extra", RustStruct("[]", []))]))])]),
-            ("entries", extra)])
-        state = RustStruct("VcpuState", [
-            ("cpuid", cpuid), ("saved_msrs", [RustStruct("kvm_msrs", [("nmsrs", len(s.msrs)), ("pad", 0)])]),
-            ("debug_regs", RustStruct("kvm_debugregs", [("db", [0] * 4), ("dr6", 0), ("dr7", 0)])),
-            ("lapic", RustStruct("kvm_lapic_state", [("regs", [0] * 8)])),
-            ("mp_state", RustStruct("kvm_mp_state", [("mp_state", 0)])),
-            ("regs", RustStruct("kvm_regs", [("rax", 0), ("rip", 0)])),
-            ("sregs", RustStruct("kvm_sregs", [("cr0", 0x80050033)])),
-            ("vcpu_events", RustStruct("kvm_vcpu_events", [("flags", 0)])),
-            ("xcrs", xcrs), ("xsave", xsave), ("tsc_khz", ("Some", 2_000_000))])
+        xsave = RustStruct(
+            "FamStructWrapper",
+            [
+                (
+                    "mem_allocator",
+                    [
+                        RustStruct(
+                            "kvm_xsave2",
+                            [
+                                ("len", len(extra)),
+                                (
+                                    "xsave",
+                                    RustStruct(
+                                        "kvm_xsave", [("region", region), ("extra", RustStruct("[]", []))]
+                                    ),
+                                ),
+                            ],
+                        )
+                    ],
+                ),
+                ("entries", extra),
+            ],
+        )
+        state = RustStruct(
+            "VcpuState",
+            [
+                ("cpuid", cpuid),
+                ("saved_msrs", [RustStruct("kvm_msrs", [("nmsrs", len(s.msrs)), ("pad", 0)])]),
+                ("debug_regs", RustStruct("kvm_debugregs", [("db", [0] * 4), ("dr6", 0), ("dr7", 0)])),
+                ("lapic", RustStruct("kvm_lapic_state", [("regs", [0] * 8)])),
+                ("mp_state", RustStruct("kvm_mp_state", [("mp_state", 0)])),
+                ("regs", RustStruct("kvm_regs", [("rax", 0), ("rip", 0)])),
+                ("sregs", RustStruct("kvm_sregs", [("cr0", 0x80050033)])),
+                ("vcpu_events", RustStruct("kvm_vcpu_events", [("flags", 0)])),
+                ("xcrs", xcrs),
+                ("xsave", xsave),
+                ("tsc_khz", ("Some", 2_000_000)),
+            ],
+        )
         out.append(f"vcpu {i}:\n{rust_debug(state)}\n")
     return "".join(out).encode()

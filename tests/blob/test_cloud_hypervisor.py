@@ -69,7 +69,7 @@ def test_common_cpuid_when_the_vcpu_has_none() -> None:
 def test_detected_from_its_first_key() -> None:
     data = (DATA / "state-v39-zen4.json").read_bytes()
     assert sources.detect(data) == "cloud-hypervisor" and "cloud-hypervisor" in sources.FORMATS
-    assert vmm_formats.detect(b'{"cpus": {"boot_vcpus": 1}}') is None     # config.json is not it
+    assert vmm_formats.detect(b'{"cpus": {"boot_vcpus": 1}}') is None  # config.json is not it
 
 
 def _with_state(kvm_change: dict[str, object] | None = None, state: object = None) -> bytes:
@@ -77,27 +77,70 @@ def _with_state(kvm_change: dict[str, object] | None = None, state: object = Non
     st = vs.ch_vcpu_state(s)
     if kvm_change:
         st["Kvm"].update(kvm_change)
-    body = {"snapshots": {"cpu-manager": {"snapshots": {"0": {"snapshots": {}, "snapshot_data": {
-        "state": json.dumps(st if state is None else state)}}}, "snapshot_data": None}},
-        "snapshot_data": None}
+    body = {
+        "snapshots": {
+            "cpu-manager": {
+                "snapshots": {
+                    "0": {
+                        "snapshots": {},
+                        "snapshot_data": {"state": json.dumps(st if state is None else state)},
+                    }
+                },
+                "snapshot_data": None,
+            }
+        },
+        "snapshot_data": None,
+    }
     return json.dumps(body).encode()
 
 
-@pytest.mark.parametrize(("name", "data", "match"), [
-    ("truncated", (Path(__file__).parent / "data" / "cloud_hypervisor" / "state-v39-zen4.json")
-     .read_bytes()[:3000], "not JSON"),
-    ("region of 1023 words", _with_state({"xsave": {"region": [0] * 1023}}), "1024 u32 words"),
-    ("region word past u32", _with_state({"xsave": {"region": [1 << 40] * 1024}}), "not a u32"),
-    ("xcrs count past its bytes", _with_state({"xcrs": [255] * 8}), "XCRs in 8 bytes"),
-    ("MSHV vCPU", _with_state(state={"Mshv": {}}), "not Kvm"),
-    ("deep nesting", json.dumps({"snapshots": {"cpu-manager": {"snapshots": {"0": {"snapshots": {},
-     "snapshot_data": {"state": "[" * 100_000}}}}}, "snapshot_data": None}).encode(), "deeply|not JSON"),
-    ("no cpu-manager", b'{"snapshots": {}, "snapshot_data": null}', "no 'cpu-manager'"),
-    ("state not JSON", json.dumps({"snapshots": {"cpu-manager": {"snapshots": {"0": {"snapshots": {},
-     "snapshot_data": {"state": "{"}}}}}, "snapshot_data": None}).encode(), "not JSON"),
-    ("cpuid of the wrong shape", _with_state({"cpuid": [{"function": 13, "eax": 1 << 33}]}), "not a u32"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
-def test_hostile_files(name: str, data: bytes, match: str, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
-    fmt = "cloud-hypervisor" if name == "truncated" else None   # a cut file no longer parses as JSON
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        (
+            "truncated",
+            (Path(__file__).parent / "data" / "cloud_hypervisor" / "state-v39-zen4.json").read_bytes()[:3000],
+            "not JSON",
+        ),
+        ("region of 1023 words", _with_state({"xsave": {"region": [0] * 1023}}), "1024 u32 words"),
+        ("region word past u32", _with_state({"xsave": {"region": [1 << 40] * 1024}}), "not a u32"),
+        ("xcrs count past its bytes", _with_state({"xcrs": [255] * 8}), "XCRs in 8 bytes"),
+        ("MSHV vCPU", _with_state(state={"Mshv": {}}), "not Kvm"),
+        (
+            "deep nesting",
+            json.dumps(
+                {
+                    "snapshots": {
+                        "cpu-manager": {
+                            "snapshots": {"0": {"snapshots": {}, "snapshot_data": {"state": "[" * 100_000}}}
+                        }
+                    },
+                    "snapshot_data": None,
+                }
+            ).encode(),
+            "deeply|not JSON",
+        ),
+        ("no cpu-manager", b'{"snapshots": {}, "snapshot_data": null}', "no 'cpu-manager'"),
+        (
+            "state not JSON",
+            json.dumps(
+                {
+                    "snapshots": {
+                        "cpu-manager": {
+                            "snapshots": {"0": {"snapshots": {}, "snapshot_data": {"state": "{"}}}
+                        }
+                    },
+                    "snapshot_data": None,
+                }
+            ).encode(),
+            "not JSON",
+        ),
+        ("cpuid of the wrong shape", _with_state({"cpuid": [{"function": 13, "eax": 1 << 33}]}), "not a u32"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
+def test_hostile_files(
+    name: str, data: bytes, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fmt = "cloud-hypervisor" if name == "truncated" else None  # a cut file no longer parses as JSON
     assert_refused(data, match, tmp_path, capsys, fmt)

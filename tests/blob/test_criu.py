@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvmfpu.testing.hostile_vmm import assert_refused as refused
 
 from kvmfpu import cpus
 from kvmfpu.arch import legacy
 from kvmfpu.blob import sources
 from kvmfpu.blob.load import load
 from kvmfpu.testing import vmm_samples as vs
+from kvmfpu.testing.hostile_vmm import assert_refused as refused
 
 DATA = Path(__file__).parent / "data" / "criu"
 CRIT = shutil.which("crit")

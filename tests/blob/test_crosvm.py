@@ -73,18 +73,23 @@ def _snap(**change: object) -> bytes:
     return vs.cbor_dumps(snap)
 
 
-@pytest.mark.parametrize(("name", "data", "match"), [
-    ("truncated", vs.crosvm_fragment(vs.model_vcpu("zen4"))[:700], "remain|items at byte"),
-    ("array counting past the file", b"\xa9\x67vcpu_id\x00\x65xsave\x9b" + b"\xff" * 8, "items at byte"),
-    ("map counting past the file", b"\xa9\x67vcpu_id\x00\x65xsave\xbb" + b"\x7f" * 8, "pairs at byte"),
-    ("byte string past the file", b"\xa9\x67vcpu_id\x00\x65xsave\x5b" + b"\x7f" * 8, "bytes where"),
-    ("indefinite length", b"\xa9\x67vcpu_id\x00\x65xsave\x9f\x00\xff", "indefinite"),
-    ("deep nesting", b"\xa1\x67vcpu_id" + b"\x81" * 100 + b"\x00", "nested more than"),
-    ("len past the words", _snap(xsave={"data": [0] * 1024, "len": 8192}), "does not match"),
-    ("xsave as bytes (2023 era)", _snap(xsave=list(range(200))), "before 2023-04-10"),
-    ("negative xcr0", _snap(xcrs={0: -1}), "not a u64"),
-    ("trailing bytes", vs.crosvm_fragment(vs.model_vcpu("zen4")) + b"\x00", "after the CBOR item"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
-def test_hostile_fragments(name: str, data: bytes, match: str, tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("truncated", vs.crosvm_fragment(vs.model_vcpu("zen4"))[:700], "remain|items at byte"),
+        ("array counting past the file", b"\xa9\x67vcpu_id\x00\x65xsave\x9b" + b"\xff" * 8, "items at byte"),
+        ("map counting past the file", b"\xa9\x67vcpu_id\x00\x65xsave\xbb" + b"\x7f" * 8, "pairs at byte"),
+        ("byte string past the file", b"\xa9\x67vcpu_id\x00\x65xsave\x5b" + b"\x7f" * 8, "bytes where"),
+        ("indefinite length", b"\xa9\x67vcpu_id\x00\x65xsave\x9f\x00\xff", "indefinite"),
+        ("deep nesting", b"\xa1\x67vcpu_id" + b"\x81" * 100 + b"\x00", "nested more than"),
+        ("len past the words", _snap(xsave={"data": [0] * 1024, "len": 8192}), "does not match"),
+        ("xsave as bytes (2023 era)", _snap(xsave=list(range(200))), "before 2023-04-10"),
+        ("negative xcr0", _snap(xcrs={0: -1}), "not a u64"),
+        ("trailing bytes", vs.crosvm_fragment(vs.model_vcpu("zen4")) + b"\x00", "after the CBOR item"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
+def test_hostile_fragments(
+    name: str, data: bytes, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert_refused(data, match, tmp_path, capsys)

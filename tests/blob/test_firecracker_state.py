@@ -97,21 +97,34 @@ def _version(v: bytes) -> bytes:
     return _recrc(good[:8] + struct.pack("<Q", len(v)) + v + good[21:])
 
 
-@pytest.mark.parametrize(("name", "data", "match"), [
-    ("bitcode era", _version(b"9.0.0"), "SnapshotHdr.version '9.0.0'.*bitcode"),
-    ("unreleased 7.0.0", _version(b"7.0.0"), "SnapshotHdr.version '7.0.0' is not one"),
-    ("versionize", struct.pack("<Q", fc.MAGIC_X86_64 | 1) + _good()[8:], "versionize format 1"),
-    ("aarch64", struct.pack("<Q", fc.MAGIC_AARCH64) + _good()[8:], "aarch64"),
-    ("stale CRC", _good()[:-8] + b"\0" * 8, "CRC64"),
-    ("truncated", _recrc(_good()[:-8][:5000]), "wants|counts"),
-    ("huge vCPU count", _recrc(_good()[:-8].replace(b"\x01\x00\x00\x00\x00\x00\x00\x00\x08\x00",
-                                                   b"\xff\xff\xff\xff\xff\x00\x00\x00\x08\x00", 1)),
-     "counts|vCPUs"),
-    ("33 vCPUs", vs.firecracker_vmstate([vs.model_vcpu("zen4")] * 33, "6.0.0"), "33 vCPUs"),
-    ("no vCPU found (8.0.0)", _recrc(_good("8.0.0")[:-8][:2000]), "no vcpu_states found"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
-def test_hostile_files(name: str, data: bytes, match: str, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("bitcode era", _version(b"9.0.0"), "SnapshotHdr.version '9.0.0'.*bitcode"),
+        ("unreleased 7.0.0", _version(b"7.0.0"), "SnapshotHdr.version '7.0.0' is not one"),
+        ("versionize", struct.pack("<Q", fc.MAGIC_X86_64 | 1) + _good()[8:], "versionize format 1"),
+        ("aarch64", struct.pack("<Q", fc.MAGIC_AARCH64) + _good()[8:], "aarch64"),
+        ("stale CRC", _good()[:-8] + b"\0" * 8, "CRC64"),
+        ("truncated", _recrc(_good()[:-8][:5000]), "wants|counts"),
+        (
+            "huge vCPU count",
+            _recrc(
+                _good()[:-8].replace(
+                    b"\x01\x00\x00\x00\x00\x00\x00\x00\x08\x00",
+                    b"\xff\xff\xff\xff\xff\x00\x00\x00\x08\x00",
+                    1,
+                )
+            ),
+            "counts|vCPUs",
+        ),
+        ("33 vCPUs", vs.firecracker_vmstate([vs.model_vcpu("zen4")] * 33, "6.0.0"), "33 vCPUs"),
+        ("no vCPU found (8.0.0)", _recrc(_good("8.0.0")[:-8][:2000]), "no vcpu_states found"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
+def test_hostile_files(
+    name: str, data: bytes, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert_refused(data, match, tmp_path, capsys)
 
 
@@ -141,14 +154,24 @@ def _text(change: str = "", into: str = "") -> bytes:
     return vs.firecracker_info_text([vs.model_vcpu("zen4")]).replace(change.encode(), into.encode(), 1)
 
 
-@pytest.mark.parametrize(("name", "data", "match", "fmt"), [
-    ("region of 1025 words", _text("region: [\n", "region: [\n1,\n"), "has 1025 words", None),
-    ("word past u32", _text("region: [\n", "region: [\n99999999999,\n"), "larger than 32 bits", None),
-    ("no xsave field", _text("\n    xsave: ", "\n    xsavx: "), "no top-level xsave", None),
-    ("extra words missing", _text("len: 0,", "len: 7,"), "7 extra words", None),
-    ("not VcpuState", b"vcpu 0:\nkvm_mp_state: 0x0\nmpidr: 0x80000000\n", "aarch64", "firecracker-info"),
-    ("33 vCPUs", b"vcpu 0:\nVcpuState {\n" + b"".join(b"vcpu %d:\n" % i for i in range(1, 33)), "33 vCPUs", None),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
-def test_hostile_snapshot_editor_text(name: str, data: bytes, match: str, fmt: str | None, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "match", "fmt"),
+    [
+        ("region of 1025 words", _text("region: [\n", "region: [\n1,\n"), "has 1025 words", None),
+        ("word past u32", _text("region: [\n", "region: [\n99999999999,\n"), "larger than 32 bits", None),
+        ("no xsave field", _text("\n    xsave: ", "\n    xsavx: "), "no top-level xsave", None),
+        ("extra words missing", _text("len: 0,", "len: 7,"), "7 extra words", None),
+        ("not VcpuState", b"vcpu 0:\nkvm_mp_state: 0x0\nmpidr: 0x80000000\n", "aarch64", "firecracker-info"),
+        (
+            "33 vCPUs",
+            b"vcpu 0:\nVcpuState {\n" + b"".join(b"vcpu %d:\n" % i for i in range(1, 33)),
+            "33 vCPUs",
+            None,
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
+def test_hostile_snapshot_editor_text(
+    name: str, data: bytes, match: str, fmt: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert_refused(data, match, tmp_path, capsys, fmt)
