@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.sources import Capture
-from kvmfpu.blob.vmm_state import CpuidEntry, layout_note, registers, u32_words, xcr0_at_464
+from kvmfpu.blob.vmm_state import CpuidEntry, cut_short, layout_note, registers, u32_words, xcr0_at_464
 
 CPU_MANAGER: Final = "cpu-manager"
 #: struct kvm_xcrs: u32 nr_xcrs, u32 flags, struct kvm_xcr xcrs[16] {u32 xcr, u32 reserved,
@@ -151,7 +151,10 @@ def vcpu_capture(state: Any, vcpu: str, common: list[CpuidEntry]) -> Capture:
         )
     if extra:
         cap.notes.append(f"KVM_GET_XSAVE2 buffer: {len(data)} bytes (xsave.extra, v50.0 on)")
-    registers(cap, _xcr0(kvm.get("xcrs"), what), _msrs(kvm.get("msrs", []), what), "saved with the vCPU")
+    xcr0 = _xcr0(kvm.get("xcrs"), what)
+    registers(cap, xcr0, _msrs(kvm.get("msrs", []), what), "saved with the vCPU")
+    # cloud-hypervisor issue #5800 (AMX guest, 4 KiB kvm_xsave); XSAVE2 state from v50.0.
+    cut_short(cap, xcr0, "Cloud Hypervisor before v50.0 kept KVM_GET_XSAVE's 4096 bytes only, issue #5800")
     return cap
 
 

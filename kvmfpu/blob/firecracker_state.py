@@ -42,7 +42,7 @@ from typing import Final
 
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.sources import Capture
-from kvmfpu.blob.vmm_state import CpuidEntry, layout_note, registers, xcr0_at_464
+from kvmfpu.blob.vmm_state import CpuidEntry, cut_short, layout_note, registers, xcr0_at_464
 
 MAGIC_X86_64: Final = 0x0710_1984_8664_0000
 MAGIC_AARCH64: Final = 0x0710_1984_AAAA_0000
@@ -275,7 +275,9 @@ def _vcpu(r: _Bincode, index: int, version: str) -> Capture:
         cap.notes.append(
             "layout from the vCPU's saved CPUID leaf 0xD (read as an NT_X86_XSAVE_LAYOUT note would be)"
         )
-    registers(cap, _xcr0(xcrs), msrs, "saved with the vCPU")
+    xcr0 = _xcr0(xcrs)
+    registers(cap, xcr0, msrs, "saved with the vCPU")
+    cut_short(cap, xcr0, "Firecracker before v1.12 (format 6.0.0) saved kvm_xsave's 4096 bytes")
     return cap
 
 

@@ -106,3 +106,21 @@ def u32_words(values: object, count: int | None, what: str) -> bytes:
             raise InputError(f"{what}: {str(v)[:40]!r} is not a u32 word")
         out += v.to_bytes(4, "little")
     return bytes(out)
+
+
+def cut_short(cap: Capture, xcr0: int | None, why: str) -> None:
+    """Note the components XCR0 enables that the saved buffer ends before (by the layout
+    the saved CPUID gives): their state did not travel."""
+    if xcr0 is None or not cap.layout_note:
+        return
+    lost = [
+        b
+        for b, (size, offset, _) in sorted(cap.layout_note.items())
+        if xcr0 >> b & 1 and offset + size > len(cap.data)
+    ]
+    if lost:
+        names = ", ".join(xf.name_of(b) for b in lost)
+        cap.notes.append(
+            f"the saved buffer ({len(cap.data)} bytes) ends before {names}, which XCR0 "
+            f"enables: that state was not saved ({why})"
+        )

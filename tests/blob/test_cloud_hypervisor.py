@@ -144,3 +144,25 @@ def test_hostile_files(
 ) -> None:
     fmt = "cloud-hypervisor" if name == "truncated" else None  # a cut file no longer parses as JSON
     assert_refused(data, match, tmp_path, capsys, fmt)
+
+
+def test_amx_guest_before_v50_is_cut_short() -> None:
+    """cloud-hypervisor issue #5800: an AMX guest's KVM_GET_XSAVE is 4096 bytes, so before
+    v50.0 (XSAVE2 ``extra``) XTILEDATA (at 0xac0 + 8192 on Sapphire Rapids) did not travel."""
+    lay = cpus.load("sapphirerapids").layout
+    s = vs.model_vcpu("sapphirerapids")
+    s.xcr0 |= 0x60000
+    s.cpuid = (
+        [e for e in s.cpuid if e[0] != 0xD]
+        + [(0xD, 0, 0, 0x602E7, 11008, 11008, 0)]
+        + [
+            (0xD, b, 0, c.size, c.offset, 2 * c.align64 | 4 * c.xfd, 0)
+            for b, c in lay.components.items()
+            if not c.supervisor
+        ]
+    )
+    (item,) = load(vs.ch_state_json([s]))
+    (note,) = [n for n in item.capture.notes if "ends before" in n]
+    assert "ends before xtiledata," in note and "#5800" in note  # XTILECFG (64 B at 0xac0) fits
+    (whole,) = load(vs.ch_state_json([s], era="v50"))  # 128 extra bytes: still short
+    assert any("ends before xtiledata" in n for n in whole.capture.notes)
