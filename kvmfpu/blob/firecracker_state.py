@@ -17,11 +17,13 @@ a byte string); vmm-sys-util's FamStructWrapper as (header, entries).
 - 5.0.0 (v1.11): memory_state {regions: [{base_address, size}]}, kvm_state
   {kvm_cap_modifiers}, vm_state {the five kvm structs}, vcpu_states.
 - 6.0.0 (v1.12): kvm_state, vm_state {memory, the five}, vcpu_states.
-- 8.0.0 (v1.13, v1.14): kvm_state, vm_state {memory (regions gain region_type and plugged
-  in v1.14), resource_allocator (vm-allocator's trees), the five}, vcpu_states: the
-  vCPUs are found by their own layout (a Vec count, then CpuId's 8-byte kvm_cpuid2 header
-  whose nent equals the entry count and 40-byte kvm_cpuid_entry2 entries) and then read
-  by it; the VM state before them is not decoded.
+- 8.0.0 (v1.13, v1.14): kvm_state, vm_state {memory, resource_allocator (vm-allocator's
+  trees), the five}, vcpu_states. Both releases write 8.0.0, yet v1.14's memory regions
+  gain region_type and plugged and its ResourceAllocator past_mmio64_memory (read at both
+  tags): the bytes before the vCPUs cannot be told apart by the version. So the vCPUs are
+  found by their own layout (a Vec count of 1-32, then CpuId's 8-byte kvm_cpuid2 header
+  whose nent equals the entry count, then 40-byte kvm_cpuid_entry2 entries) and read by
+  it; the VM state before them is not decoded.
 
 ``VcpuState`` (src/vmm/src/vstate/vcpu/x86_64.rs, src/vmm/src/arch/x86_64/vcpu.rs from
 v1.12): cpuid, saved_msrs: [Msrs], debug_regs, lapic, mp_state, regs, sregs, vcpu_events,
