@@ -270,8 +270,10 @@ def firecracker_vmstate(
     *,
     kernel: str = "/vmlinux",
     magic: int = 0x0710_1984_8664_0000,
+    release: str = "v1.14",
 ) -> bytes:
-    """A vmstate as Snapshot::save writes it for SNAPSHOT_VERSION ``version``."""
+    """A vmstate as Snapshot::save writes it for SNAPSHOT_VERSION ``version`` (for 8.0.0, as
+    ``release`` v1.13 or v1.14 lays out the VM state)."""
     major = int(version.split(".")[0])
     vm_info = (
         _u64(128)
@@ -291,18 +293,12 @@ def firecracker_vmstate(
         prefix = _u64(1) + struct.pack("<QQ", 0, 128 << 20) + caps + five
     elif major == 6:
         prefix = caps + _u64(1) + struct.pack("<QQ", 0, 128 << 20) + five
-    else:  # 8.0.0: memory regions with region_type and plugged, an opaque resource allocator
-        allocator = _u64(3) + bytes(range(40)) + _u64(0)
-        prefix = (
-            caps
-            + _u64(1)
-            + struct.pack("<QQ", 0, 128 << 20)
-            + struct.pack("<I", 0)
-            + _u64(2)
-            + b"\x01\x01"
-            + allocator
-            + five
-        )
+    else:  # 8.0.0: v1.14's regions add region_type and plugged; an opaque resource allocator
+        allocator = _u64(3) + bytes(range(40 if release == "v1.14" else 32)) + _u64(0)
+        region = struct.pack("<QQ", 0, 128 << 20)
+        if release == "v1.14":
+            region += struct.pack("<I", 0) + _u64(2) + b"\x01\x01"
+        prefix = caps + _u64(1) + region + allocator + five
     state = vm_info + prefix + _u64(len(vcpus)) + b"".join(_fc_vcpu(s, major) for s in vcpus)
     state += _u64(0) * 4  # device states (empty lists: not read)
     body = _u64(magic) + _str(version) + state

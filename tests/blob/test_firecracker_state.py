@@ -71,6 +71,14 @@ def test_layout_search_finds_what_the_walk_finds(version: str) -> None:
     assert fc._find_vcpus(data, after_info) == walk.pos
 
 
+@pytest.mark.parametrize("release", ["v1.13", "v1.14"])
+def test_8_0_0_of_either_release(release: str) -> None:
+    """v1.13 and v1.14 both write 8.0.0 with different VM-state layouts before the vCPUs."""
+    s = vs.model_vcpu("zen4")
+    (item,) = load(vs.firecracker_vmstate([s], "8.0.0", release=release))
+    assert item.capture.data == s.xsave
+
+
 def test_xsave2_extra_words_from_6_0_0() -> None:
     """kvm-bindings' Xsave (v1.12 on): kvm_xsave2 {len, xsave} then ``len`` u32 words."""
     s = vs.model_vcpu("sapphirerapids")
