@@ -7,7 +7,9 @@ little-endian integers (bincode 1 ``serialize_into`` in v1.7-v1.11; bincode 2 ``
 .with_fixed_int_encoding().with_little_endian()`` from v1.12): u8 bools and Option tags,
 u32 enum variants, u64 lengths before strings, Vecs and byte strings. semver writes the
 version as a string. kvm-bindings' structs serialise as their raw bytes (``serde_impls!``,
-a byte string); vmm-sys-util's FamStructWrapper as (header, entries).
+a byte string; kvm-bindings 0.8 on, v1.8 on. v1.7 used Firecracker's fork, tag v0.7.0-2,
+taken to serialise the same way: UNVERIFIED, the fork's source was not available);
+vmm-sys-util's FamStructWrapper as (header, entries).
 
 ``MicrovmState`` (src/vmm/src/persist.rs) begins vm_info, then, by SNAPSHOT_VERSION:
 
