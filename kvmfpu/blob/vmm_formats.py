@@ -56,7 +56,9 @@ def detect(data: bytes) -> str | None:
     m = _JSON_FIRST_KEY.match(data[:256])
     if m:
         key = m.group(1)
-        if key == b"snapshots":
+        # config.json (VmConfig, vmm/src/vm_config.rs, begins with cpus) is taken too, so
+        # that its reader can point at state.json instead of a hex-dump error.
+        if key in (b"snapshots", b"cpus"):
             return "cloud-hypervisor"
         if key == b"vcpu_id":  # crosvm before CBOR (2023-2025: serde_json fragments)
             return "crosvm"
