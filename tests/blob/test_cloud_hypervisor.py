@@ -69,7 +69,15 @@ def test_common_cpuid_when_the_vcpu_has_none() -> None:
 def test_detected_from_its_first_key() -> None:
     data = (DATA / "state-v39-zen4.json").read_bytes()
     assert sources.detect(data) == "cloud-hypervisor" and "cloud-hypervisor" in sources.FORMATS
-    assert vmm_formats.detect(b'{"cpus": {"boot_vcpus": 1}}') is None  # config.json is not it
+    assert vmm_formats.detect(b'{"memory": {}}') is None
+
+
+def test_config_json_points_at_state_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The snapshot directory's config.json (VmConfig, first field cpus) is not the state."""
+    line = assert_refused(
+        b'{"cpus": {"boot_vcpus": 2, "max_vcpus": 2}, "memory": {}}', "config.json", tmp_path, capsys
+    )
+    assert "state.json" in line
 
 
 def _with_state(kvm_change: dict[str, object] | None = None, state: object = None) -> bytes:
