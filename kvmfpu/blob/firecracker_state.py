@@ -64,6 +64,10 @@ FORMATS: Final = {
 MAX_VCPUS: Final = 32
 KVM_CPUID_ENTRY2_SIZE: Final = 40
 KVM_XSAVE_SIZE: Final = 4096
+#: Firecracker deserialises at most 10 MiB of state (snapshot/mod.rs VM_STATE_DESERIALIZE_LIMIT
+#: v1.7-v1.11, DESERIALIZATION_BYTES_LIMIT from v1.12): a larger file is no vmstate it loads,
+#: and refusing it bounds the CRC64 below (a few seconds of Python at most).
+STATE_LIMIT: Final = 10 << 20
 #: CRC-64/Jones (Redis' crc64, the crc64 crate): reflected polynomial 0xad93d23594c935a9.
 _POLY_REFLECTED: Final = 0x95AC9329AC4BC9B5
 
@@ -300,6 +304,11 @@ def _xcr0(raw: bytes) -> int | None:
 
 def captures(data: bytes, max_size: int) -> list[Capture]:
     version, pos = header(data)
+    if len(data) - pos - 8 > STATE_LIMIT:
+        raise InputError(
+            f"Firecracker vmstate: {len(data) - pos - 8} bytes of state, more than the "
+            f"{STATE_LIMIT} Firecracker deserialises (VM_STATE_DESERIALIZE_LIMIT)"
+        )
     if len(data) < pos + 8:
         raise InputError("Firecracker vmstate: no room for the state and its CRC64")
     stored = int.from_bytes(data[-8:], "little")

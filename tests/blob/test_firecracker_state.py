@@ -126,6 +126,7 @@ def _version(v: bytes) -> bytes:
             "counts|vCPUs",
         ),
         ("33 vCPUs", vs.firecracker_vmstate([vs.model_vcpu("zen4")] * 33, "6.0.0"), "33 vCPUs"),
+        ("past Firecracker's 10 MiB", _good() + bytes(10 << 20), "VM_STATE_DESERIALIZE_LIMIT"),
         ("no vCPU found (8.0.0)", _recrc(_good("8.0.0")[:-8][:2000]), "no vcpu_states found"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
