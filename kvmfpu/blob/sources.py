@@ -27,14 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from kvmfpu.blob import compression, hexdump
+from kvmfpu.blob import compression, hexdump, vmm_formats
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.stream import Readable, Source, of_bytes, of_file
 
 if TYPE_CHECKING:
     from kvmfpu.arch.layout import XsaveLayout
 
-FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu", "libvirt-save")
+FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu", "libvirt-save",
+                  *vmm_formats.FORMATS)   # VMM and CRIU state files
 MAX_SIZE: Final = 256 << 20
 #: The largest --max-size taken (1 TiB): beyond this a limit is no limit (and 2**62 used to
 #: overflow the reads).
@@ -175,6 +176,9 @@ def detect(data: bytes) -> str:
     head = _detect_head(data[:PEEK])
     if head is not None:
         return head
+    vmm = vmm_formats.detect(data)   # before the text check (state.json is text)
+    if vmm is not None:
+        return vmm
     if hexdump.looks_like_text(data):
         return hexdump.dialect(data.decode("ascii"))
     if _sigframe_size(data) is not None:
@@ -280,6 +284,8 @@ def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
         return [Capture(blob, f"{kind} dump", kind, _xcr0_at_464(blob))]
     if kind == "sigframe":
         return [_sigframe(data)]
+    if kind in vmm_formats.READERS:
+        return vmm_formats.read(kind, data, max_size)
     return _core(data, max_size)
 
 

@@ -35,7 +35,7 @@ from kvmfpu.blob.decode import encode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.load import load
 from kvmfpu.blob.sources import FORMATS
-from kvmfpu.testing import hostile
+from kvmfpu.testing import hostile, hostile_vmm
 
 INPUTS = 100_000
 #: One input in HOSTILE_EVERY is a hostile one (2,000 of the 100,000).
@@ -92,6 +92,10 @@ def corpus(guest_blob: Any, containers: Any) -> list[tuple[str, bytes]]:
         ("libvirt-save", hostile.libvirt_image(qemu_sample)),
         ("libvirt-save xz", hostile.libvirt_image(lzma.compress(small_stream), 3)),
         *programs,
+        # VMM and CRIU state files (tests/blob/data/*/PROVENANCE.md).
+        *((f"vmm {p.parent.name}", p.read_bytes()) for vmm in ("cloud_hypervisor", "crosvm", "criu",
+          "firecracker") for p in sorted((Path(__file__).parent / "data" / vmm).iterdir())
+          if p.suffix in (".json", ".cbor", ".img", ".bin")),
     ]
 
 
@@ -152,10 +156,14 @@ def test_seeded_mutations(guest_blob: Any, containers: Any, tmp_path: Path) -> N
     # it) for 0.5% of the inputs; the zstd/lzop programs cost a process each.
     weights = [0.075 if name in ("qemu", "libvirt-save") else 0.1 if name in ("zstd", "lzop")
                else 1.0 for name, _ in seeds]
+    # A state.json parse or a vmstate CRC costs ~2 ms: mutate those seeds less often.
+    weights = [w * (0.2 if name.startswith("vmm ") and len(d) > 4096 else 1) for w, (name, d) in
+               zip(weights, seeds, strict=True)]
     rng = random.Random(20261121)
     raw = [d for _, d in seeds]
     outcomes: Counter[str] = Counter()
     hostile_rng = random.Random(16)       # its own stream: the mutations stay as they were
+    vmm_rng = random.Random(12)           # and the hostile VMM files theirs
     hostile_outcomes: Counter[tuple[str, str]] = Counter()
     zen5 = dict(seeds)["raw zen5"]
     for i in range(INPUTS):
@@ -165,11 +173,13 @@ def test_seeded_mutations(guest_blob: Any, containers: Any, tmp_path: Path) -> N
         fmt = rng.choice(FORMATS) if rng.random() < 0.05 else None
         if i % HOSTILE_EVERY == 0:
             name, data = hostile.draw(hostile_rng, zen5)
+        if i % HOSTILE_EVERY == HOSTILE_EVERY // 2:     # hostile VMM and CRIU files
+            name, data = hostile_vmm.draw(vmm_rng, zen5)
         t0 = time.perf_counter()
         try:
             outcome = one_input(data, host, fmt)
             outcomes[outcome] += 1
-            if i % HOSTILE_EVERY == 0:
+            if i % HOSTILE_EVERY in (0, HOSTILE_EVERY // 2):
                 hostile_outcomes[(name, outcome)] += 1
                 assert time.perf_counter() - t0 < HOSTILE_SECONDS, f"{name} took too long"
         except Exception as exc:
@@ -178,10 +188,11 @@ def test_seeded_mutations(guest_blob: Any, containers: Any, tmp_path: Path) -> N
             raise AssertionError(f"input {i} (from {name}, host {host}, format {fmt}; saved in "
                                  f"{crash}): {type(exc).__name__}: {exc}") from exc
     assert sum(outcomes.values()) == INPUTS
-    assert sum(hostile_outcomes.values()) == INPUTS // HOSTILE_EVERY
-    drawn = INPUTS // HOSTILE_EVERY // len(hostile.CLASSES)
-    for kind in hostile.CLASSES:          # every class drawn, and mostly refused
-        assert hostile_outcomes[(kind, "refused")] > drawn * 3 // 4, hostile_outcomes
+    assert sum(hostile_outcomes.values()) == 2 * INPUTS // HOSTILE_EVERY
+    for classes in (hostile.CLASSES, hostile_vmm.CLASSES):   # every class drawn, mostly refused
+        drawn = INPUTS // HOSTILE_EVERY // len(classes)
+        for kind in classes:
+            assert hostile_outcomes[(kind, "refused")] > drawn * 3 // 4, hostile_outcomes
     # Both paths must be exercised well, or the fuzzer is not testing the decoder.
     assert outcomes["decoded"] > INPUTS // 5 and outcomes["refused"] > INPUTS // 5, outcomes
 
