@@ -1,3 +1,6 @@
-from kvmfpu.cli import main
+"""``python -m kvmfpu``: the same entry point as the ``kvmfpu`` command (kvmfpu.entry)."""
 
-raise SystemExit(main())
+from kvmfpu.entry import run
+
+if __name__ == "__main__":
+    run()
