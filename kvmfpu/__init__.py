@@ -3,12 +3,14 @@ userspace ABI. ``kvmfpu.Kvm(host, kernel, flavor)`` is /dev/kvm on a chosen host
 and kernel version; ``kvmfpu.core.Cpu`` the emulated processor; ``kvmfpu.cpus`` the host
 models; ``kvmfpu.scenarios`` the seed bugs."""
 
-from __future__ import annotations
-
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# Not typing.TYPE_CHECKING: importing typing would widen the window before the command
+# line's Ctrl-C handler (mypy treats any TYPE_CHECKING name as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from kvmfpu.kvm import HostOops, KernelProfile, Kvm, KvmError, Vcpu, Vm
     from kvmfpu.real import open_kvm
 
@@ -23,7 +25,7 @@ _LAZY = {"HostOops": "kvmfpu.kvm", "KernelProfile": "kvmfpu.kvm", "Kvm": "kvmfpu
          "open_kvm": "kvmfpu.real"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     where = _LAZY.get(name)
     if where is None and not name.startswith("__"):
         # A subpackage, as `import kvmfpu; kvmfpu.cpus` worked when the eager imports
@@ -45,7 +47,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-def model_of_running_host(path: str = "/dev/kvm") -> Kvm:
+def model_of_running_host(path: str = "/dev/kvm") -> "Kvm":
     """The model (this machine's CPUID, the best-matching kernel profile, the loaded vendor
     module's flavour) that behaves like the running /dev/kvm (see ``kvmfpu probe``)."""
     from kvmfpu.probe import model_of_running_host as find

@@ -53,10 +53,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     items = load(args)
     if args.json:
-        print(json.dumps({"schema": render.SCHEMA, "captures": [
+        from kvmfpu.cli.document import document
+        print(json.dumps(document(render.SCHEMA, {"captures": [
             render.to_json(it.decoded, origin=it.capture.origin, fmt=it.capture.fmt,
                            host=it.choice.host, how=it.choice.how, notes=it.capture.notes)
-            for it in items]}, indent=2))
+            for it in items]}), indent=2))
         return 0
     for n, it in enumerate(items):
         if n:

@@ -40,19 +40,19 @@ def add_parser(sub: Any) -> None:
     x = sub.add_parser(
         "matrix", help="verdicts for every source x destination host and kernel pair",
         description="Writes a self-contained HTML heat map (and optionally CSV).")
-    x.add_argument("--guest", required=True, metavar="MODEL")
+    x.add_argument("--guest", required=True, metavar="MODEL", help="QEMU -cpu value (as for migrate)")
     x.add_argument("--hosts", nargs="+", metavar="HOST", help="default: every packaged host")
     x.add_argument("--kernels", nargs="+", metavar="K|SRC:DST",
                    help="kernel on both hosts, or a SRC:DST pair (default: the named profiles)")
     x.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
                    help="the VMM on both hosts (as for migrate)")
-    x.add_argument("--html", required=True, metavar="FILE")
-    x.add_argument("--csv", metavar="FILE")
+    x.add_argument("--html", required=True, metavar="FILE", help="the HTML page to write (atomically)")
+    x.add_argument("--csv", metavar="FILE", help="also write the verdicts as CSV")
     x.set_defaults(func=cmd_matrix)
 
     g = sub.add_parser("models", help="QEMU's CPU models and the XSAVE state they enable")
     g.add_argument("--versions", action="store_true", help="one line per version")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print the kvmfpu-models/1 document")
     g.set_defaults(func=cmd_models)
 
 
@@ -72,7 +72,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except (InputError, UnknownKernel, UnknownModel) as exc:
         raise _bad_input(exc) from None
     if args.json:
-        json.dump({"schema": "kvmfpu-migrate/1", **report.to_json()}, sys.stdout, indent=2)
+        from kvmfpu.cli.document import document
+        json.dump(document("kvmfpu-migrate/1", report.to_json()), sys.stdout, indent=2)
         print()
     else:
         _print(report)
