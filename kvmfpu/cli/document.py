@@ -39,6 +39,20 @@ def schema_file(schema: str) -> str:
     return schema.replace("/", "-") + ".json"
 
 
+def load_schema(schema: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the document named ``schema``, as shipped in the
+    package (kvmfpu/schemas). KeyError when kvmfpu has none by that name."""
+    import json
+    from importlib import resources
+    resource = resources.files("kvmfpu").joinpath("schemas", schema_file(schema))
+    try:
+        text = resource.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeyError(f"no JSON Schema for {schema!r} in kvmfpu/schemas") from None
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
 @functools.cache
 def commit() -> str | None:
     """The commit this kvmfpu runs from: the package's git checkout (an editable install or
