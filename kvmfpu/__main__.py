@@ -1,6 +1,8 @@
 """``python -m kvmfpu``: the same entry point as the ``kvmfpu`` command (kvmfpu.entry)."""
 
-from kvmfpu.entry import run
+import sys
+
+from kvmfpu.entry import main
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from types import FrameType
 
@@ -33,6 +32,8 @@ def _raise_once(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script ``kvmfpu`` (``sys.exit(main())``): kvmfpu.cli.main with Ctrl-C
+    answered as the module docstring says."""
     interactive = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if interactive:  # not when the parent ignored SIGINT (nohup, `cmd &` in sh)
         signal.signal(signal.SIGINT, _leave_now)
@@ -51,8 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interactive:  # the interpreter's exit (flushing stdout) is not interrupted
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
-
-
-def run() -> None:
-    """``python -m kvmfpu``."""
-    sys.exit(main())

@@ -131,9 +131,9 @@ def test_every_option_of_every_subcommand_has_help() -> None:
 
 def test_console_script_is_the_entry_module() -> None:
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert conf["project"]["scripts"]["kvmfpu"] == "kvmfpu.entry:run"
+    assert conf["project"]["scripts"]["kvmfpu"] == "kvmfpu.entry:main"
     from kvmfpu import entry
-    assert callable(entry.run) and entry.EXIT_INTERRUPTED == 130
+    assert callable(entry.main) and entry.EXIT_INTERRUPTED == 130
 
 
 def test_import_kvmfpu_loads_nothing_heavy() -> None:
