@@ -96,6 +96,9 @@ def test_a_build_from_a_clone_records_its_commit(tmp_path: pathlib.Path) -> None
     assert not (src / ".git").exists()
     _setup(src, "build_py", "--build-lib", str(tmp_path / "lib2"))
     assert _recorded(tmp_path / "lib2") == head
+    # The published schemas travel with the package through the sdist and the build.
+    shipped = {p.name for p in (tmp_path / "lib2" / "kvmfpu" / "schemas").glob("*.json")}
+    assert shipped == {p.name for p in (ROOT / "kvmfpu" / "schemas").glob("*.json")} != set()
 
 
 def test_without_git_or_a_record_the_commit_is_null(tmp_path: pathlib.Path) -> None:
