@@ -145,11 +145,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from kvmfpu.blob.convert import ConversionError, convert
     from kvmfpu.blob.errors import InputError
+    if args.json and args.output == STDOUT:
+        raise UsageError("--json and -o - both want standard output: write the buffer to a file")
     if args.output != STDOUT and os.path.exists(args.output) and os.path.exists(args.file) \
             and os.path.samefile(args.file, args.output):
         raise UsageError(f"{args.output} is the input: write the converted buffer elsewhere")
-    if args.json and args.output == STDOUT:
-        raise UsageError("--json and -o - both want standard output: write the buffer to a file")
     caps = _captures(args.file, args.format, args.max_size)
     if len(caps) != 1:
         raise UsageError(f"{args.file} holds {len(caps)} xsave images; convert takes one")
