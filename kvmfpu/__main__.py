@@ -1,3 +1,8 @@
-from kvmfpu.cli import main
+"""``python -m kvmfpu``: the same entry point as the ``kvmfpu`` command (kvmfpu.entry)."""
 
-raise SystemExit(main())
+import sys
+
+from kvmfpu.entry import main
+
+if __name__ == "__main__":
+    sys.exit(main())

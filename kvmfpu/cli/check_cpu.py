@@ -7,13 +7,16 @@ import json
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.document import document
 
 
 def add_parser(sub: Any) -> None:
     k = sub.add_parser("check-cpu", help="compare the model with this machine's processor")
-    k.add_argument("--cases", type=int, default=2000)
-    k.add_argument("--seed", type=int, default=1)
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--cases", type=int, default=2000,
+                   help="random instruction sequences to run on both (default 2000)")
+    k.add_argument("--seed", type=int, default=1,
+                   help="seed of the random sequences, to repeat a run (default 1)")
+    k.add_argument("--json", action="store_true", help="print the kvmfpu-check-cpu/1 document")
     k.set_defaults(func=cmd_check_cpu)
 
 
@@ -37,12 +40,12 @@ def cmd_check_cpu(args: argparse.Namespace) -> int:
         raise UsageError("--cases must be at least 1")
     rep = check_cpu(args.cases, args.seed)
     if args.json:
-        print(json.dumps({
-            "cases": rep.cases, "agreed": rep.agreed, "faulting": rep.faulting,
+        print(json.dumps(document("kvmfpu-check-cpu/1", {
+            "seed": args.seed, "cases": rep.cases, "agreed": rep.agreed, "faulting": rep.faulting,
             "fault_extra_xinuse": rep.fault_extra_xinuse, "reruns": rep.retried,
             "by_kind": rep.by_kind,
             "disagreements": [{"kind": c.kind, "differences": d} for c, d in rep.disagreements],
-        }, indent=2))
+        }), indent=2))
     else:
         print(f"{rep.cases} cases ({rep.faulting} faulting): {rep.agreed} agree, "
               f"{len(rep.disagreements)} disagree; {rep.retried} re-runs after an interrupt")

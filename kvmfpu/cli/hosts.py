@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from kvmfpu import cpus
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import name_of
 from kvmfpu.cli.common import UsageError, write_output
+from kvmfpu.cli.document import document
 from kvmfpu.cpus import capture
 from kvmfpu.cpus.diff import Word, diff
 
@@ -23,7 +25,8 @@ def add_parser(sub: Any) -> None:
                     "(what --json and --capture write) or a Firecracker `cpu-template-helper "
                     "fingerprint dump`. `kvmfpu cpus diff A B` shows what two hosts differ in.")
     c.add_argument("host", nargs="*", help="HOST... to describe, or: diff A B")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true",
+                   help="print the kvmfpu-hosts/1 document (with diff: kvmfpu-host-diff/1)")
     c.add_argument("--capture", metavar="FILE",
                    help="write this machine's CPUID to FILE as kvmfpu-host/1 JSON (atomically)")
     c.add_argument("--name", help="the model name --capture records (default: FILE's stem)")
@@ -47,14 +50,14 @@ def cmd_cpus(args: argparse.Namespace) -> int:
     if args.host:
         models = [cpus.load(h) for h in args.host]
         if args.json:
-            print(json.dumps([m.describe() for m in models], indent=2))
+            _print_json(models)
             return 0
         for m in models:
             _print_host(m)
         return 0
     models = [cpus.load(n) for n in cpus.names()]
     if args.json:
-        print(json.dumps([m.describe() for m in models], indent=2))
+        _print_json(models)
         return 0
     print(f"{'name':22} {'vendor':6} {'fam/mod':8} {'XCR0':>9} {'XSS':>8} {'std':>6} {'cmp':>6}  "
           "xsave features / title")
@@ -79,7 +82,7 @@ def _capture(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.capture}: cannot write: {exc.strerror or exc}") from None
     if args.json:
-        print(json.dumps(m.describe(), indent=2))
+        _print_json([m], captured_to=args.capture)
         return 0
     print(f"wrote {args.capture}: {m.name}: {m.title}; {len(m.table)} CPUID rows, kernel "
           f"{m.kernel or 'unknown'}, microcode {m.microcode or 'unknown'}")
@@ -91,10 +94,17 @@ def _diff(args: argparse.Namespace) -> int:
         raise UsageError("usage: kvmfpu cpus diff A B (two hosts; a file named diff: ./diff)")
     d = diff(cpus.load(args.host[1]), cpus.load(args.host[2]), qemu_words())
     if args.json:
-        print(json.dumps(d.to_json(), indent=2))
+        print(json.dumps(document("kvmfpu-host-diff/1", d.to_json()), indent=2))
         return 0
     print("\n".join(d.lines()))
     return 0
+
+
+def _print_json(models: Sequence[cpus.HostModel], **extra: Any) -> None:
+    """kvmfpu-hosts/1: the models under ``hosts`` (a bare list before the envelope; a document
+    holding one host loads back as a host file, kvmfpu.cpus.dumps)."""
+    print(json.dumps(document("kvmfpu-hosts/1", {"hosts": [m.describe() for m in models],
+                                                 **extra}), indent=2))
 
 
 def _print_host(m: cpus.HostModel) -> None:

@@ -22,12 +22,13 @@ import sys
 from typing import Any
 
 from kvmfpu.cli.common import STDOUT, UsageError, input_options, write_output
+from kvmfpu.cli.document import document
 
 
 def add_parser(sub: Any) -> None:
     v = sub.add_parser("validate", help="would KVM_SET_XSAVE on HOST with KERNEL accept it?",
                        description="Exit status 0: accepted; 1: rejected (errno and reason).")
-    v.add_argument("file")
+    v.add_argument("file", help="the capture ('-' for standard input)")
     v.add_argument("--host", required=True, help="destination host CPU model or dump")
     v.add_argument("--kernel", required=True, help="destination kernel (e.g. 5.17, 6.6.30)")
     v.add_argument("--guest-cpu", metavar="CPU",
@@ -41,20 +42,20 @@ def add_parser(sub: Any) -> None:
 
     d = sub.add_parser("diff", help="differences between two captures, register by register",
                        description="Exit status 0: same state; 1: differences.")
-    d.add_argument("a")
-    d.add_argument("b")
+    d.add_argument("a", help="the first capture")
+    d.add_argument("b", help="the second capture")
     d.add_argument("--host", help="layout of both (default: inferred for each)")
     d.add_argument("--host-b", help="layout of B when it differs from A's")
     input_options(d, json_doc="kvmfpu-diff/1")
     d.set_defaults(func=cmd_diff)
 
     c = sub.add_parser("convert", help="re-lay a standard-format buffer for another host")
-    c.add_argument("file")
+    c.add_argument("file", help="the standard-format buffer to re-lay")
     c.add_argument("--from", dest="src", required=True, help="the host the buffer comes from")
     c.add_argument("--to", dest="dst", required=True, help="the host to lay it out for")
     c.add_argument("-o", "--output", required=True,
                    help="where to write the new buffer, atomically ('-': standard output)")
-    input_options(c)
+    input_options(c, json_doc="kvmfpu-convert/1")
     c.set_defaults(func=cmd_convert)
 
 
@@ -87,11 +88,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         results.append((cap, validator.check_capture(cap)))
     ok = all(v.accepted for _, v in results)
     if args.json:
-        print(json.dumps({"schema": "kvmfpu-validate/1", "host": host.name, "accepted": ok,
+        print(json.dumps(document("kvmfpu-validate/1", {"host": host.name, "accepted": ok,
                           "kernel": validator.kvm.kernel.name, "flavor": validator.kvm.flavor,
                           "guest_cpu": args.guest_cpu or "host",
                           "kvm_reads": validator.size,
-                          "results": [dict(origin=c.origin, **v.to_json()) for c, v in results]},
+                          "results": [dict(origin=c.origin, **v.to_json()) for c, v in results]}),
                          indent=2))
     else:
         where = (f"{host.name}, Linux {validator.kvm.kernel.name} ({validator.kvm.flavor}), "
@@ -152,9 +153,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
                        register_diff(da, db)))
     same = not any(d for _, _, d in report)
     if args.json:
-        print(json.dumps({"schema": "kvmfpu-diff/1", "same": same, "pairs": [
+        print(json.dumps(document("kvmfpu-diff/1", {"same": same, "pairs": [
             {"a": oa, "b": ob, "differences": [regdiff.to_json(d) for d in diffs]}
-            for oa, ob, diffs in report]}, indent=2))
+            for oa, ob, diffs in report]}), indent=2))
     else:
         for oa, ob, diffs in report:
             if not diffs:
@@ -171,6 +172,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from kvmfpu.blob.convert import ConversionError, convert
     from kvmfpu.blob.errors import InputError
+    if args.json and args.output == STDOUT:
+        raise UsageError("--json and -o - both want standard output: write the buffer to a file")
     if args.output != STDOUT and os.path.exists(args.output) and os.path.exists(args.file) \
             and os.path.samefile(args.file, args.output):
         raise UsageError(f"{args.output} is the input: write the converted buffer elsewhere")
@@ -182,6 +185,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (ConversionError, InputError) as exc:
         raise UsageError(str(exc)) from None
     write_output(args.output, out)
+    if args.json:
+        print(json.dumps(document("kvmfpu-convert/1", {
+            "input": args.file, "output": args.output, "from": args.src, "to": args.dst,
+            "bytes": len(out), "notes": notes}), indent=2))
+        return 0
     # With the buffer on standard output, what would be said about it goes to stderr.
     say = sys.stderr if args.output == STDOUT else sys.stdout
     print(f"wrote {len(out)} bytes for {args.dst} to "

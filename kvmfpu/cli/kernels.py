@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.document import document
 from kvmfpu.kvm.profiles import (
     LTS_EXTRA,
     NAMED,
@@ -23,7 +24,7 @@ def add_parser(sub: Any) -> None:
                                               "profiles; any release such as 6.1.60 or 6.18-rc5 "
                                               "works, and a distribution's uname -r such as "
                                               "5.15.0-91-generic or 6.1.0-18-amd64)")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="print the kvmfpu-kernels/1 document")
     k.set_defaults(func=cmd_kernels)
 
 
@@ -44,12 +45,12 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     except UnknownKernel as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps({
+        print(json.dumps(document("kvmfpu-kernels/1", {
             "profiles": [{"name": p.name, "upstream": p.upstream, "distro": p.distro,
                           "notes": list(p.notes), "switches": sorted(p.switches)}
                          for p in profiles],
             "switches": [_switch_json(s.name) for s in SWITCHES],
-        }, indent=2))
+        }), indent=2))
         return 0
     width = max(len(s.name) for s in SWITCHES)
     cols = [max(8, len(p.name)) for p in profiles]

@@ -89,7 +89,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if warning:            # the registers do not arrive: as a source that loses them
         report.findings.append(Finding("error", "source", f"the state given: {warning}"))
     if args.json:
-        json.dump({"schema": "kvmfpu-migrate/1", **report.to_json()}, sys.stdout, indent=2)
+        from kvmfpu.cli.document import document
+        json.dump(document("kvmfpu-migrate/1", report.to_json()), sys.stdout, indent=2)
         print()
     else:
         _print(report)

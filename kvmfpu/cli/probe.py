@@ -7,13 +7,15 @@ import json
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.document import document
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("probe", help="fingerprint this machine's /dev/kvm and pick the model "
                                      "profile and flavour that behave like it")
-    p.add_argument("--device", default="/dev/kvm")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="/dev/kvm",
+                   help="the KVM device to probe (default /dev/kvm)")
+    p.add_argument("--json", action="store_true", help="print the kvmfpu-probe/1 document")
     p.set_defaults(func=cmd_probe)
 
 
@@ -25,7 +27,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except ProbeUnavailable as exc:
         raise UsageError(f"cannot probe: {exc}") from None
     if args.json:
-        print(json.dumps(fp.to_json(), indent=2))
+        print(json.dumps(document("kvmfpu-probe/1", fp.to_json()), indent=2))
         return 0
     best = fp.best
     fam, mod, _ = fp.host.signature

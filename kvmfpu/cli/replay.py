@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.document import document
 from kvmfpu.scenarios import SCENARIOS, get
 
 
@@ -24,7 +25,8 @@ def add_parser(sub: Any) -> None:
                                         "--kernel is the source's)")
     r.add_argument("--guest-kernel", help="acrn-xss: the Service VM's Linux version (default 5.4)")
     r.add_argument("--list", action="store_true", help="list the scenarios")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true",
+                   help="print the kvmfpu-replay/1 document (with --list: kvmfpu-scenarios/1)")
     r.set_defaults(func=cmd_replay)
 
 
@@ -33,7 +35,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.name:
             raise UsageError("--list takes no scenario name")
         if args.json:
-            print(json.dumps([s.to_json() for s in SCENARIOS], indent=2))
+            # kvmfpu-scenarios/1: the list under "scenarios" (a bare list before the envelope)
+            print(json.dumps(document("kvmfpu-scenarios/1",
+                                      {"scenarios": [s.to_json() for s in SCENARIOS]}), indent=2))
             return 0
         for s in SCENARIOS:
             fixed = (f"fixed by {s.fixed_by} in {s.first_fixed}" if s.fixed_by else
@@ -67,7 +71,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:       # unknown kernel, bad version text, not applicable here
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json.dumps(document("kvmfpu-replay/1", result.to_json()), indent=2))
     else:
         print("\n".join(result.lines()))
     return 1 if result.bug else 0

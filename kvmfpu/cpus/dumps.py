@@ -14,7 +14,8 @@ The kvmfpu JSON format (``"format": "kvmfpu-host/1"``)::
 
 ``cpuid`` rows are [leaf, subleaf, eax, ebx, ecx, edx]; objects with those keys are
 accepted too, and numbers may be ints or hex strings. ``kvmfpu cpus NAME --json`` prints a
-list of such objects (with derived fields, ignored here); a one-element list loads too.
+kvmfpu-hosts/1 document whose ``hosts`` list holds such objects (with derived fields,
+ignored here); a document or a list holding one loads too.
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ def parse_json(text: str) -> Dump:
 
 def _parse_json(text: str) -> Dump:
     data = load_json(text)
+    if isinstance(data, dict) and data.get("schema") == "kvmfpu-hosts/1":
+        data = data.get("hosts")       # `kvmfpu cpus NAME --json`'s document (kvmfpu.cli.hosts)
     if isinstance(data, list):
         if len(data) != 1:
             raise DumpError(f"a list of {len(data)} host descriptions: a file holds one "

@@ -50,7 +50,7 @@ def test_cpuid_r_text_is_described(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     rc, out, _ = _run(capsys, "cpus", str(f), "--json")
     assert rc == 0
-    [doc] = json.loads(out)
+    [doc] = json.loads(out)["hosts"]
     assert doc["name"] == "box" and doc["supported_xcr0"] == f"{m.supported_xcr0:#x}"
     assert doc["source"]["kind"] == "cpuid -r" and doc["kernel"] is None
 
@@ -98,7 +98,7 @@ def test_capture_writes_a_file_that_loads(tmp_path: Path, capsys: pytest.Capture
     assert rc == 0 and out.startswith(f"wrote {f}: here: ")
     assert dict(cpus.load(f).table) == dict(cpus.load("this").table)
     rc, out, _ = _run(capsys, "cpus", "--capture", str(f), "--name", "box-1", "--json")
-    assert rc == 0 and json.loads(out)["name"] == "box-1" and cpus.load(f).name == "box-1"
+    assert rc == 0 and json.loads(out)["hosts"][0]["name"] == "box-1" and cpus.load(f).name == "box-1"
 
 
 @needs_probe

@@ -10,7 +10,7 @@ from kvmfpu.kvm.profiles import LTS_EXTRA, NAMED
 
 def test_list_json_names_seed_fix_and_releases(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "--list", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["scenarios"]}
     assert set(rows) == {"acrn-xss", "zen-xsaves", "fpsse-migration", "xfd-xstate-bv",
                          "init-xstate", "pkru-leak"}
     p = rows["pkru-leak"]
