@@ -19,6 +19,17 @@ KVM_CAP_XSAVE: Final = 55
 KVM_CAP_XCRS: Final = 56
 KVM_CAP_XSAVE2: Final = 208
 KVM_API_VERSION: Final = 12
+KVM_X86_XCOMP_GUEST_SUPP: Final = 0
+#: sizeof(struct kvm_xsave) and the kvm_xcrs array (cdefs; tests/kvm/test_uapi_limits.py).
+KVM_XSAVE_SIZE: Final = 4096
+KVM_MAX_XCRS: Final = 16
+#: KVM_MP_STATE_* (include/uapi/linux/kvm.h).
+KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED = 0, 1, 2
+KVM_MP_STATE_HALTED, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD = 3, 4, 9
+#: The kernel's limits on what the uapi carries: KVM_MAX_CPUID_ENTRIES
+#: (arch/x86/include/asm/kvm_host.h) and MAX_IO_MSRS (arch/x86/kvm/x86.c), both 256.
+KVM_MAX_CPUID_ENTRIES: Final = 256
+MAX_IO_MSRS: Final = 256
 
 #: The ioctls kvmfpu issues (their numbers come from the cdefs).
 REQUESTS: Final = (

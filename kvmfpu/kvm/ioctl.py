@@ -142,12 +142,15 @@ def _c_int(arg: Any) -> int:
 
 
 def _dispatch(obj: Any, request: int, arg: Any, mutate_flag: bool = True) -> Any:
-    from kvmfpu.kvm.system import Kvm
-    from kvmfpu.kvm.vm import Vm
+    """An ioctl on a model object: its fd kind's handler (``obj._serve``)."""
+    return dispatch(obj.__class__._serve, obj, request, arg, mutate_flag)
 
-    request = operator.index(request) & 0xFFFF_FFFF
-    handler = system_ioctl if isinstance(obj, Kvm) else vm_ioctl if isinstance(obj, Vm) \
-        else vcpu_ioctl
+
+def dispatch(handler: Any, obj: Any, request: int, arg: Any, mutate_flag: bool = True) -> Any:
+    """fcntl.ioctl's argument handling, then ``handler(obj, request, arg)``."""
+    if request.__class__ is not int:
+        request = operator.index(request)
+    request &= 0xFFFF_FFFF
     kind = arg.__class__
     if kind is bytearray and mutate_flag:            # the hot path: filled in place
         return handler(obj, request, arg)

@@ -102,7 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _marker_problems(kw: dict[str, Any], args: tuple[Any, ...]) -> list[str]:
     """What is wrong with one @pytest.mark.kvmfpu(...)."""
-    from kvmfpu.kvm.caps import FLAVORS
+    from kvmfpu.kvm.flavors import FLAVORS
 
     out = []
     if args:
@@ -171,14 +171,14 @@ def kvmfpu_target(request: pytest.FixtureRequest) -> tuple[str, str, str | None]
 def kvmfpu_model(kvmfpu_target: tuple[str, str, str | None]) -> Any:
     """A Kvm for the (host, kernel, flavour); a kernel older than the host's features is
     a skip with the reason (kvmfpu.testing.vcpus.predates_host), not a setup error."""
-    from kvmfpu import Kvm
+    from kvmfpu import Kvm, cpus
+    from kvmfpu.kvm.flavors import flavor as flavor_ops
     from kvmfpu.testing.vcpus import predates_host
 
     host, kernel, flavor = kvmfpu_target
-    try:
-        kvm = Kvm(host, kernel, flavor)
-    except ValueError as exc:          # a flavour that does not run on the host's vendor
-        pytest.skip(f"{host} {kernel}: {exc}")
+    if flavor is not None and not flavor_ops(flavor).runs_on(model := cpus.load(host)):
+        pytest.skip(f"{host} {kernel}: flavour {flavor} does not run on a {model.vendor} host")
+    kvm = Kvm(host, kernel, flavor)
     why = predates_host(host, kernel, flavor)
     if why:
         pytest.skip(why)
