@@ -29,6 +29,7 @@ from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import CpuidEntry, pack_entries, unpack_entries
 from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
+from kvmfpu.uapi import KVM_XSAVE_SIZE
 
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
@@ -362,11 +363,14 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
     if vcpu.closed:
         raise closed_fd("vCPU")
     if request == r["KVM_GET_XSAVE"]:
-        view = _need(arg, 4096, "KVM_GET_XSAVE")
-        view[:4096] = vcpu.get_xsave()
+        if arg.__class__ is bytearray and len(arg) >= KVM_XSAVE_SIZE:    # the hot path
+            arg[:KVM_XSAVE_SIZE] = vcpu._xsave_out()
+            return 0
+        view = _need(arg, KVM_XSAVE_SIZE, "KVM_GET_XSAVE")
+        view[:KVM_XSAVE_SIZE] = vcpu._xsave_out()
         return 0
     if request == r["KVM_SET_XSAVE"]:
-        vcpu.set_xsave(_need(arg, 0, "KVM_SET_XSAVE"))
+        vcpu.set_xsave(arg if arg.__class__ is bytearray else _need(arg, 0, "KVM_SET_XSAVE"))
         return 0
     if request not in served("vcpu"):
         raise _unserved("vcpu", request)

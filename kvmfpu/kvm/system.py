@@ -21,6 +21,7 @@ from kvmfpu.kvm.flavors import Flavor, default_flavor
 from kvmfpu.kvm.flavors import flavor as flavor_ops
 from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.profiles import NEWEST, KernelProfile, profile
+from kvmfpu.kvm.vcpu_xsave import XsavePath
 from kvmfpu.kvm.vm import DEFAULT_MEMORY, Vm
 from kvmfpu.linux.arena import Arena
 from kvmfpu.linux.fpstate import PERM_LOCKED
@@ -119,6 +120,8 @@ class Kvm:
         #: system ioctls that change shared state take it as kvm->lock does.
         self.lock = threading.RLock()
         self.caps: KvmCaps = kvm_caps(self.host, self.kernel, self.hk.cfg, self.flavor)
+        #: The KVM_GET/SET_XSAVE path this kernel takes, decided once for its vCPUs.
+        self.xsave_path = XsavePath.of(self.kernel, self.caps)
         self.process = self.hk.new_process()
         self.vms: list[Vm] = []
         self.closed = False

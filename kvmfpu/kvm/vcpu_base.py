@@ -26,6 +26,7 @@ from kvmfpu.linux.fpstate import FpuGuest, Thread
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
     from kvmfpu.kvm.vcpu import Vcpu
+    from kvmfpu.kvm.vcpu_xsave import XsavePath
     from kvmfpu.kvm.vm import Vm
 
 T = TypeVar("T")
@@ -98,6 +99,7 @@ class VcpuBase:
         "_kvmfpu_fd",
         "_lock",
         "_running",
+        "_xsave_path",
         "at_reset_vector",
         "cet_s",
         "closed",
@@ -159,6 +161,7 @@ class VcpuBase:
         self._running = False
         self.closed = False
         self._lock = kvm.lock
+        self._xsave_path: XsavePath = kvm.xsave_path
         # kvm_vcpu_reset(vcpu, false): XCR0 = FP, IA32_XSS = 0.
         self.xcr0 = xf.FP
         self.ia32_xss = 0
