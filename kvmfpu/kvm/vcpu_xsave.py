@@ -67,7 +67,7 @@ class XsaveOps(VcpuBase):
         """KVM_GET_XSAVE: 4096 bytes of standard-format state."""
         return bytes(self._xsave_out())
 
-    def _xsave_out(self) -> bytearray:
+    def _xsave_out(self) -> bytes | bytearray:
         """KVM_GET_XSAVE's 4096 bytes (the raw ioctl writes them into the caller's buffer)."""
         # The lock inline, not through @serialised: KVM_GET/SET_XSAVE and the checks of
         # ``kvmfpu validate`` are the hot path.
@@ -109,14 +109,18 @@ class XsaveOps(VcpuBase):
         return bytes(uabi.copy_guest_fpstate_to_uabi(self.kvm.hk, self.gfpu, size, mask,
                                                      self.pkru))
 
-    def _xsave_input(self, buf: bytes | bytearray | memoryview) -> memoryview:
+    def _xsave_input(self, buf: bytes | bytearray | memoryview) -> uabi.Buffer:
         """What the kernel copies in (guest_fpu.uabi_size bytes), with XFD-armed bits
         cleared from XSTATE_BV where the kernel does that (b45f72177594)."""
+        gfpu = self.gfpu
+        need = gfpu.uabi_size
+        cls = buf.__class__
+        if ((cls is bytearray or cls is bytes) and len(buf) == need and need >= legacy.EXTENDED
+                and not (gfpu.fpstate.xfd and self._xsave_path.xfd_clears_xstate_bv)):
+            return buf          # exactly what the kernel reads, used as is (the hot path)
         view = memoryview(buf)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        gfpu = self.gfpu
-        need = gfpu.uabi_size
         if len(view) < need:
             raise uabi.short_buffer(len(view), need, "kvm_vcpu_ioctl_x86_set_xsave (memdup_user)")
         data = view[:need] if len(view) > need else view
