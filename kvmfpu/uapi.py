@@ -85,6 +85,12 @@ def ioc(direction: int, nr: int, size: int) -> int:
     return direction << 30 | size << 16 | KVMIO << 8 | nr
 
 
+#: The hot pair as plain numbers (no cffi): _IOR/_IOW(KVMIO, 0xA4/0xA5, struct kvm_xsave);
+#: tests/kvm/test_flavors.py checks them against the cdefs.
+KVM_GET_XSAVE: Final = ioc(_IOC_READ, 0xA4, KVM_XSAVE_SIZE)
+KVM_SET_XSAVE: Final = ioc(_IOC_WRITE, 0xA5, KVM_XSAVE_SIZE)
+
+
 @cache
 def requests() -> dict[str, int]:
     """Every ioctl kvmfpu issues, by its <linux/kvm.h> name."""

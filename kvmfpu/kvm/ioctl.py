@@ -29,7 +29,7 @@ from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import CpuidEntry, pack_entries, unpack_entries
 from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
-from kvmfpu.uapi import KVM_XSAVE_SIZE
+from kvmfpu.uapi import KVM_GET_XSAVE, KVM_SET_XSAVE, KVM_XSAVE_SIZE
 
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
@@ -359,19 +359,19 @@ def vm_ioctl(vm: Vm, request: int, arg: Any = 0) -> int:
 
 
 def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
-    r = _requests()
     if vcpu.closed:
         raise closed_fd("vCPU")
-    if request == r["KVM_GET_XSAVE"]:
+    if request == KVM_GET_XSAVE:
         if arg.__class__ is bytearray and len(arg) >= KVM_XSAVE_SIZE:    # the hot path
-            arg[:KVM_XSAVE_SIZE] = vcpu._xsave_out()
+            arg[:KVM_XSAVE_SIZE] = vcpu.get_xsave()
             return 0
         view = _need(arg, KVM_XSAVE_SIZE, "KVM_GET_XSAVE")
-        view[:KVM_XSAVE_SIZE] = vcpu._xsave_out()
+        view[:KVM_XSAVE_SIZE] = vcpu.get_xsave()
         return 0
-    if request == r["KVM_SET_XSAVE"]:
+    if request == KVM_SET_XSAVE:
         vcpu.set_xsave(arg if arg.__class__ is bytearray else _need(arg, 0, "KVM_SET_XSAVE"))
         return 0
+    r = _requests()
     if request not in served("vcpu"):
         raise _unserved("vcpu", request)
     if request == r["KVM_GET_XSAVE2"]:

@@ -192,6 +192,9 @@ class VcpuBase:
 
     def ioctl(self, request: int, arg: object = 0, mutate_flag: bool = True) -> object:
         """The vCPU fd's ioctls with the uapi layouts (fills a writable buffer in place)."""
+        if arg.__class__ is bytearray and mutate_flag and request.__class__ is int:
+            # dispatch's hot case inline: a buffer filled in place, an int request.
+            return _ioctl.vcpu_ioctl(cast("Vcpu", self), request & 0xFFFF_FFFF, arg)
         return _ioctl.dispatch(_ioctl.vcpu_ioctl, self, request, arg, mutate_flag)
 
     def _serve(self, request: int, arg: object) -> int:

@@ -65,10 +65,6 @@ class XsaveOps(VcpuBase):
     # -- KVM_GET_XSAVE / KVM_GET_XSAVE2 / KVM_SET_XSAVE ---------------------------------------
     def get_xsave(self) -> bytes:
         """KVM_GET_XSAVE: 4096 bytes of standard-format state."""
-        return bytes(self._xsave_out())
-
-    def _xsave_out(self) -> bytes | bytearray:
-        """KVM_GET_XSAVE's 4096 bytes (the raw ioctl writes them into the caller's buffer)."""
         # The lock inline, not through @serialised: KVM_GET/SET_XSAVE and the checks of
         # ``kvmfpu validate`` are the hot path.
         lock = self._lock
@@ -79,7 +75,7 @@ class XsaveOps(VcpuBase):
             xp = self._xsave_path
             gfpu = self.gfpu
             if not xp.guest_fpu:
-                return uabi.fill_xsave_5_15(self.kvm.hk, gfpu, self.gsx, self.pkru)
+                return bytes(uabi.fill_xsave_5_15(self.kvm.hk, gfpu, self.gsx, self.pkru))
             if xp.xsave2 and gfpu.uabi_size > KVM_XSAVE_SIZE:
                 raise einval("kvm_vcpu_ioctl_x86_get_xsave",
                              f"guest_fpu.uabi_size {gfpu.uabi_size} > sizeof(struct "
@@ -166,7 +162,13 @@ class XsaveOps(VcpuBase):
             if self.closed or self._running:
                 self._usable("KVM_SET_XSAVE")
             xp = self._xsave_path
-            data = self._xsave_input(buf)
+            gfpu = self.gfpu
+            cls = buf.__class__
+            if ((cls is bytearray or cls is bytes) and len(buf) == gfpu.uabi_size >= legacy.EXTENDED
+                    and not (gfpu.fpstate.xfd and xp.xfd_clears_xstate_bv)):
+                data: uabi.Buffer = buf       # _xsave_input's fast case, inline (hot path)
+            else:
+                data = self._xsave_input(buf)
             hk = self.kvm.hk
             if not xp.guest_fpu:
                 pkru = uabi.load_xsave_5_15(hk, self.gfpu, data, xp.supported_xcr0)

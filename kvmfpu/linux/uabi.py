@@ -75,8 +75,9 @@ def copy_guest_fpstate_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int, xfeatur
     plan = (sw.out_plans.get((bv, xcomp, write_pkru, size))
             or out_plan(k, sw, bv, xcomp, write_pkru, size))
     args = plan.args[:]
-    for i, s, n in plan.runs:
-        args[i] = mem[base + s:base + s + n].tobytes()
+    fpstate = mem[base:]          # the plans' slices are relative to the fpstate
+    for i, run in plan.runs:
+        args[i] = fpstate[run].tobytes()
     args[plan.bv_at] = bv
     if write_pkru:
         args[plan.pkru_at] = pkru
@@ -183,8 +184,9 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer, xcr0
     sw = k.__dict__.get("_uabi_switches") or switches(k)
     # MXCSR alone (YMM without FP), the x87 area with MXCSR, the XMM registers, each
     # extended component and PKRU: one planned copy per contiguous run.
-    for s, d, n in sw.in_plans.get((bv, xcomp)) or in_plan(k, sw, bv, xcomp):
-        mem[base + s:base + s + n] = ubuf[d:d + n]
+    fpstate = mem[base:]          # the plans' slices are relative to the fpstate
+    for into, src in sw.in_plans.get((bv, xcomp)) or in_plan(k, sw, bv, xcomp):
+        fpstate[into] = ubuf[src]
     pkru = int(_I.unpack_from(ubuf, sw.pkru_offset)[0]) if bv & xf.PKRU else None
     _Q.pack_into(mem, base + legacy.XSTATE_BV, (k_bv & xf.SUPERVISOR_MASK) | bv)
     return pkru

@@ -19,6 +19,8 @@ from kvmfpu.arch import xfeatures as xf
 from kvmfpu.linux.kernel import HostKernel
 
 Copies = tuple[tuple[int, int, int], ...]
+#: (slice of the fpstate, slice of the uABI buffer) pairs.
+InCopies = tuple[tuple[slice, slice], ...]
 #: A uABI buffer as KVM_SET_XSAVE reads it (byte-addressed; never written).
 Buffer = bytes | bytearray | memoryview
 PKRU_BIT = 9
@@ -79,7 +81,7 @@ class Switches:
         #: PKRU's standard-format offset (-1: the host has no PKRU component).
         self.pkru_offset = comps[PKRU_BIT].offset if PKRU_BIT in comps else -1
         self.out_plans: dict[tuple[int, int, bool, int], OutPlan] = {}
-        self.in_plans: dict[tuple[int, int], Copies] = {}
+        self.in_plans: dict[tuple[int, int], InCopies] = {}
 
 
 def switches(k: HostKernel) -> Switches:
@@ -125,7 +127,7 @@ class OutPlan:
         fields.sort(key=lambda f: f[0])
         code, at = ["<"], 0
         args: list[Any] = []
-        runs: list[tuple[int, int, int]] = []
+        runs: list[tuple[int, slice]] = []
         self.bv_at = self.pkru_at = -1
         for dst, n, fmt, what in fields:
             if dst < at:
@@ -134,7 +136,7 @@ class OutPlan:
                 code.append(f"{dst - at}x")
             code.append(fmt)
             if isinstance(what, tuple):
-                runs.append((len(args), what[0], n))
+                runs.append((len(args), slice(what[0], what[0] + n)))
             elif what == "bv":
                 self.bv_at = len(args)
             elif what == "pkru":
@@ -156,10 +158,11 @@ def out_plan(k: HostKernel, sw: Switches, bv: int, xcomp_bv: int, pkru: bool, si
     return plan
 
 
-def in_plan(k: HostKernel, sw: Switches, bv: int, xcomp_bv: int) -> Copies:
-    """copy_uabi_to_guest_fpstate's copies: (kernel offset, uABI offset, size) of MXCSR
-    alone (YMM without FP), the x87 area with MXCSR, the XMM registers, each extended
-    component and PKRU (into the compacted slot where the kernel buffer is compacted)."""
+def in_plan(k: HostKernel, sw: Switches, bv: int, xcomp_bv: int) -> InCopies:
+    """copy_uabi_to_guest_fpstate's copies, as (slice of the fpstate, slice of the uABI
+    buffer): MXCSR alone (YMM without FP), the x87 area with MXCSR, the XMM registers,
+    each extended component and PKRU (into its compacted slot where the kernel buffer is
+    compacted)."""
     copies: list[tuple[int, int, int]] = []
     if bv & LEGACY_MXCSR and not bv & xf.FP:
         copies.append((24, 24, 8))
@@ -172,5 +175,6 @@ def in_plan(k: HostKernel, sw: Switches, bv: int, xcomp_bv: int) -> Copies:
         src = sw.pkru_offset
         dst = k.layout.compacted(xcomp_bv)[0][PKRU_BIT] if k.compacted else src
         copies.append((dst, src, 8))
-    plan = sw.in_plans[bv, xcomp_bv] = coalesce(sorted(copies, key=lambda c: c[1]))
+    runs = coalesce(sorted(copies, key=lambda c: c[1]))
+    plan = sw.in_plans[bv, xcomp_bv] = tuple((slice(s, s + n), slice(d, d + n)) for s, d, n in runs)
     return plan

@@ -202,6 +202,10 @@ def test_uapi_limits_match_the_cdefs() -> None:
     # KVM_MAX_CPUID_ENTRIES and MAX_IO_MSRS: 256 in kvm_host.h and x86.c, as the E2BIG
     # paths of tests/kvm/test_errno_paths.py exercise.
     assert uapi.KVM_MAX_CPUID_ENTRIES == uapi.MAX_IO_MSRS == 256
+    assert (uapi.requests()["KVM_GET_XSAVE"], uapi.requests()["KVM_SET_XSAVE"]) == (
+        uapi.KVM_GET_XSAVE,
+        uapi.KVM_SET_XSAVE,
+    )
 
 
 def test_old_import_paths_still_work() -> None:
