@@ -15,6 +15,7 @@ from kvmfpu.core import msrs as msr
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm import ioctl as _ioctl
 from kvmfpu.kvm.caps import KvmCaps, kvm_caps
+from kvmfpu.kvm.cpu_caps import kvm_cpu_caps
 from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate_required_size
 from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.flavors import Flavor, default_flavor
@@ -349,8 +350,6 @@ def _pmu_msrs(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> list[int
 
 
 def _msr_condition(cond: str, host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> bool:
-    from kvmfpu.kvm.cpu_caps import kvm_cpu_caps
-
     words = kvm_cpu_caps(host, kernel, caps)
     amd = host.vendor in ("AuthenticAMD", "HygonGenuine")
     if cond == "always":
