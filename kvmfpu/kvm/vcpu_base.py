@@ -52,10 +52,6 @@ X86_MP_STATES: Final = frozenset({MP_RUNNABLE, MP_UNINITIALIZED, MP_INIT_RECEIVE
 
 CET_MSRS: Final = (msr.IA32_U_CET, msr.IA32_S_CET, msr.IA32_PL0_SSP, msr.IA32_PL1_SSP,
                    msr.IA32_PL2_SSP, msr.IA32_PL3_SSP, msr.IA32_INT_SSP_TAB)
-#: CET MSRs whose state lives in the guest's xsave area (kvm_get/set_xstate_msr).
-XSTATE_CET: Final = {msr.IA32_U_CET: (11, 0), msr.IA32_PL3_SSP: (11, 8),
-                     msr.IA32_PL0_SSP: (12, 0), msr.IA32_PL1_SSP: (12, 8),
-                     msr.IA32_PL2_SSP: (12, 16)}
 
 
 def serialised(method: Callable[Concatenate[V, P], T]) -> Callable[Concatenate[V, P], T]:
