@@ -79,6 +79,8 @@ def _kernel_problem(kernel: str) -> str | None:
 def _names_problems(what: str, values: object, check: Any) -> list[str]:
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
         return [f"{what} must be a list of strings, not {values!r}"]
+    if not values:
+        return [f"{what} is empty (leave it out for the default)"]
     return [f"{what}: {p}" for p in map(check, values) if p]
 
 

@@ -70,6 +70,7 @@ def test_misspelled_marker_argument_is_one_usage_error(pytester: pytest.Pytester
         ('hosts=["zen4", "nosuch"]', "unknown host 'nosuch'"),
         ('kernels=["6.x"]', "'6.x' is not a kernel version"),
         ('hosts="zen4"', "hosts must be a list of strings"),
+        ("kernels=[]", "kernels is empty"),
         ('flavor="kvm"', "flavor 'kvm' is not one of vmx, svm, pvm"),
         ('"zen4"', "positional arguments"),
         ('guest="yes"', "guest must be True or False"),
