@@ -19,6 +19,17 @@ KVM_CAP_XSAVE: Final = 55
 KVM_CAP_XCRS: Final = 56
 KVM_CAP_XSAVE2: Final = 208
 KVM_API_VERSION: Final = 12
+KVM_X86_XCOMP_GUEST_SUPP: Final = 0
+#: sizeof(struct kvm_xsave) and the kvm_xcrs array (cdefs; tests/kvm/test_uapi_limits.py).
+KVM_XSAVE_SIZE: Final = 4096
+KVM_MAX_XCRS: Final = 16
+#: KVM_MP_STATE_* (include/uapi/linux/kvm.h).
+KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED = 0, 1, 2
+KVM_MP_STATE_HALTED, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_AP_RESET_HOLD = 3, 4, 9
+#: The kernel's limits on what the uapi carries: KVM_MAX_CPUID_ENTRIES
+#: (arch/x86/include/asm/kvm_host.h) and MAX_IO_MSRS (arch/x86/kvm/x86.c), both 256.
+KVM_MAX_CPUID_ENTRIES: Final = 256
+MAX_IO_MSRS: Final = 256
 
 #: The ioctls kvmfpu issues (their numbers come from the cdefs).
 REQUESTS: Final = (
@@ -72,6 +83,12 @@ def offsetof(struct: str, *path: str) -> int:
 def ioc(direction: int, nr: int, size: int) -> int:
     """_IOC of <asm-generic/ioctl.h>: dir<<30 | size<<16 | KVMIO<<8 | nr."""
     return direction << 30 | size << 16 | KVMIO << 8 | nr
+
+
+#: The hot pair as plain numbers (no cffi): _IOR/_IOW(KVMIO, 0xA4/0xA5, struct kvm_xsave);
+#: tests/kvm/test_flavors.py checks them against the cdefs.
+KVM_GET_XSAVE: Final = ioc(_IOC_READ, 0xA4, KVM_XSAVE_SIZE)
+KVM_SET_XSAVE: Final = ioc(_IOC_WRITE, 0xA5, KVM_XSAVE_SIZE)
 
 
 @cache

@@ -18,10 +18,11 @@ from typing import Final
 
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.cpus.model import HostModel
+from kvmfpu.kvm.flavors import FLAVORS, Flavor, default_flavor, flavor
 from kvmfpu.kvm.profiles import KernelProfile
 from kvmfpu.linux.config import FpuConfig
 
-FLAVORS: Final = ("vmx", "svm", "pvm")
+__all__ = ["FLAVORS", "PVM_FILTER", "PVM_FILTER_HOST", "KvmCaps", "default_flavor", "kvm_caps"]
 
 # CPUID.(0DH,1):EAX bits.
 D1_XSAVEOPT, D1_XSAVEC, D1_XGETBV1, D1_XSAVES, D1_XFD = 1, 2, 4, 8, 16
@@ -63,24 +64,20 @@ class KvmCaps:
     ibt: bool
     xsaves: bool
     pku: bool
+    ops: Flavor            # the vendor module's choices (kvmfpu.kvm.flavors)
 
 
-def default_flavor(host: HostModel) -> str:
-    return "svm" if host.vendor in ("AuthenticAMD", "HygonGenuine") else "vmx"
-
-
-def kvm_caps(host: HostModel, kernel: KernelProfile, cfg: FpuConfig, flavor: str) -> KvmCaps:
-    if flavor not in FLAVORS:
-        raise ValueError(f"unknown flavour {flavor!r} (one of {', '.join(FLAVORS)})")
+def kvm_caps(host: HostModel, kernel: KernelProfile, cfg: FpuConfig, name: str) -> KvmCaps:
+    ops = flavor(name)
     supported = xf.FP | xf.SSE | xf.YMM | xf.MPX | xf.AVX512 | xf.PKRU
     if kernel.has("amx"):
         supported |= xf.XTILE
     xcr0 = cfg.xcr0 & supported
     mpx = bool(xcr0 & xf.MPX == xf.MPX) and host.has("mpx")
-    if flavor == "svm" or not mpx:
+    if not ops.mpx or not mpx:
         xcr0 &= ~xf.MPX
         mpx = False
-    xsaves = cfg.uses_xsaves and flavor != "pvm"
+    xsaves = cfg.uses_xsaves and ops.xsaves
     d1 = host.cpuid(0xD, 1)[0] & (D1_XSAVEOPT | D1_XSAVEC | D1_XGETBV1 | D1_XSAVES)
     if not xsaves:
         d1 &= ~D1_XSAVES
@@ -89,13 +86,13 @@ def kvm_caps(host: HostModel, kernel: KernelProfile, cfg: FpuConfig, flavor: str
         d1 |= D1_XFD
     shstk = ibt = False
     xss = 0
-    if kernel.has("cet") and xsaves and flavor != "pvm":
+    if kernel.has("cet") and xsaves and ops.cet:
         shstk = host.has("shstk")
-        ibt = host.has("ibt") and flavor == "vmx"
+        ibt = host.has("ibt") and ops.ibt
         xss = cfg.xss & xf.CET
         if not (shstk or ibt) or xss != xf.CET:
             xss, shstk, ibt = 0, False, False
-    if flavor == "pvm":
+    if ops.measured_cpuid_filter:
         d1 &= PVM_FILTER[(0xD, 1, 0)]
-    return KvmCaps(flavor, cfg.xcr0, cfg.xss, xcr0, xss, d1, mpx, xfd, shstk, ibt, xsaves,
-                   host.has("pku") and flavor != "pvm")
+    return KvmCaps(ops.name, cfg.xcr0, cfg.xss, xcr0, xss, d1, mpx, xfd, shstk, ibt, xsaves,
+                   host.has("pku") and ops.pku, ops)

@@ -20,6 +20,7 @@ from kvmfpu.arch import xfeatures as xf
 from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm import cpuid_leaves as cl
 from kvmfpu.kvm.caps import PVM_FILTER, PVM_FILTER_HOST, KvmCaps
+from kvmfpu.kvm.flavors import SVM, VMX
 from kvmfpu.kvm.profiles import KernelProfile
 
 CapWords = Mapping[cl.Word, int]
@@ -36,7 +37,7 @@ def _raw(host: HostModel, name: str) -> bool:
 def tdp_enabled(caps: KvmCaps) -> bool:
     """EPT/NPT: on for vmx and svm (module defaults on hardware that has them); kvm_pvm
     runs guests on shadow page tables (0x8000_0008 on the 6.18 machine: GuestPhysBits 0)."""
-    return caps.flavor != "pvm"
+    return caps.ops.tdp
 
 
 def kernel_has(host: HostModel, name: str) -> bool:
@@ -156,7 +157,7 @@ def sgx_enabled(host: HostModel, caps: KvmCaps) -> bool:
     """kvm_intel's enable_sgx (default 1) survives hardware_setup when the CPU has ENCLS
     exiting (taken as: every SGX host with VMX) and the host kernel kept SGX (the dump has
     the SGX bit and SGX1 in leaf 0x12)."""
-    return caps.flavor == "vmx" and _raw(host, "SGX") and bool(host.cpuid(0x12, 0)[0] & 1)
+    return caps.ops.sgx and _raw(host, "SGX") and bool(host.cpuid(0x12, 0)[0] & 1)
 
 
 #: x86_pmu.pebs_ept: intel_pmu_init sets it for Ice Lake-X/D, Sapphire Rapids, Emerald
@@ -226,9 +227,11 @@ def kvm_cpu_caps(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> CapWo
     """The feature words of KVM_GET_SUPPORTED_CPUID (cached: hosts, profiles and caps are
     immutable and shared)."""
     words = _common(host, kernel, caps)
-    if caps.flavor == "vmx":
+    # The vendor module's set_cpu_caps (vmx_set_cpu_caps, svm_set_cpu_caps; kvm_pvm's
+    # measured filter).
+    if caps.ops is VMX:
         _vmx(host, kernel, caps, words)
-    elif caps.flavor == "svm":
+    elif caps.ops is SVM:
         _svm(host, kernel, words)
     else:
         _pvm(words)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final
 
+from kvmfpu import uapi
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.layout import XsaveLayout
@@ -32,7 +33,7 @@ from kvmfpu.kvm.cpu_caps import CapWords, kernel_has, kvm_cpu_caps, tdp_enabled
 from kvmfpu.kvm.profiles import KernelProfile
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX: Final = 1
-KVM_MAX_CPUID_ENTRIES: Final = 256
+KVM_MAX_CPUID_ENTRIES: Final = uapi.KVM_MAX_CPUID_ENTRIES
 ENTRY = struct.Struct("<IIIIIII12x")   # struct kvm_cpuid_entry2 (40 bytes)
 
 
@@ -195,7 +196,7 @@ def _pmu_leaf(host: HostModel, caps: KvmCaps) -> tuple[int, int, int, int]:
     parts, perf's events mask) are not modelled; kvm_pvm reported all zero on AMD."""
     a, b, _, d = host.cpuid(0xA)
     version = a & 0xFF
-    if not version or caps.flavor != "vmx":
+    if not version or not caps.ops.arch_pmu_leaf:
         return (0, 0, 0, 0)
     gp, width, mask_len = min(a >> 8 & 0xFF, 8), a >> 16 & 0xFF, a >> 24 & 0xFF
     eax = min(version, 2) | gp << 8 | width << 16 | mask_len << 24

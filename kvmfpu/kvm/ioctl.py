@@ -29,6 +29,7 @@ from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import CpuidEntry, pack_entries, unpack_entries
 from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
+from kvmfpu.uapi import KVM_GET_XSAVE, KVM_SET_XSAVE, KVM_XSAVE_SIZE
 
 if TYPE_CHECKING:
     from kvmfpu.kvm.system import Kvm
@@ -142,12 +143,15 @@ def _c_int(arg: Any) -> int:
 
 
 def _dispatch(obj: Any, request: int, arg: Any, mutate_flag: bool = True) -> Any:
-    from kvmfpu.kvm.system import Kvm
-    from kvmfpu.kvm.vm import Vm
+    """An ioctl on a model object: its fd kind's handler (``obj._serve``)."""
+    return dispatch(obj.__class__._serve, obj, request, arg, mutate_flag)
 
-    request = operator.index(request) & 0xFFFF_FFFF
-    handler = system_ioctl if isinstance(obj, Kvm) else vm_ioctl if isinstance(obj, Vm) \
-        else vcpu_ioctl
+
+def dispatch(handler: Any, obj: Any, request: int, arg: Any, mutate_flag: bool = True) -> Any:
+    """fcntl.ioctl's argument handling, then ``handler(obj, request, arg)``."""
+    if request.__class__ is not int:
+        request = operator.index(request)
+    request &= 0xFFFF_FFFF
     kind = arg.__class__
     if kind is bytearray and mutate_flag:            # the hot path: filled in place
         return handler(obj, request, arg)
@@ -355,16 +359,19 @@ def vm_ioctl(vm: Vm, request: int, arg: Any = 0) -> int:
 
 
 def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
-    r = _requests()
     if vcpu.closed:
         raise closed_fd("vCPU")
-    if request == r["KVM_GET_XSAVE"]:
-        view = _need(arg, 4096, "KVM_GET_XSAVE")
-        view[:4096] = vcpu.get_xsave()
+    if request == KVM_GET_XSAVE:
+        if arg.__class__ is bytearray and len(arg) >= KVM_XSAVE_SIZE:    # the hot path
+            arg[:KVM_XSAVE_SIZE] = vcpu.get_xsave()
+            return 0
+        view = _need(arg, KVM_XSAVE_SIZE, "KVM_GET_XSAVE")
+        view[:KVM_XSAVE_SIZE] = vcpu.get_xsave()
         return 0
-    if request == r["KVM_SET_XSAVE"]:
-        vcpu.set_xsave(_need(arg, 0, "KVM_SET_XSAVE"))
+    if request == KVM_SET_XSAVE:
+        vcpu.set_xsave(arg if arg.__class__ is bytearray else _need(arg, 0, "KVM_SET_XSAVE"))
         return 0
+    r = _requests()
     if request not in served("vcpu"):
         raise _unserved("vcpu", request)
     if request == r["KVM_GET_XSAVE2"]:

@@ -13,21 +13,28 @@ from kvmfpu import uapi as caps_ids
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.core import msrs as msr
 from kvmfpu.cpus.model import HostModel
-from kvmfpu.kvm.caps import FLAVORS, KvmCaps, default_flavor, kvm_caps
+from kvmfpu.kvm import ioctl as _ioctl
+from kvmfpu.kvm.caps import KvmCaps, kvm_caps
+from kvmfpu.kvm.cpu_caps import kvm_cpu_caps
 from kvmfpu.kvm.cpuid import CpuidEntry, permitted_xcr0, supported_cpuid, xstate_required_size
 from kvmfpu.kvm.errors import KvmError, closed_fd
+from kvmfpu.kvm.flavors import Flavor, default_flavor
+from kvmfpu.kvm.flavors import flavor as flavor_ops
 from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.profiles import NEWEST, KernelProfile, profile
+from kvmfpu.kvm.vcpu_xsave import XsavePath
 from kvmfpu.kvm.vm import DEFAULT_MEMORY, Vm
 from kvmfpu.linux.arena import Arena
 from kvmfpu.linux.fpstate import PERM_LOCKED
 from kvmfpu.linux.kernel import HostKernel
 
-KVM_API_VERSION: Final = 12
+# arch/x86/include/uapi/asm/prctl.h (the VMM process's, not KVM's, uapi).
 ARCH_GET_XCOMP_GUEST_PERM: Final = 0x1024
 ARCH_REQ_XCOMP_GUEST_PERM: Final = 0x1025
-KVM_X86_XCOMP_GUEST_SUPP: Final = 0
-KVM_SUPPORTED_CPUID_MAX: Final = 256
+#: Kept importable from here (kvmfpu.qemu, kvmfpu.testing, the tests use these names).
+KVM_API_VERSION: Final = caps_ids.KVM_API_VERSION
+KVM_X86_XCOMP_GUEST_SUPP: Final = caps_ids.KVM_X86_XCOMP_GUEST_SUPP
+KVM_SUPPORTED_CPUID_MAX: Final = caps_ids.KVM_MAX_CPUID_ENTRIES
 
 
 # -- KVM_GET_MSR_INDEX_LIST / KVM_GET_MSR_FEATURE_INDEX_LIST ---------------------------------
@@ -83,9 +90,6 @@ _EMULATED_TAIL: Final = (("K7_HWCR", "always"), ("KVM_POLL_CONTROL", "always"))
 #: kvm_pvm on the 6.18 machine: KVM_GET_MSR_FEATURE_INDEX_LIST (measured).
 _PVM_FEATURE_MSRS: Final = ("IA32_UCODE_REV", "IA32_ARCH_CAPABILITIES", "IA32_PERF_CAPABILITIES",
                             "PLATFORM_INFO")
-#: kvm_pvm on the 6.18 machine: emulated MSRs its has_emulated_msr refuses (measured: no
-#: Hyper-V MSRs, no SMBASE, MCG_EXT_CTL, TSC_RATIO or VMX MSRs).
-_PVM_NOT_EMULATED: Final = frozenset({"hyperv", "smm", "vmx", "svm"})
 #: msrs_to_save_base gained the DEBUGCTL/LBR MSRs between 6.1.192 and 6.12.117 (UNVERIFIED:
 #: first release not confirmed); the PMU MSRs moved to their own list after the base one
 #: (msrs_to_save_pmu) in the same window (UNVERIFIED: taken as 6.4).
@@ -103,11 +107,10 @@ class Kvm:
                  *, arena: Arena | None = None):
         self.host = cpus.load(host)
         self.kernel = kernel if isinstance(kernel, KernelProfile) else profile(kernel)
-        self.flavor = flavor or default_flavor(self.host)
-        if self.flavor not in FLAVORS:
-            raise ValueError(f"unknown flavour {self.flavor!r} (one of {', '.join(FLAVORS)})")
-        amd = self.host.vendor in ("AuthenticAMD", "HygonGenuine")
-        if (self.flavor == "vmx" and amd) or (self.flavor == "svm" and not amd):
+        #: The vendor module's choices (kvm_x86_ops as data); ``flavor`` is its name.
+        self.ops: Flavor = flavor_ops(flavor or default_flavor(self.host))
+        self.flavor = self.ops.name
+        if not self.ops.runs_on(self.host):
             raise ValueError(f"flavour {self.flavor} does not run on a {self.host.vendor} host")
         self.hk = HostKernel(self.host, self.kernel, arena)
         self.hk.arena.on_move(self._rebind_memory)
@@ -118,6 +121,8 @@ class Kvm:
         #: system ioctls that change shared state take it as kvm->lock does.
         self.lock = threading.RLock()
         self.caps: KvmCaps = kvm_caps(self.host, self.kernel, self.hk.cfg, self.flavor)
+        #: The KVM_GET/SET_XSAVE path this kernel takes, decided once for its vCPUs.
+        self.xsave_path = XsavePath.of(self.kernel, self.caps)
         self.process = self.hk.new_process()
         self.vms: list[Vm] = []
         self.closed = False
@@ -142,8 +147,7 @@ class Kvm:
         its VMs and vCPUs keep working, as on the real device (measured here). The methods
         stay usable: the object also stands for the host and the VMM process."""
         self.closed = True
-        from kvmfpu.kvm.ioctl import forget
-        forget(self)
+        _ioctl.forget(self)
 
     def __enter__(self) -> Kvm:
         return self
@@ -296,13 +300,15 @@ class Kvm:
     def fileno(self) -> int:
         if self.closed:
             raise closed_fd("/dev/kvm")
-        from kvmfpu.kvm.ioctl import fileno
-        return fileno(self)
+        return _ioctl.fileno(self)
 
     def ioctl(self, request: int, arg: object = 0, mutate_flag: bool = True) -> object:
         """/dev/kvm's ioctls, as fcntl.ioctl would issue them."""
-        from kvmfpu.kvm.ioctl import _dispatch
-        return _dispatch(self, request, arg, mutate_flag)
+        return _ioctl.dispatch(_ioctl.system_ioctl, self, request, arg, mutate_flag)
+
+    def _serve(self, request: int, arg: object) -> int:
+        """The /dev/kvm fd's handler (kvm_dev_ioctl)."""
+        return _ioctl.system_ioctl(self, request, arg)
 
 
 def _pmu_present(host: HostModel) -> bool:
@@ -344,8 +350,6 @@ def _pmu_msrs(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> list[int
 
 
 def _msr_condition(cond: str, host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> bool:
-    from kvmfpu.kvm.cpu_caps import kvm_cpu_caps
-
     words = kvm_cpu_caps(host, kernel, caps)
     amd = host.vendor in ("AuthenticAMD", "HygonGenuine")
     if cond == "always":
@@ -369,16 +373,11 @@ def _msr_condition(cond: str, host: HostModel, kernel: KernelProfile, caps: KvmC
         return caps.xfd
     if cond == "lbr_list":
         return kernel.at_least(*_LBR_LIST_SINCE)
-    if cond == "hyperv":                 # CONFIG_KVM_HYPERV=y (distribution kernels)
-        return caps.flavor != "pvm"
-    if cond == "smm":                    # CONFIG_KVM_SMM=y
-        return caps.flavor != "pvm"
-    if cond == "vmx":                    # MCG_EXT_CTL: svm_has_emulated_msr refuses it
-        return caps.flavor == "vmx"
-    if cond == "not_vmx":                # AMD64_VIRT_SPEC_CTRL: "This is AMD only"
-        return caps.flavor != "vmx"
-    if cond == "svm":
-        return caps.flavor == "svm"
+    # The vendor module's has_emulated_msr: "hyperv" (CONFIG_KVM_HYPERV=y in distribution
+    # kernels), "smm" (CONFIG_KVM_SMM=y), "vmx" (MCG_EXT_CTL: svm_has_emulated_msr refuses
+    # it), "not_vmx" (AMD64_VIRT_SPEC_CTRL: "This is AMD only"), "svm" (TSC_RATIO).
+    if cond in ("hyperv", "smm", "vmx", "not_vmx", "svm"):
+        return cond in caps.ops.emulated_msrs
     raise ValueError(f"unknown MSR list condition {cond!r}")
 
 
@@ -399,12 +398,12 @@ def _kvm_msr_lists(host: HostModel, kernel: KernelProfile, caps: KvmCaps,
     if kernel.at_least(*_PMU_SPLIT_SINCE):
         save += pmu
     emulated = keep(_EMULATED)
-    if caps.flavor == "vmx":
+    if "vmx" in caps.ops.emulated_msrs:
         emulated += list(_EMULATED_VMX)
     emulated += keep(_EMULATED_TAIL)
-    if caps.flavor == "pvm":
+    if caps.ops.feature_msrs == "pvm":
         features = [_L[n] for n in _PVM_FEATURE_MSRS]
     else:
-        features = list(msr.VMX_MSRS) if caps.flavor == "vmx" else [_L["AMD64_DE_CFG"]]
+        features = list(msr.VMX_MSRS) if caps.ops.feature_msrs == "vmx" else [_L["AMD64_DE_CFG"]]
         features += [_L["IA32_UCODE_REV"], _L["IA32_ARCH_CAPABILITIES"], _L["IA32_PERF_CAPABILITIES"]]
     return tuple(save + emulated), tuple(features)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from kvmfpu.kvm import ioctl as _ioctl
 from kvmfpu.kvm.errors import KvmError, closed_fd
 from kvmfpu.kvm.origins import cite
 from kvmfpu.kvm.vcpu import Vcpu
@@ -141,15 +142,16 @@ class Vm:
             self.closed = True
             if self in kvm.vms:
                 kvm.vms.remove(self)
-            from kvmfpu.kvm.ioctl import forget
-            forget(self)
+            _ioctl.forget(self)
 
     def fileno(self) -> int:
         self._check_open()
-        from kvmfpu.kvm.ioctl import fileno
-        return fileno(self)
+        return _ioctl.fileno(self)
 
     def ioctl(self, request: int, arg: object = 0, mutate_flag: bool = True) -> object:
         """The VM fd's ioctls, as fcntl.ioctl would issue them."""
-        from kvmfpu.kvm.ioctl import _dispatch
-        return _dispatch(self, request, arg, mutate_flag)
+        return _ioctl.dispatch(_ioctl.vm_ioctl, self, request, arg, mutate_flag)
+
+    def _serve(self, request: int, arg: object) -> int:
+        """The VM fd's handler (kvm_vm_ioctl)."""
+        return _ioctl.vm_ioctl(self, request, arg)

@@ -18,46 +18,27 @@ import struct
 
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
-from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits, describe_mask
+from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, describe_mask
 from kvmfpu.core.faults import PageFault
 from kvmfpu.kvm.errors import HostOops, KvmError, einval
 from kvmfpu.kvm.origins import cite
 from kvmfpu.linux.fpstate import FpuGuest
 from kvmfpu.linux.kernel import HostKernel
+from kvmfpu.linux.uabi_plans import Buffer, in_plan, out_plan, switches
+from kvmfpu.linux.uabi_plans import ext_plan as _ext_plan
+
+__all__ = ["Buffer", "check_uabi_to_guest_fpstate", "check_xsave_5_15", "copy_guest_fpstate_to_uabi",
+           "copy_uabi_to_guest_fpstate", "fill_xsave_5_15", "load_xsave_5_15", "short_buffer"]
 
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 _I = struct.Struct("<I")
 _II = struct.Struct("<II")
-_Z48 = bytes(48)
+_RESERVED = struct.Struct("<6Q")      # the header's 48 reserved bytes
+_Z6 = (0,) * 6
 FPSSE = xf.FPSSE
 LEGACY_MXCSR = xf.FP | xf.SSE | xf.YMM
 PKRU_BIT = 9
-
-
-def _ext_plan(k: HostKernel, bv: int, xcomp_bv: int) -> tuple[tuple[int, int, int], ...]:
-    """(offset in the kernel buffer, offset in the uABI buffer, size) for each extended
-    component of ``bv`` except PKRU, coalesced."""
-    key = (bv, xcomp_bv)
-    cache: dict[tuple[int, int], tuple[tuple[int, int, int], ...]] = k.__dict__.setdefault(
-        "_uabi_plans", {})
-    plan = cache.get(key)
-    if plan is not None:
-        return plan
-    comps = k.layout.components
-    if k.compacted:
-        offsets = k.layout.compacted(xcomp_bv)[0]
-    out: list[tuple[int, int, int]] = []
-    for b in bits(bv & ~FPSSE & ~xf.PKRU):
-        c = comps[b]
-        src = offsets[b] if k.compacted else c.offset
-        if out and out[-1][0] + out[-1][2] == src and out[-1][1] + out[-1][2] == c.offset:
-            s, d, n = out[-1]
-            out[-1] = (s, d, n + c.size)
-        else:
-            out.append((src, c.offset, c.size))
-    plan = cache[key] = tuple(out)
-    return plan
 
 
 def _pkru_offset(k: HostKernel) -> int:
@@ -67,47 +48,41 @@ def _pkru_offset(k: HostKernel) -> int:
 # -- KVM_GET_XSAVE{2} -------------------------------------------------------------------------
 
 def copy_guest_fpstate_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int, xfeatures: int,
-                               pkru: int) -> bytearray:
+                               pkru: int) -> bytes:
     """fpu_copy_guest_fpstate_to_uabi (5.16+)."""
     fps = gfpu.fpstate
     mem, base = k.mem, fps.off
-    out = bytearray(max(size, legacy.EXTENDED))
     if not k.cfg.has_xsave:
+        out = bytearray(max(size, legacy.EXTENDED))
         out[:legacy.LEGACY_SIZE] = mem[base:base + legacy.LEGACY_SIZE]
         _Q.pack_into(out, legacy.XSTATE_BV, FPSSE)   # "make it restorable on an XSAVE host"
-        return out[:size] if size < len(out) else out
-    k_bv = int(_Q.unpack_from(mem, base + legacy.XSTATE_BV)[0])
-    bv = k_bv & fps.user_xfeatures & xfeatures
-    prof = k.kernel
-    if (prof.has("get_xsave2_amx_oops_bug") and fps.user_xfeatures & xf.XTILEDATA
-            and not bv & xf.XTILEDATA):
+        return bytes(out[:size] if size < len(out) else out)
+    sw = k.__dict__.get("_uabi_switches") or switches(k)
+    k_bv, xcomp = _QQ.unpack_from(mem, base + legacy.XSTATE_BV)
+    user = fps.user_xfeatures
+    bv = k_bv & user & xfeatures
+    if sw.amx_oops and user & xf.XTILEDATA and not bv & xf.XTILEDATA:
         raise HostOops(PageFault("__copy_xstate_to_uabi_buf",
                                  "copy from init_fpstate's XTILEDATA, which does not exist "
                                  "(NULL + offset)"),
                        ["kvm_arch_vcpu_ioctl", "fpu_copy_guest_fpstate_to_uabi",
                         "__copy_xstate_to_uabi_buf"],
                        "471f0aa7fa64 (6.1; 6.0.7)")
-    init = k.init_legacy
-    if bv & xf.FP:
-        out[0:24] = mem[base:base + 24]
-        out[32:160] = mem[base + 32:base + 160]
-    else:
-        out[0:24] = init[0:24]
-    out[24:32] = mem[base + 24:base + 32] if bv & (xf.SSE | xf.YMM) else init[24:32]
-    if bv & xf.SSE:
-        out[160:416] = mem[base + 160:base + 416]
-    out[legacy.SW_RESERVED:legacy.HEADER] = k.sw_bytes
-    _Q.pack_into(out, legacy.XSTATE_BV, bv)
-    xcomp = int(_Q.unpack_from(mem, base + legacy.XCOMP_BV)[0])
-    for s, d, n in _ext_plan(k, bv, xcomp):
-        out[d:d + n] = mem[base + s:base + s + n]
-    write_pkru = bv & xf.PKRU or (prof.has("pkru_always_written_bug")
-                                  and fps.user_xfeatures & xfeatures & xf.PKRU)
+    write_pkru = bool(bv & xf.PKRU or (sw.pkru_always and user & xfeatures & xf.PKRU))
+    # The legacy area (x87 or init_fpstate's, MXCSR, XMM), the software bytes, the header,
+    # each extended component and PKRU (struct pkru_state {u32 pkru, pad}, from
+    # vcpu->arch.pkru): one planned pack.
+    plan = (sw.out_plans.get((bv, xcomp, write_pkru, size))
+            or out_plan(k, sw, bv, xcomp, write_pkru, size))
+    args = plan.args[:]
+    fpstate = mem[base:]          # the plans' slices are relative to the fpstate
+    for i, run in plan.runs:
+        args[i] = fpstate[run].tobytes()
+    args[plan.bv_at] = bv
     if write_pkru:
-        _II.pack_into(out, _pkru_offset(k), pkru, 0)  # struct pkru_state {u32 pkru, pad}
-    if len(out) > size:       # membuf_write stops at the buffer's end
-        del out[size:]
-    return out
+        args[plan.pkru_at] = pkru
+    packed: bytes = plan.pack(*args)
+    return packed if plan.whole else packed[:size]     # membuf_write stops at the buffer's end
 
 
 def fill_xsave_5_15(k: HostKernel, gfpu: FpuGuest, guest_supported_xcr0: int,
@@ -134,7 +109,7 @@ def fill_xsave_5_15(k: HostKernel, gfpu: FpuGuest, guest_supported_xcr0: int,
 
 # -- KVM_SET_XSAVE ----------------------------------------------------------------------------
 
-def _mxcsr_check(k: HostKernel, ubuf: memoryview, function: str, why: str,
+def _mxcsr_check(k: HostKernel, ubuf: Buffer, function: str, why: str,
                  origin: str) -> None:
     mxcsr = int(_I.unpack_from(ubuf, legacy.MXCSR)[0])
     bad = mxcsr & ~k.cfg.mxcsr_feature_mask
@@ -144,7 +119,7 @@ def _mxcsr_check(k: HostKernel, ubuf: memoryview, function: str, why: str,
                      cite(origin))
 
 
-def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
+def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer, xcr0: int,
                                 user_xfeatures_origin: str,
                                 user_xfeatures_commit: str = "uabi_header") -> int:
     """The checks of fpu_copy_uabi_to_guest_fpstate, validate_user_xstate_header and
@@ -159,8 +134,8 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
         _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "", "uabi_copy")
         return bv
     bv, cb = _QQ.unpack_from(ubuf, legacy.XSTATE_BV)
-    if (k.kernel.has("pve_set_xsave_mask_pkru") and bv & xf.PKRU
-            and not fps.user_xfeatures & xf.PKRU):
+    sw = k.__dict__.get("_uabi_switches") or switches(k)
+    if sw.pve_pkru_mask and bv & xf.PKRU and not fps.user_xfeatures & xf.PKRU:
         # Proxmox's kvm_vcpu_ioctl_x86_set_xsave (pve-kernel 1559d22) clears the PKRU bit a
         # leaky source sent when the vCPU's CPUID lacks PKRU. The model reads that from
         # user_xfeatures, which is the guest CPUID's XCR0 | FP | SSE wherever the strip
@@ -170,7 +145,7 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
         raise einval("fpu_copy_uabi_to_guest_fpstate",
                      f"XSTATE_BV sets {describe_mask(bv & ~xcr0)} outside KVM's supported XCR0 "
                      f"{xcr0:#x}", cite("uabi_copy"))
-    if k.kernel.has("xfd_clears_xstate_bv") and bv & fps.xfd:
+    if sw.xfd_clears and bv & fps.xfd:
         raise einval("fpu_copy_uabi_to_guest_fpstate",
                      f"WARN_ON_ONCE: XSTATE_BV {bv:#x} has XFD-disabled {fps.xfd & bv:#x}",
                      cite("xfd_warn"))
@@ -184,16 +159,16 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
         raise einval("validate_user_xstate_header",
                      f"XCOMP_BV is {cb:#x}: userspace must use the uncompacted format",
                      cite("uabi_xcomp_bv"))
-    if ubuf[legacy.HEADER_RESERVED:legacy.EXTENDED] != _Z48:
+    if _RESERVED.unpack_from(ubuf, legacy.HEADER_RESERVED) != _Z6:
         raise einval("validate_user_xstate_header", "reserved header bytes 16-63 are not zero",
                      cite("uabi_header"))
-    if bv & LEGACY_MXCSR:
+    if bv & LEGACY_MXCSR and _I.unpack_from(ubuf, legacy.MXCSR)[0] & ~k.cfg.mxcsr_feature_mask:
         _mxcsr_check(k, ubuf, "copy_uabi_to_xstate",
                      " (checked because XSTATE_BV has FP, SSE or YMM)", "uabi_mxcsr")
     return int(bv)
 
 
-def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, xcr0: int,
+def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer, xcr0: int,
                                user_xfeatures_origin: str,
                                user_xfeatures_commit: str = "uabi_header") -> int | None:
     """fpu_copy_uabi_to_guest_fpstate (5.16+). Returns the new PKRU when XSTATE_BV[9] is set
@@ -205,28 +180,19 @@ def copy_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview, 
     if not k.cfg.has_xsave:
         mem[base:base + legacy.LEGACY_SIZE] = ubuf[:legacy.LEGACY_SIZE]
         return None
-    if bv & LEGACY_MXCSR and not bv & xf.FP:
-        mem[base + 24:base + 32] = ubuf[24:32]
-    if bv & xf.FP:
-        mem[base:base + 160] = ubuf[0:160]
-    if bv & xf.SSE:
-        mem[base + 160:base + 416] = ubuf[160:416]
-    xcomp = int(_Q.unpack_from(mem, base + legacy.XCOMP_BV)[0])
-    for s, d, n in _ext_plan(k, bv, xcomp):
-        mem[base + s:base + s + n] = ubuf[d:d + n]
-    pkru = None
-    if bv & xf.PKRU:
-        src = _pkru_offset(k)
-        pk = ubuf[src:src + 8]
-        dst = base + (k.layout.compacted(xcomp)[0][PKRU_BIT] if k.compacted else src)
-        mem[dst:dst + 8] = pk
-        pkru = int(_I.unpack_from(pk, 0)[0])
-    k_bv = int(_Q.unpack_from(mem, base + legacy.XSTATE_BV)[0])
+    k_bv, xcomp = _QQ.unpack_from(mem, base + legacy.XSTATE_BV)
+    sw = k.__dict__.get("_uabi_switches") or switches(k)
+    # MXCSR alone (YMM without FP), the x87 area with MXCSR, the XMM registers, each
+    # extended component and PKRU: one planned copy per contiguous run.
+    fpstate = mem[base:]          # the plans' slices are relative to the fpstate
+    for into, src in sw.in_plans.get((bv, xcomp)) or in_plan(k, sw, bv, xcomp):
+        fpstate[into] = ubuf[src]
+    pkru = int(_I.unpack_from(ubuf, sw.pkru_offset)[0]) if bv & xf.PKRU else None
     _Q.pack_into(mem, base + legacy.XSTATE_BV, (k_bv & xf.SUPERVISOR_MASK) | bv)
     return pkru
 
 
-def check_xsave_5_15(k: HostKernel, ubuf: memoryview, supported_xcr0: int) -> int:
+def check_xsave_5_15(k: HostKernel, ubuf: Buffer, supported_xcr0: int) -> int:
     """kvm_vcpu_ioctl_x86_set_xsave's checks (5.15): returns XSTATE_BV."""
     bv = int(_Q.unpack_from(ubuf, legacy.XSTATE_BV)[0])
     if not k.cfg.has_xsave:
@@ -245,7 +211,7 @@ def check_xsave_5_15(k: HostKernel, ubuf: memoryview, supported_xcr0: int) -> in
     return bv
 
 
-def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: memoryview,
+def load_xsave_5_15(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer,
                     supported_xcr0: int) -> int | None:
     """KVM's kvm_vcpu_ioctl_x86_set_xsave + load_xsave (5.15)."""
     bv = check_xsave_5_15(k, ubuf, supported_xcr0)

@@ -1,8 +1,8 @@
 """The real /dev/kvm with the model's interface (``kvmfpu.open_kvm``)."""
 
-from kvmfpu.real.device import RealKvm, RealVcpu, RealVm
+from kvmfpu.real.device import GuestUnavailable, RealKvm, RealVcpu, RealVm
 
-__all__ = ["RealKvm", "RealVcpu", "RealVm", "open_kvm"]
+__all__ = ["GuestUnavailable", "RealKvm", "RealVcpu", "RealVm", "open_kvm"]
 
 
 def open_kvm(path: str = "/dev/kvm") -> RealKvm:

@@ -15,12 +15,17 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from kvmfpu import uapi
 from kvmfpu.kvm.cpuid import KVM_MAX_CPUID_ENTRIES, CpuidEntry, pack_entries, unpack_entries
 from kvmfpu.kvm.errors import KvmError
 from kvmfpu.kvm.vcpu import SRegs
+
+if TYPE_CHECKING:
+    from kvmfpu.cpus.model import HostModel
+    from kvmfpu.kvm.profiles import KernelProfile
 
 SYS_arch_prctl: Final = 158          # x86-64
 _U32 = struct.Struct("<I")
@@ -28,6 +33,23 @@ _U64 = struct.Struct("<Q")
 _XCR = struct.Struct("<IIQ")
 _MSR = struct.Struct("<IIQ")
 CR0_TS, CR4_OSXSAVE, CR4_PKE = 1 << 3, 1 << 18, 1 << 22
+
+
+class GuestUnavailable(AttributeError):
+    """``RealVcpu.guest``: the real backend runs no guest code, so guest execution is not
+    part of the interface the two backends share (``hasattr(vcpu, "guest")`` is False)."""
+
+
+#: Why (measured on the development machine, Linux 6.18.44 kvm_pvm: KVM_RUN of a vCPU at
+#: the reset vector with a memslot holding HLT returns 0 with exit_reason 17,
+#: KVM_EXIT_INTERNAL_ERROR, suberror 1, KVM_INTERNAL_ERROR_EMULATION).
+GUEST_UNAVAILABLE: Final = (
+    "the real backend runs no guest code: kvmfpu has no guest-code runner for /dev/kvm "
+    "(KVM_RUN needs guest memory and code the kit does not build), and kvm_pvm, "
+    "the development machine's module, runs no real-mode guest at all (KVM_RUN exits with "
+    "KVM_EXIT_INTERNAL_ERROR). Run guest instructions on the model (kvmfpu.Kvm, the "
+    "kvmfpu_vcpu fixture); mark a kvmfpu_backend test @pytest.mark.kvmfpu(guest=True) to run "
+    "it on the model only")
 
 
 def _name(request: int) -> str:
@@ -96,6 +118,21 @@ class RealKvm(_Fd):
 
     def __repr__(self) -> str:
         return f"RealKvm({self.path!r})"
+
+    @cached_property
+    def host(self) -> HostModel:
+        """This machine's CPU (its CPUID, read when first asked for)."""
+        from kvmfpu import cpus
+
+        return cpus.load("this")
+
+    @cached_property
+    def kernel(self) -> KernelProfile:
+        """The profile of the running kernel's release (``uname -r``)."""
+        from kvmfpu.kvm.profiles import profile
+        from kvmfpu.probe import running_release
+
+        return profile(running_release())
 
     def get_api_version(self) -> int:
         return int(self.ioctl(uapi.const("KVM_GET_API_VERSION")))
@@ -186,6 +223,11 @@ class RealVcpu(_Fd):
     @property
     def kvm(self) -> RealKvm:
         return self.vm.kvm
+
+    @property
+    def guest(self) -> NoReturn:
+        """Absent: raises :class:`GuestUnavailable` (an AttributeError) saying why."""
+        raise GuestUnavailable(f"RealVcpu.guest(): {GUEST_UNAVAILABLE}", name="guest", obj=self)
 
     # -- xsave --------------------------------------------------------------------------------
     def get_xsave(self) -> bytes:
