@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from kvmfpu import cpus
 from kvmfpu.blob.errors import InputError
-from kvmfpu.cli import check_cpu, decode, demo, hosts, inspect_cmds, kernels, migrate, probe, replay
+from kvmfpu.cli import audit, check_cpu, decode, demo, hosts, inspect_cmds, kernels, migrate, probe, replay
 from kvmfpu.cli.common import Parser, UsageError, one_line
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -21,7 +21,7 @@ def build_parser() -> Parser:
     p = Parser(prog="kvmfpu", description="An executable model of x86 XSAVE and the Linux "
                                           "KVM FPU/xstate ABI")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (hosts, demo, decode, inspect_cmds, check_cpu, kernels, replay, probe, migrate):
+    for module in (hosts, demo, decode, inspect_cmds, check_cpu, kernels, replay, probe, migrate, audit):
         module.add_parser(sub)
     return p
 
