@@ -98,8 +98,11 @@ class Engine:
                                  f"{exc}") from None
         elif self.jobs > 1:
             import multiprocessing
+            # fork: the workers inherit the loaded model and never re-import __main__
+            # (kvmfpu's __main__ runs the command line; spawn and forkserver import it).
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(self.jobs,
-                                             mp_context=multiprocessing.get_context("forkserver"))
+                                             mp_context=multiprocessing.get_context(method))
         return self
 
     def __exit__(self, *exc: object) -> None:
