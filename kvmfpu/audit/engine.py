@@ -32,17 +32,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One row subject before its destination: a file (all its vCPUs) or a guest entry."""
 
     id: str
-    kind: str                          # "file" or "guest"
+    kind: str  # "file" or "guest"
     name: str
     source: HostClass
     guest: str | None
     count: int = 1
-    tasks: tuple[str, ...] = ()        # one per vCPU (files) or one (guests)
+    tasks: tuple[str, ...] = ()  # one per vCPU (files) or one (guests)
     signatures: tuple[str, ...] = ()
     error: str | None = None
     notes: tuple[str, ...] = ()
@@ -71,9 +71,13 @@ class Progress:
         rate = self.verdicts / spent
         left = self.total_verdicts - self.verdicts
         eta = f", ETA {left / rate:.0f} s" if rate and left > 0 else ""
-        print(f"\rkvmfpu audit: {self.files} files, {self.signatures} signatures, "
-              f"{self.verdicts}/{self.total_verdicts} verdicts, {rate:,.0f}/s{eta}   ",
-              end="\n" if final else "", file=sys.stderr, flush=True)
+        print(
+            f"\rkvmfpu audit: {self.files} files, {self.signatures} signatures, "
+            f"{self.verdicts}/{self.total_verdicts} verdicts, {rate:,.0f}/s{eta}   ",
+            end="\n" if final else "",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class Engine:
@@ -89,20 +93,20 @@ class Engine:
             try:
                 from distributed import Client
             except ImportError:
-                raise InputError("--scheduler needs Dask: pip install 'kvmfpu[dask]' "
-                                 "(dask and distributed)") from None
+                raise InputError(
+                    "--scheduler needs Dask: pip install 'kvmfpu[dask]' (dask and distributed)"
+                ) from None
             try:
-                self._client = Client(self.scheduler, timeout="10s")
+                self._client = Client(self.scheduler, timeout="10s")  # type: ignore[no-untyped-call,unused-ignore]
             except (OSError, TimeoutError) as exc:
-                raise InputError(f"cannot reach the Dask scheduler {self.scheduler}: "
-                                 f"{exc}") from None
+                raise InputError(f"cannot reach the Dask scheduler {self.scheduler}: {exc}") from None
         elif self.jobs > 1:
             import multiprocessing
+
             # fork: the workers inherit the loaded model and never re-import __main__
             # (kvmfpu's __main__ runs the command line; spawn and forkserver import it).
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self._pool = ProcessPoolExecutor(self.jobs,
-                                             mp_context=multiprocessing.get_context(method))
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context(method))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,17 +117,24 @@ class Engine:
 
     @property
     def label(self) -> str:
-        return (f"dask {self.scheduler}" if self.scheduler else
-                f"{self.jobs} local processes" if self.jobs > 1 else "this process")
+        return (
+            f"dask {self.scheduler}"
+            if self.scheduler
+            else f"{self.jobs} local processes"
+            if self.jobs > 1
+            else "this process"
+        )
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], keys: Sequence[str]) -> Iterator[tuple[str, R]]:
         """(key, fn(item)) for each item, in completion order; each key once."""
         if self._client is not None:
             from distributed import as_completed as dask_completed
-            futures = self._client.map(fn, items, key=[f"kvmfpu-audit-{fn.__name__}-{k}" for k in keys],
-                                       pure=False, retries=3)
+
+            futures = self._client.map(
+                fn, items, key=[f"kvmfpu-audit-{fn.__name__}-{k}" for k in keys], pure=False, retries=3
+            )
             by = {f.key: k for f, k in zip(futures, keys, strict=True)}
-            for fut in dask_completed(futures):
+            for fut in dask_completed(futures):  # type: ignore[no-untyped-call,unused-ignore]
                 yield by[fut.key], fut.result()
         elif self._pool is not None:
             pending = {self._pool.submit(fn, it): k for it, k in zip(items, keys, strict=True)}
@@ -139,7 +150,7 @@ class Audit:
     classes: tuple[HostClass, ...]
     destinations: tuple[HostClass, ...]
     items: list[Item]
-    outcomes: dict[str, Outcome]       # by Outcome.id
+    outcomes: dict[str, Outcome]  # by Outcome.id
     engine: str
     seconds: float
     distinct_tasks: int
@@ -147,18 +158,26 @@ class Audit:
 
 
 def _batches(seq: Sequence[T], n: int) -> list[tuple[T, ...]]:
-    return [tuple(seq[i:i + n]) for i in range(0, len(seq), n)]
+    return [tuple(seq[i : i + n]) for i in range(0, len(seq), n)]
 
 
-def run(classes: tuple[HostClass, ...], population: Population, *,
-        destinations: Iterable[str] | None = None, engine: Engine | None = None,
-        max_size: int = 256 << 20, known: dict[str, Outcome] | None = None,
-        on_result: Callable[[list[Outcome]], None] | None = None,
-        progress: Progress | None = None) -> Audit:
+def run(
+    classes: tuple[HostClass, ...],
+    population: Population,
+    *,
+    destinations: Iterable[str] | None = None,
+    engine: Engine | None = None,
+    max_size: int = 256 << 20,
+    known: dict[str, Outcome] | None = None,
+    on_result: Callable[[list[Outcome]], None] | None = None,
+    progress: Progress | None = None,
+    reads: Iterable[FileRead] = (),
+) -> Audit:
     """The audit of ``population`` against ``destinations`` (default: every class).
     ``known`` holds verdicts an earlier run already computed (by Outcome.id): their tasks
     are not run again. ``on_result`` sees each task's verdicts as they arrive (the CLI's
-    checkpoint)."""
+    checkpoint). ``reads`` are files already reduced to signatures elsewhere (a
+    signature is all the audit needs of a file)."""
     t0 = time.perf_counter()
     by_name = {c.name: c for c in classes}
     wanted = list(destinations) if destinations is not None else [c.name for c in classes]
@@ -171,36 +190,47 @@ def run(classes: tuple[HostClass, ...], population: Population, *,
     engine = engine or Engine()
     items: list[Item] = []
     for g in population.guests:
-        items.append(Item(f"guest:{g.name}@{g.source}", "guest", g.name, by_name[g.source],
-                          g.cpu, g.count))
-    reads = []
+        items.append(Item(f"guest:{g.name}@{g.source}", "guest", g.name, by_name[g.source], g.cpu, g.count))
+    paths = []
     for entry in population.files:
         src = by_name[entry.source]
         for path in walk(entry.path):
-            reads.append((path, src.name, src.host, entry.guest, entry.fmt, max_size))
+            paths.append((path, src.name, src.host, entry.guest, entry.fmt, max_size))
     blobs: dict[str, bytes] = {}
-    batches = _batches(reads, FILE_BATCH)
+    batches = _batches(paths, FILE_BATCH)
     got: dict[str, list[FileRead]] = {}
     for key, batch in engine.map(read_files, batches, [str(i) for i in range(len(batches))]):
         got[key] = batch
         progress.files += len(batch)
         progress.tick()
-    for i in range(len(batches)):
-        for fr in got[str(i)]:
+    done_reads = [fr for i in range(len(batches)) for fr in got[str(i)]]
+    for group in (done_reads, reads):
+        for fr in group:
             for v in fr.vcpus:
                 if v.blob and v.digest not in blobs:
                     blobs[v.digest] = v.blob
-            items.append(Item(f"file:{fr.path}", "file", fr.path, by_name[fr.source], fr.guest,
-                              signatures=tuple(v.digest for v in fr.vcpus), error=fr.error,
-                              notes=fr.notes))
+            items.append(
+                Item(
+                    f"file:{fr.path}",
+                    "file",
+                    fr.path,
+                    by_name[fr.source],
+                    fr.guest,
+                    signatures=tuple(v.digest for v in fr.vcpus),
+                    error=fr.error,
+                    notes=fr.notes,
+                )
+            )
     progress.signatures = len(blobs)
     tasks: dict[str, Task] = {}
     for item in items:
         if item.error:
             continue
         if item.guest is None:
-            item.error = ("the file does not say which guest CPU it ran with: give `guest` "
-                          "in the population's files entry")
+            item.error = (
+                "the file does not say which guest CPU it ran with: give `guest` "
+                "in the population's files entry"
+            )
             continue
         keys = []
         for digest in item.signatures or (None,):
@@ -209,7 +239,8 @@ def run(classes: tuple[HostClass, ...], population: Population, *,
             keys.append(t.key)
         item.tasks = tuple(keys)
     outcomes: dict[str, Outcome] = {
-        oid: known[oid] for k in tasks for d in dsts if (oid := f"{k}/{d.name}") in known}
+        oid: known[oid] for k in tasks for d in dsts if (oid := f"{k}/{d.name}") in known
+    }
     order = sorted(k for k in tasks if any(f"{k}/{d.name}" not in known for d in dsts))
     progress.total_verdicts = len(order) * len(dsts)
     failed: dict[str, str] = {}
@@ -230,14 +261,16 @@ def run(classes: tuple[HostClass, ...], population: Population, *,
         bad = next((failed[k] for k in item.tasks if k in failed), None)
         if bad is not None:
             item.error = bad
-    return Audit(classes, dsts, items, outcomes, engine.label, time.perf_counter() - t0,
-                 len(tasks), len(order))
+    return Audit(
+        classes, dsts, items, outcomes, engine.label, time.perf_counter() - t0, len(tasks), len(order)
+    )
 
 
 def _run_task_safe(task: Task) -> list[Outcome] | str:
     """run_task, with a guest the source's QEMU cannot resolve reported as that item's
     error instead of ending the audit."""
     from kvmfpu.qemu.models import UnknownModel
+
     try:
         return run_task(task)
     except (UnknownModel, InputError) as exc:

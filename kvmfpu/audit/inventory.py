@@ -41,7 +41,7 @@ class HostClass:
     """One kind of host: every host with this CPU, kernel and VMM behaves the same."""
 
     name: str
-    host: str            # packaged host name, dump/fingerprint path, or "this"
+    host: str  # packaged host name, dump/fingerprint path, or "this"
     kernel: str
     vmm: str = "qemu"
     count: int = 1
@@ -55,8 +55,13 @@ class HostClass:
         return f"{self.host}@{self.kernel}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "host": self.host, "kernel": self.kernel, "vmm": self.vmm,
-                "count": self.count}
+        return {
+            "name": self.name,
+            "host": self.host,
+            "kernel": self.kernel,
+            "vmm": self.vmm,
+            "count": self.count,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,7 @@ def _records(path: str | os.PathLike[str], *tables: str) -> list[dict[str, Any]]
     return items
 
 
-def _field(entry: dict[str, Any], key: str, where: str, *, default: Any = None,
-           required: bool = True) -> Any:
+def _field(entry: dict[str, Any], key: str, where: str, *, default: Any = None, required: bool = True) -> Any:
     value = entry.get(key, default)
     if value is None and required:
         raise InputError(f"{where}: missing {key!r}")
@@ -153,8 +157,10 @@ def _count(value: Any, where: str) -> int:
 def _check_keys(entry: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = set(entry) - allowed
     if extra:
-        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} "
-                         f"(known: {', '.join(sorted(allowed))})")
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} "
+            f"(known: {', '.join(sorted(allowed))})"
+        )
 
 
 def load_fleet(path: str | os.PathLike[str]) -> tuple[HostClass, ...]:
@@ -164,6 +170,7 @@ def load_fleet(path: str | os.PathLike[str]) -> tuple[HostClass, ...]:
     from kvmfpu import cpus
     from kvmfpu.kvm.profiles import profile
     from kvmfpu.migrate.vmm import vmm_of
+
     name = os.fspath(path)
     rows = _records(path, "classes", "class", "hosts")
     if not rows:
@@ -178,8 +185,11 @@ def load_fleet(path: str | os.PathLike[str]) -> tuple[HostClass, ...]:
         if host not in ("this", ".") and not _packaged(host):
             candidate = base / host
             host = str(candidate) if candidate.exists() else host
-        kernel = _str(_field(row, "kernel", where, required=False) or "", "kernel", where) \
-            if row.get("kernel") else ""
+        kernel = (
+            _str(_field(row, "kernel", where, required=False) or "", "kernel", where)
+            if row.get("kernel")
+            else ""
+        )
         vmm = _str(_field(row, "vmm", where, default="qemu"), "vmm", where)
         try:
             model = cpus.load(host)
@@ -188,7 +198,7 @@ def load_fleet(path: str | os.PathLike[str]) -> tuple[HostClass, ...]:
                 raise InputError(f"{where}: missing 'kernel' (the host description has none)")
             profile(kernel)
             vmm_of(vmm)
-        except ValueError as exc:            # UnknownKernel, UnknownHost, DumpError
+        except ValueError as exc:  # UnknownKernel, UnknownHost, DumpError
             raise InputError(f"{where}: {exc}") from None
         count = _count(row.get("count", 1), where)
         key = (host, kernel, vmm)
@@ -196,13 +206,15 @@ def load_fleet(path: str | os.PathLike[str]) -> tuple[HostClass, ...]:
         if names.setdefault(label, key) != key:
             raise InputError(f"{where}: the name {label!r} is already a different class")
         old = folded.get(key)
-        folded[key] = HostClass(old.name if old else label, host, kernel, vmm,
-                                (old.count if old else 0) + count)
+        folded[key] = HostClass(
+            old.name if old else label, host, kernel, vmm, (old.count if old else 0) + count
+        )
     return tuple(folded.values())
 
 
 def _packaged(host: str) -> bool:
     from kvmfpu import cpus
+
     return host in cpus.names()
 
 
@@ -220,8 +232,14 @@ def load_population(path: str | os.PathLike[str], classes: tuple[HostClass, ...]
         candidate = base / cpu
         if candidate.is_file():
             cpu = str(candidate)
-        guests.append(GuestEntry(_str(row.get("name") or cpu, "name", where), cpu,
-                                 source_of(row, where, by_name), _count(row.get("count", 1), where)))
+        guests.append(
+            GuestEntry(
+                _str(row.get("name") or cpu, "name", where),
+                cpu,
+                source_of(row, where, by_name),
+                _count(row.get("count", 1), where),
+            )
+        )
     files: list[FilesEntry] = []
     for i, row in enumerate(_records(path, "files"), 1):
         where = f"{name}: files entry {i}"
@@ -231,9 +249,14 @@ def load_population(path: str | os.PathLike[str], classes: tuple[HostClass, ...]
         if not p.exists():
             raise InputError(f"{where}: {p}: no such file or directory")
         guest = row.get("guest")
-        files.append(FilesEntry(str(p), source_of(row, where, by_name),
-                                _str(guest, "guest", where) if guest is not None else None,
-                                row.get("format")))
+        files.append(
+            FilesEntry(
+                str(p),
+                source_of(row, where, by_name),
+                _str(guest, "guest", where) if guest is not None else None,
+                row.get("format"),
+            )
+        )
     return Population(tuple(guests), tuple(files))
 
 

@@ -27,14 +27,18 @@ code{font-size:12px}li{font-family:monospace;font-size:12px}
 
 def render(audit: Audit, rows: list[dict[str, Any]]) -> str:
     from kvmfpu import __version__
+
     by_dst: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_dst[r["destination"]].append(r)
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>kvmfpu audit</title>",
-           f"<style>{_CSS}</style></head><body><h1>kvmfpu audit</h1>",
-           f"<p>{len(audit.items)} guests and files, {len(audit.destinations)} destination "
-           f"classes, {audit.distinct_tasks} distinct source runs; kvmfpu "
-           f"{escape(__version__)}.</p>", _overview(audit, by_dst)]
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kvmfpu audit</title>",
+        f"<style>{_CSS}</style></head><body><h1>kvmfpu audit</h1>",
+        f"<p>{len(audit.items)} guests and files, {len(audit.destinations)} destination "
+        f"classes, {audit.distinct_tasks} distinct source runs; kvmfpu "
+        f"{escape(__version__)}.</p>",
+        _overview(audit, by_dst),
+    ]
     for dst in audit.destinations:
         out.append(_section(dst.name, dst.count, dst.endpoint, dst.vmm, by_dst[dst.name]))
     out.append("</body></html>")
@@ -59,27 +63,31 @@ def _overview(audit: Audit, by_dst: dict[str, list[dict[str, Any]]]) -> str:
     for dst in audit.destinations:
         n = _weights(by_dst[dst.name])
         cells = "".join(f"<td>{n[v]}</td>" for v in ORDER)
-        body.append(f"<tr><td><a href='#d-{_anchor(dst.name)}'>{escape(dst.name)}</a></td>"
-                    f"<td>{dst.count}</td>{cells}</tr>")
-    return (f"<table><tr><th>destination class</th><th>hosts</th>{head}</tr>"
-            + "".join(body) + "</table>")
+        body.append(
+            f"<tr><td><a href='#d-{_anchor(dst.name)}'>{escape(dst.name)}</a></td>"
+            f"<td>{dst.count}</td>{cells}</tr>"
+        )
+    return f"<table><tr><th>destination class</th><th>hosts</th>{head}</tr>" + "".join(body) + "</table>"
 
 
 def _section(name: str, hosts: int, endpoint: str, vmm: str, rows: list[dict[str, Any]]) -> str:
     n = _weights(rows)
     broken = n["incompatible"] + n[ERROR]
-    out = [f"<h2 id='d-{_anchor(name)}'>{escape(name)}</h2>",
-           f"<p>{hosts} hosts: <code>{escape(endpoint)}</code>, {escape(vmm)}. "
-           f"<span class='incompatible'>{broken} do not come back</span>, "
-           f"<span class='cond'>{n['compatible with conditions']} with conditions</span>, "
-           f"<span class='compatible'>{n['compatible']} come back whole</span>.</p>"]
+    out = [
+        f"<h2 id='d-{_anchor(name)}'>{escape(name)}</h2>",
+        f"<p>{hosts} hosts: <code>{escape(endpoint)}</code>, {escape(vmm)}. "
+        f"<span class='incompatible'>{broken} do not come back</span>, "
+        f"<span class='cond'>{n['compatible with conditions']} with conditions</span>, "
+        f"<span class='compatible'>{n['compatible']} come back whole</span>.</p>",
+    ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["verdict"] != "compatible":
             groups[(r["verdict"], r["reasons"][0] if r["reasons"] else "")].append(r)
     rank = {v: i for i, v in enumerate(reversed(ORDER))}
     for (verdict, reason), members in sorted(
-            groups.items(), key=lambda kv: (rank[kv[0][0]], -sum(m["count"] for m in kv[1]))):
+        groups.items(), key=lambda kv: (rank[kv[0][0]], -sum(m["count"] for m in kv[1]))
+    ):
         weight = sum(m["count"] for m in members)
         cls = "cond" if verdict == "compatible with conditions" else verdict
         items = []
@@ -90,7 +98,9 @@ def _section(name: str, hosts: int, endpoint: str, vmm: str, rows: list[dict[str
         more = len(members) - MAX_LISTED
         if more > 0:
             items.append(f"<li>... and {more} more (see the JSON Lines rows)</li>")
-        out.append(f"<details><summary><span class='{escape(cls)}'>{escape(verdict)}</span>: "
-                   f"{weight} &mdash; {escape(reason)}</summary><ul>{''.join(items)}</ul>"
-                   "</details>")
+        out.append(
+            f"<details><summary><span class='{escape(cls)}'>{escape(verdict)}</span>: "
+            f"{weight} &mdash; {escape(reason)}</summary><ul>{''.join(items)}</ul>"
+            "</details>"
+        )
     return "\n".join(out)

@@ -49,11 +49,15 @@ class Signature:
     xfd: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"length": self.length, "xstate_bv": f"{self.xstate_bv:#x}",
-                "xcomp_bv": f"{self.xcomp_bv:#x}",
-                "exact": {k: f"{v:#x}" for k, v in self.exact},
-                "nonzero": list(self.nonzero), "nonzero_runs": list(self.rest),
-                "xfd": f"{self.xfd:#x}"}
+        return {
+            "length": self.length,
+            "xstate_bv": f"{self.xstate_bv:#x}",
+            "xcomp_bv": f"{self.xcomp_bv:#x}",
+            "exact": {k: f"{v:#x}" for k, v in self.exact},
+            "nonzero": list(self.nonzero),
+            "nonzero_runs": list(self.rest),
+            "xfd": f"{self.xfd:#x}",
+        }
 
     @property
     def digest(self) -> str:
@@ -76,5 +80,4 @@ def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0) -> Signature:
         else:
             exact.append((f.name, f.value))
     rest = tuple(off for off, chunk in d.rest if chunk.count(0) != len(chunk))
-    return Signature(d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest,
-                     xfd)
+    return Signature(d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest, xfd)

@@ -34,7 +34,7 @@ class VcpuState:
 @dataclass(frozen=True)
 class FileRead:
     path: str
-    source: str                       # the class name the file was taken on
+    source: str  # the class name the file was taken on
     guest: str | None
     vcpus: tuple[VcpuState, ...] = ()
     error: str | None = None
@@ -79,14 +79,17 @@ class Outcome:
 @functools.lru_cache(maxsize=64)
 def _host(name: str) -> Any:
     from kvmfpu import cpus
+
     return cpus.load(name)
 
 
-def read_file(path: str, source: str, source_host: str, guest: str | None,
-              fmt: str | None, max_size: int) -> FileRead:
+def read_file(
+    path: str, source: str, source_host: str, guest: str | None, fmt: str | None, max_size: int
+) -> FileRead:
     """Every vCPU image in ``path`` (any format kvmfpu reads) as a signature at the source
     host's layout; a file kvmfpu cannot read becomes an error, not an exception."""
     from kvmfpu.blob import sources
+
     try:
         layout = _host(source_host).layout
         caps = sources.read(path, fmt, max_size)
@@ -105,8 +108,7 @@ def read_file(path: str, source: str, source_host: str, guest: str | None,
         return FileRead(path, source, guest, error=str(exc) or type(exc).__name__)
 
 
-def read_files(batch: tuple[tuple[str, str, str, str | None, str | None, int], ...]
-               ) -> list[FileRead]:
+def read_files(batch: tuple[tuple[str, str, str, str | None, str | None, int], ...]) -> list[FileRead]:
     """``read_file`` over a batch; images repeated within the batch travel once."""
     out, seen = [], set()
     for args in batch:
@@ -122,12 +124,14 @@ def read_files(batch: tuple[tuple[str, str, str, str | None, str | None, int], .
 @functools.lru_cache(maxsize=256)
 def _endpoint(host: str, kernel: str) -> Any:
     from kvmfpu.migrate.check import endpoint
+
     return endpoint(f"{host}@{kernel}")
 
 
 @functools.lru_cache(maxsize=256)
 def _kvm(host: str, kernel: str) -> Any:
     from kvmfpu.kvm.system import Kvm
+
     e = _endpoint(host, kernel)
     return Kvm(e.host, e.kernel, e.flavor)
 
@@ -137,6 +141,7 @@ def run_task(task: Task) -> list[Outcome]:
     from kvmfpu.migrate.check import guest_at, run_destination, run_source
     from kvmfpu.migrate.report import INCOMPATIBLE
     from kvmfpu.migrate.vmm import vmm_of
+
     v = vmm_of(task.source.vmm)
     guest = guest_at(task.guest, v)
     run = run_source(_endpoint(task.source.host, task.source.kernel), guest, v, task.blob)
@@ -144,15 +149,33 @@ def run_task(task: Task) -> list[Outcome]:
     for dst in task.destinations:
         dv = vmm_of(dst.vmm)
         try:
-            r = run_destination(run, _endpoint(dst.host, dst.kernel),
-                                kvm=_kvm(dst.host, dst.kernel), vmm=dv)
-        except InputError as exc:      # e.g. a by-field VMM cannot load a raw buffer
-            out.append(Outcome(task.key, dst.name, INCOMPATIBLE, (str(exc),), (), (), (),
-                               ("the destination VMM's restore (it cannot take this state)",)))
+            r = run_destination(run, _endpoint(dst.host, dst.kernel), kvm=_kvm(dst.host, dst.kernel), vmm=dv)
+        except InputError as exc:  # e.g. a by-field VMM cannot load a raw buffer
+            out.append(
+                Outcome(
+                    task.key,
+                    dst.name,
+                    INCOMPATIBLE,
+                    (str(exc),),
+                    (),
+                    (),
+                    (),
+                    ("the destination VMM's restore (it cannot take this state)",),
+                )
+            )
             continue
         ranked = [f for lvl in ("error", "condition") for f in r.findings if f.level == lvl]
         reasons = tuple(dict.fromkeys(f.text for f in ranked))[:MAX_REASONS] or (r.reason,)
-        out.append(Outcome(task.key, dst.name, r.verdict, reasons, tuple(r.lost_features),
-                           tuple(f.to_json() for f in r.findings), tuple(r.scope.checked),
-                           tuple(r.scope.not_checked)))
+        out.append(
+            Outcome(
+                task.key,
+                dst.name,
+                r.verdict,
+                reasons,
+                tuple(r.lost_features),
+                tuple(f.to_json() for f in r.findings),
+                tuple(r.scope.checked),
+                tuple(r.scope.not_checked),
+            )
+        )
     return out

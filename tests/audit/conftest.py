@@ -65,7 +65,7 @@ def fleet_dir(tmp_path: Path) -> Path:
     snaps.mkdir(parents=True)
     kvm = sample_data.path(sample_data.KVM_ZEN5)
     shutil.copy(kvm, snaps / "vm1.xsave")
-    shutil.copy(kvm, snaps / "vm2.xsave")            # the same state: one signature
+    shutil.copy(kvm, snaps / "vm2.xsave")  # the same state: one signature
     shutil.copy(sample_data.path(sample_data.QEMU_TCG), tmp_path / "snaps" / "tcg.qemu")
     (tmp_path / "snaps" / "notes.txt").write_text("not a capture\n")
     return tmp_path

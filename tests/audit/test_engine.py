@@ -38,11 +38,13 @@ def test_rows_agree_with_migrate(fleet_dir: Path) -> None:
             # kvm_put_xsave builds, as `migrate --blob` reads it at the source's layout.
             from kvmfpu import cpus
             from kvmfpu.blob import sources
+
             cap = sources.read(str(r["name"]))[0]
             assert cap.rebuild is not None
             blob = cap.rebuild(cpus.load(src.host).layout)
-        want = check(src.endpoint, dst.endpoint, str(r["guest"]), vmm=src.vmm,
-                     dst_vmm=dst.vmm, blob=blob, advise=False)
+        want = check(
+            src.endpoint, dst.endpoint, str(r["guest"]), vmm=src.vmm, dst_vmm=dst.vmm, blob=blob, advise=False
+        )
         assert r["verdict"] == want.verdict, (r["item"], r["destination"], r["reasons"])
         assert r["lost_features"] == sorted(want.lost_features)
 
@@ -63,10 +65,12 @@ def test_known_case_ubuntu_pkru_leak(tmp_path: Path) -> None:
     (tmp_path / "fleet.toml").write_text(
         '[[class]]\nname = "old-ubuntu"\nhost = "skylake-sp"\nkernel = "5.15.0-91-generic"\n'
         '[[class]]\nname = "old-mainline"\nhost = "skylake-sp"\nkernel = "5.15.100"\n'
-        '[[class]]\nname = "new"\nhost = "skylake-sp"\nkernel = "6.2"\n')
+        '[[class]]\nname = "new"\nhost = "skylake-sp"\nkernel = "6.2"\n'
+    )
     (tmp_path / "population.toml").write_text(
         '[[guests]]\nname = "a"\ncpu = "qemu64"\nsource = "old-ubuntu"\n'
-        '[[guests]]\nname = "b"\ncpu = "qemu64"\nsource = "old-mainline"\n')
+        '[[guests]]\nname = "b"\ncpu = "qemu64"\nsource = "old-mainline"\n'
+    )
     _, rows = _audit(tmp_path, destinations=["new"])
     got = {r["name"]: r["verdict"] for r in rows}
     assert got == {"a": "incompatible", "b": "compatible"}, rows
@@ -77,8 +81,9 @@ def test_process_pool_is_byte_identical(fleet_dir: Path) -> None:
     with engine.Engine(jobs=2) as eng:
         a2, r2 = _audit(fleet_dir, engine=eng)
     h = {"population": {}}
-    assert results.jsonl(results.header(a1, h), results.verdicts(a1), r1) == \
-        results.jsonl(results.header(a2, h), results.verdicts(a2), r2)
+    assert results.jsonl(results.header(a1, h), results.verdicts(a1), r1) == results.jsonl(
+        results.header(a2, h), results.verdicts(a2), r2
+    )
 
 
 def test_resume_runs_only_what_is_missing(fleet_dir: Path) -> None:
@@ -101,8 +106,9 @@ def test_worst_vcpu_decides_a_file(fleet_dir: Path) -> None:
 
 def _dask_cluster(workers: int):  # type: ignore[no-untyped-def]
     distributed = pytest.importorskip("distributed", reason="the optional kvmfpu[dask] extra")
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                    dashboard_address=None, silence_logs=40)
+    return distributed.LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    )
 
 
 def test_dask_cluster_is_byte_identical(fleet_dir: Path) -> None:
@@ -110,8 +116,9 @@ def test_dask_cluster_is_byte_identical(fleet_dir: Path) -> None:
     with _dask_cluster(2) as cluster, engine.Engine(scheduler=cluster.scheduler_address) as eng:
         a2, r2 = _audit(fleet_dir, engine=eng)
     h = {"population": {}}
-    assert results.jsonl(results.header(a1, h), results.verdicts(a1), r1) == \
-        results.jsonl(results.header(a2, h), results.verdicts(a2), r2)
+    assert results.jsonl(results.header(a1, h), results.verdicts(a1), r1) == results.jsonl(
+        results.header(a2, h), results.verdicts(a2), r2
+    )
 
 
 def test_dask_worker_killed_mid_run(fleet_dir: Path) -> None:
@@ -119,9 +126,24 @@ def test_dask_worker_killed_mid_run(fleet_dir: Path) -> None:
     # "Tasks ... on a worker that dies are recomputed elsewhere"); rows are keyed by
     # task, so the killed worker neither loses nor duplicates one. Many guests, so the kill
     # (after the first answer) lands while most tasks are still queued or running.
-    models = ["qemu64", "Haswell", "Broadwell", "Skylake-Client", "Skylake-Server",
-              "Cascadelake-Server", "Icelake-Server", "SapphireRapids", "EPYC", "EPYC-Rome",
-              "EPYC-Milan", "EPYC-Genoa", "Nehalem", "Westmere", "SandyBridge", "IvyBridge"]
+    models = [
+        "qemu64",
+        "Haswell",
+        "Broadwell",
+        "Skylake-Client",
+        "Skylake-Server",
+        "Cascadelake-Server",
+        "Icelake-Server",
+        "SapphireRapids",
+        "EPYC",
+        "EPYC-Rome",
+        "EPYC-Milan",
+        "EPYC-Genoa",
+        "Nehalem",
+        "Westmere",
+        "SandyBridge",
+        "IvyBridge",
+    ]
     with (fleet_dir / "population.toml").open("a") as f:
         for m in models:
             f.write(f'\n[[guests]]\nname = "{m}"\ncpu = "{m}"\nsource = "spr-6.8"\n')
@@ -135,6 +157,7 @@ def test_dask_worker_killed_mid_run(fleet_dir: Path) -> None:
                 victim = sorted(pids.values())[0]
                 killed.append(victim)
                 os.kill(victim, 9)
+
         _, r2 = _audit(fleet_dir, engine=eng, on_result=kill_one)
     assert killed
     assert r1 == r2

@@ -23,11 +23,11 @@ from kvmfpu.testing.strategies import xsave_blobs
 
 #: (source, destination, guest, vmm): one pair per path the state can take.
 PATHS = (
-    ("zen4@6.8", "zen4@6.8", "host", "raw"),            # same host, raw KVM_SET_XSAVE
-    ("zen4@6.8", "haswell@6.8", "host", "raw"),         # AVX-512 state onto an AVX2 host
-    ("zen4@6.8", "zen4@5.15", "host", "qemu"),          # QEMU field copy, older kernel
+    ("zen4@6.8", "zen4@6.8", "host", "raw"),  # same host, raw KVM_SET_XSAVE
+    ("zen4@6.8", "haswell@6.8", "host", "raw"),  # AVX-512 state onto an AVX2 host
+    ("zen4@6.8", "zen4@5.15", "host", "qemu"),  # QEMU field copy, older kernel
     ("zen4@6.8", "skylake-sp@6.1", "EPYC-Genoa", "qemu"),  # AMD layout to Intel's
-    ("zen4@6.8", "zen4@6.8", "Haswell", "qemu"),        # a model without AVX-512: zmm lost
+    ("zen4@6.8", "zen4@6.8", "Haswell", "qemu"),  # a model without AVX-512: zmm lost
 )
 
 
@@ -45,8 +45,12 @@ def revalue(blob: bytes, host: str, seed: int) -> bytes:
 def shape(src: str, dst: str, guest: str, vmm: str, blob: bytes) -> tuple[object, ...]:
     """What a verdict says, without the register values it quotes."""
     r = check(src, dst, guest, vmm=vmm, blob=blob, advise=False)
-    return (r.verdict, tuple((f.level, f.stage) for f in r.findings), r.lost_features,
-            tuple(sorted(name for name, _, _ in r.lost)))
+    return (
+        r.verdict,
+        tuple((f.level, f.stage) for f in r.findings),
+        r.lost_features,
+        tuple(sorted(name for name, _, _ in r.lost)),
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,7 +59,7 @@ def test_one_signature_one_verdict(blob: bytes, seed: int) -> None:
     try:
         sig = signature(blob, cpus.load("zen4").layout)
     except InputError:
-        return                            # decode refuses it: no signature, no verdict
+        return  # decode refuses it: no signature, no verdict
     other = revalue(blob, "zen4", seed)
     assert signature(other, cpus.load("zen4").layout) == sig
     for path in PATHS:
@@ -68,8 +72,14 @@ def _zmm_blob(lane_value: int) -> bytes:
     buf = bytearray(4096)
     struct.pack_into("<HI", buf, 0, legacy.FCW_INIT, 0)
     struct.pack_into("<I", buf, 24, 0x1F80)
-    bv = xf.FP | xf.SSE | xf.YMM | xf.XFeature.OPMASK.mask | xf.XFeature.ZMM_HI256.mask \
+    bv = (
+        xf.FP
+        | xf.SSE
+        | xf.YMM
+        | xf.XFeature.OPMASK.mask
+        | xf.XFeature.ZMM_HI256.mask
         | xf.XFeature.HI16_ZMM.mask
+    )
     struct.pack_into("<Q", buf, legacy.XSTATE_BV, bv)
     off = layout.components[xf.XFeature.ZMM_HI256].offset
     struct.pack_into("<Q", buf, off, lane_value)
