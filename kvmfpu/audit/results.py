@@ -228,22 +228,31 @@ def summary(audit: Audit, top: int = 3) -> str:
 def counts(audit: Audit) -> list[dict[str, Any]]:
     """The summary as data: per destination class, guests and files by verdict (guest
     entries weigh their count) and the reasons for what does not come back. Computed from
-    the items, not the rows (a million files x fifty classes is fifty million rows)."""
+    the items, not the rows (a million files x fifty classes is fifty million rows), and
+    items with the same source runs are answered once."""
+    groups: Counter[tuple[tuple[str, ...], str | None]] = Counter()
+    sample: dict[tuple[tuple[str, ...], str | None], Item] = {}
+    for item in audit.items:
+        key = (item.tasks, item.error)
+        groups[key] += item.count
+        sample.setdefault(key, item)
     out = []
     for dst in audit.destinations:
         n: Counter[str] = Counter()
         why: Counter[str] = Counter()
-        for item in audit.items:
-            verdict, reasons, _, _ = _answer(audit, item, dst)
-            n[verdict] += item.count
+        for key, weight in groups.items():
+            verdict, reasons, _, _ = _answer(audit, sample[key], dst)
+            n[verdict] += weight
             if verdict in ("incompatible", ERROR):
-                why[reasons[0] if reasons else "?"] += item.count
+                why[reasons[0] if reasons else "?"] += weight
         out.append(
             {
                 "destination": dst.name,
                 "hosts": dst.count,
                 "verdicts": {v: n[v] for v in ORDER},
-                "reasons": [{"reason": k, "count": c} for k, c in why.most_common()],
+                "reasons": [
+                    {"reason": k, "count": c} for k, c in sorted(why.items(), key=lambda kv: (-kv[1], kv[0]))
+                ],
             }
         )
     return out
