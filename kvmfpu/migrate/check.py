@@ -307,6 +307,10 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
     saved = run.saved
     assert saved is not None and run.regs is not None
     kvm = kvm or _kvm(dst)
+    # Each incoming migration is a new destination VMM process: a reused Kvm (the matrix,
+    # the audit) must not carry one run's guest permissions, or their lock once a vCPU
+    # existed (fpu_init_guest_permissions), into the next run.
+    kvm.process = kvm.hk.new_process()
     findings = report.findings
     # The destination QEMU starts with the guest's -cpu first (_dst_cpuid), then loads the
     # stream (every cpu subsection), then kvm_arch_put_registers puts the state.
