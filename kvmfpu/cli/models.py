@@ -34,7 +34,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--versions", action="store_true", help="one line per version")
     g.add_argument("--host", metavar="HOST[@KERNEL]", help="show what QEMU would drop on this host")
     g.add_argument("--qemu", metavar="REL", help="resolve as this QEMU release (e.g. 7.2)")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true",
+                   help="print the kvmfpu-models/1 document (kvmfpu-model/1 with NAME)")
     g.set_defaults(func=cmd_models)
 
 
