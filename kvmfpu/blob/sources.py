@@ -1,6 +1,6 @@
 """Read xsave state from what users capture: raw KVM_GET_XSAVE/KVM_GET_XSAVE2 buffers, hex
 dumps, ELF core files (NT_X86_XSTATE, one per thread, NT_X86_XSAVE_LAYOUT when present),
-Linux signal-frame fpstate, and QEMU migration streams; any of them gzip-, xz- or
+Linux signal-frame fpstate, QEMU migration streams and qcow2 internal snapshots' vm state; any of them gzip-, xz- or
 bzip2-compressed (``migrate "exec:gzip -c > f"`` is how streams are often kept).
 
 ``read`` detects the format (``--format`` overrides it) and returns one ``Capture`` per
@@ -30,7 +30,7 @@ from kvmfpu.blob.errors import InputError
 if TYPE_CHECKING:
     from kvmfpu.arch.layout import XsaveLayout
 
-FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu")
+FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu", "qcow2")
 MAX_SIZE: Final = 256 << 20
 #: The largest --max-size taken (1 TiB): QEMU streams hold guest RAM, so a few GiB are real
 #: inputs; beyond this a limit is no limit (and 2**62 used to overflow the reads).
@@ -163,6 +163,8 @@ def detect(data: bytes) -> str:
         return "core"
     if data[:4] == QEMU_VM_FILE_MAGIC:
         return "qemu"
+    if data[:4] == b"QFI\xfb":        # qcow2 (S12b)
+        return "qcow2"
     if hexdump.looks_like_text(data):
         return hexdump.dialect(data.decode("ascii"))
     if _sigframe_size(data) is not None:
@@ -171,9 +173,19 @@ def detect(data: bytes) -> str:
 
 
 def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
-         max_size: int = MAX_SIZE) -> list[Capture]:
-    """Every xsave image in ``source`` (a path or the bytes themselves)."""
+         max_size: int = MAX_SIZE, *, snapshot: str | None = None) -> list[Capture]:
+    """Every xsave image in ``source`` (a path or the bytes themselves); ``snapshot`` picks
+    a qcow2 image's internal snapshot by ID or name."""
     check_max_size(max_size)
+    # --- qcow2 internal snapshots (S12b): the image is read lazily, whatever its size ---
+    from kvmfpu.blob import qcow2
+    if fmt == "qcow2" or (fmt is None and qcow2.is_image(source)):
+        from kvmfpu.blob import qcow2_vmstate
+        return qcow2_vmstate.captures(source, max_size, snapshot)
+    if snapshot is not None:
+        raise InputError("--snapshot picks a snapshot of an (uncompressed) qcow2 image; this "
+                         "input is not one")
+    # --- end qcow2 ---
     data = source if isinstance(source, bytes) else read_bytes(source, max_size)
     if len(data) > max_size:
         raise InputError(f"{len(data)} bytes is more than the {max_size}-byte limit (--max-size)")
@@ -219,6 +231,9 @@ def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
         return [_sigframe(data)]
     if kind == "core":
         return _core(data, max_size)
+    if kind == "qcow2":               # a compressed image, expanded in memory (S12b)
+        from kvmfpu.blob import qcow2_vmstate
+        return qcow2_vmstate.captures(data, max_size)
     from kvmfpu.blob import qemu
     return qemu.captures(data)
 

@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--xfd", type=integer, default=None,
                    help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
                         "(QEMU streams carry it)")
+    d.add_argument("--list-snapshots", action="store_true",
+                   help="list a qcow2 image's internal snapshots (with --json: the "
+                        "kvmfpu-qcow2-snapshots/1 document) instead of decoding")
     d.set_defaults(func=cmd_decode)
 
 
@@ -43,7 +46,8 @@ def load(args: argparse.Namespace) -> list[Any]:
         source: str | bytes = args.file
         if args.file == "-":   # read in chunks: a large --max-size allocates nothing
             source = read_stream(sys.stdin.buffer, args.max_size, "standard input")
-        return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd)
+        return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd,
+                         snapshot=args.snapshot)
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -51,6 +55,9 @@ def load(args: argparse.Namespace) -> list[Any]:
 def cmd_decode(args: argparse.Namespace) -> int:
     from kvmfpu.blob import render
 
+    if args.list_snapshots:                  # qcow2 internal snapshots (S12b)
+        from kvmfpu.cli.qcow2_list import list_snapshots
+        return list_snapshots(args)
     items = load(args)
     if args.json:
         print(json.dumps({"schema": render.SCHEMA, "captures": [

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.common import UsageError, snapshot_option
 
 
 def add_parser(sub: Any) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: Any) -> None:
                    help="QEMU -cpu value: Model[-vN][,+feature,-feature] or host")
     m.add_argument("--blob", help="the state that left the source (a KVM_GET_XSAVE capture, "
                                   "core file or QEMU stream) instead of the modelled guest's")
+    snapshot_option(m, what="--blob")                 # qcow2 internal snapshots (S12b)
     m.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
                    help=f"how the state travels (qemu: field by field; raw and the named "
                         f"snapshot VMMs: the buffer verbatim); one of {', '.join(VMMS)}; "
@@ -66,7 +67,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from kvmfpu.migrate.check import INCOMPATIBLE, check, read_blob
     from kvmfpu.qemu.models import UnknownModel
     try:
-        blob = read_blob(args.blob) if args.blob else None
+        blob = read_blob(args.blob) if args.blob and not args.snapshot else None
+        if args.snapshot:                              # as read_blob, for that snapshot (S12b)
+            if not args.blob:
+                raise InputError("--snapshot picks the snapshot of a qcow2 --blob; give --blob")
+            from kvmfpu.blob import sources
+            blob = bytes(sources.read(args.blob, None, sources.MAX_SIZE,
+                                      snapshot=args.snapshot)[0].data)
         report = check(args.src, args.dst, args.guest, vmm=args.vmm, dst_vmm=args.dst_vmm,
                        blob=blob, blob_name=args.blob, advise=not args.no_advice)
     except (InputError, UnknownKernel, UnknownModel) as exc:
