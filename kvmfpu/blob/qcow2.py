@@ -371,6 +371,11 @@ class Image:
             raise InputError(
                 f"{self.name}: snapshot table offset {h.snapshots_offset} is not cluster aligned"
             )
+        if h.snapshots_offset >= self.file_size:
+            raise InputError(
+                f"{self.name}: the snapshot table at byte {h.snapshots_offset} is past the end of "
+                f"the file ({self.file_size} bytes)"
+            )
         # One read of the table (bounded by the file and QEMU's 64 MiB limit), parsed in memory.
         size = min(QCOW_MAX_SNAPSHOTS_SIZE, self.file_size - min(h.snapshots_offset, self.file_size))
         table = self.pread(h.snapshots_offset, size, "the snapshot table")

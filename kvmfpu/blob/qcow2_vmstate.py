@@ -57,7 +57,20 @@ class VmState(io.RawIOBase):
         self.pos = 0
         self.base = h.vm_state_offset(snap.disk_size)
         self.l2_entries = 1 << h.l2_bits
-        self.stats = {"l2_reads": 0, "cluster_reads": 0}
+        # Reads from the file, and clusters (or subclusters) by kind, for tests and tools.
+        self.stats = dict.fromkeys(
+            (
+                "l2_reads",
+                "cluster_reads",
+                "normal",
+                "zero",
+                "unallocated",
+                "compressed",
+                "zero_subclusters",
+                "unallocated_subclusters",
+            ),
+            0,
+        )
         if h.incompatible & INCOMPAT_DATA_FILE:
             raise InputError(
                 f"{image.name}: the image keeps its clusters in an external data "
@@ -182,13 +195,17 @@ class VmState(io.RawIOBase):
                     f"{img.name}: compressed cluster with a non-zero subcluster "
                     f"bitmap at virtual offset {vcluster * cs:#x}"
                 )
+            self.stats["compressed"] += 1
             return self._compressed(vcluster, entry)
         host = entry & L2E_OFFSET_MASK
         if not h.extended_l2:
             if entry & OFLAG_ZERO:
+                self.stats["zero"] += 1
                 return bytes(cs)
             if not host:
+                self.stats["unallocated"] += 1
                 return self._unallocated(vcluster, "it is unallocated")
+            self.stats["normal"] += 1
             return self._read_host(vcluster, host)
         # Extended L2: 32 subclusters, bit x allocated, bit 32+x reads as zeros.
         alloc, zero = bitmap & 0xFFFF_FFFF, bitmap >> 32
@@ -198,10 +215,14 @@ class VmState(io.RawIOBase):
                 f"offset {vcluster * cs:#x} (QEMU: QCOW2_SUBCLUSTER_INVALID, EIO)"
             )
         sub = cs // SUBCLUSTERS
+        if alloc:
+            self.stats["normal"] += 1
         data = bytearray(self._read_host(vcluster, host) if alloc else bytes(cs))
         for i in range(SUBCLUSTERS):
             if not alloc >> i & 1:
-                if not zero >> i & 1 and h.backing_file:
+                reads_zero = bool(zero >> i & 1)
+                self.stats["zero_subclusters" if reads_zero else "unallocated_subclusters"] += 1
+                if not reads_zero and h.backing_file:
                     self._unallocated(vcluster, f"its subcluster {i} is unallocated")
                 data[i * sub : (i + 1) * sub] = bytes(sub)
         return bytes(data)
