@@ -428,16 +428,19 @@ class Image:
         self.snapshot_table_size = off
         return out
 
-    def find(self, id_or_name: str) -> Snapshot | None:
-        """find_snapshot_by_id_or_name: an ID first, then a name; the first in table order."""
-        for key in ("id", "name"):
+    def find(self, name_or_id: str) -> Snapshot | None:
+        """A name first, as QEMU 7.2's loadvm matches (block/snapshot.c bdrv_snapshot_find
+        compares names only: here ``loadvm 2`` fails for a snapshot with ID 2 named snap2),
+        then an ID, as ``qemu-img snapshot -a`` also takes (qcow2_snapshot_goto's
+        find_snapshot_by_id_or_name); the first in table order."""
+        for key in ("name", "id"):
             for s in self.snapshots:
-                if getattr(s, key) == id_or_name:
+                if getattr(s, key) == name_or_id:
                     return s
         return None
 
     def choose(self, selector: str | None) -> Snapshot:
-        """The snapshot ``--snapshot`` names (as QEMU's loadvm resolves it), or, without one,
+        """The snapshot ``--snapshot`` names (see ``find``), or, without one,
         the only snapshot that has a vm state; several: InputError listing them."""
         with_state = [s for s in self.snapshots if s.vm_state_size]
         if selector is not None:

@@ -323,8 +323,8 @@ def _zstd(raw: bytes, cluster_size: int, where: str) -> bytes:
 def captures(
     source: str | os.PathLike[str] | bytes, max_size: int, snapshot: str | None = None
 ) -> list[Capture]:
-    """The xsave images in the vm state of one snapshot of a qcow2 image (``snapshot``: its ID
-    or name, as ``loadvm`` takes it; default: the only one with a vm state). The vm state is
+    """The xsave images in the vm state of one snapshot of a qcow2 image (``snapshot``: its name,
+    as ``loadvm`` takes it, or its ID; default: the only one with a vm state). The vm state is
     a QEMU migration stream; up to ``max_size`` bytes of it are read (the image itself may be
     any size)."""
     from kvmfpu.blob import qemu

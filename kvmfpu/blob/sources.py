@@ -182,9 +182,16 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
     if fmt == "qcow2" or (fmt is None and qcow2.is_image(source)):
         from kvmfpu.blob import qcow2_vmstate
         return qcow2_vmstate.captures(source, max_size, snapshot)
-    if snapshot is not None:
-        raise InputError("--snapshot picks a snapshot of an (uncompressed) qcow2 image; this "
-                         "input is not one")
+    if snapshot is not None:          # a compressed image: expanded in memory (--max-size)
+        data = source if isinstance(source, bytes) else read_bytes(source, max_size)
+        for _ in range(MAX_COMPRESSION_LAYERS):
+            data, kind = decompress(data, max_size)
+            if kind is None:
+                break
+        if not qcow2.is_image(data):
+            raise InputError("--snapshot picks a snapshot of a qcow2 image; this input is not one")
+        from kvmfpu.blob import qcow2_vmstate
+        return qcow2_vmstate.captures(data, max_size, snapshot)
     # --- end qcow2 ---
     data = source if isinstance(source, bytes) else read_bytes(source, max_size)
     if len(data) > max_size:

@@ -55,7 +55,7 @@ def snapshot_option(p: argparse.ArgumentParser, flag: str = "--snapshot",
     """--snapshot: which internal snapshot of a qcow2 image (S12b)."""
     p.add_argument(flag, metavar="ID_OR_NAME",
                    help=f"when {what} is a qcow2 image: the internal snapshot whose vm state to "
-                        "read, an ID first, then a name, as QEMU's loadvm takes it (default: "
+                        "read: a name (as QEMU's loadvm takes it) or an ID (default: "
                         "the only snapshot with a vm state; with several, they are listed)")
 
 

@@ -39,9 +39,14 @@ def list_snapshots(args: argparse.Namespace) -> int:
     default = with_state[0].id if len(with_state) == 1 else None
     name = "standard input" if args.file == "-" else args.file
     if args.json:
-        body = {"image": name, "header": header.to_json(),
-                "snapshots": [s.to_json() for s in snaps], "default": default,
-                "checked": list(qcow2.CHECKED[:2]), "not_checked": list(qcow2.NOT_CHECKED)}
+        body = {
+            "image": name,
+            "header": header.to_json(),
+            "snapshots": [s.to_json() for s in snaps],
+            "default": default,
+            "checked": list(qcow2.CHECKED[:2]),
+            "not_checked": list(qcow2.NOT_CHECKED),
+        }
         print(json.dumps(document(SCHEMA, body), indent=2))
         return 0
     print("\n".join(qcow2.list_text(qcow2.printable(name), header, snaps)))
