@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -532,3 +533,104 @@ def test_shipped_sample() -> None:
         load(data)
     assert registers(data, "snap1") == (XMM1_GUEST, MXCSR_GUEST)
     assert registers(data, "2") == (XMM1_GDB, MXCSR_GDB)
+
+
+# -- libvirt 9.0: virsh snapshot-create-as (internal) -------------------------------------------
+
+VIRSH = ("virsh", "-c", "qemu:///system")
+
+
+def _virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VIRSH, *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+@pytest.fixture(scope="module")
+def libvirt() -> Iterator[None]:
+    """A running libvirtd (and virtlogd): the one already up, else started here as root and
+    stopped again (only the daemons this fixture started, by their pid files)."""
+    import os
+    import signal
+
+    if not (shutil.which("virsh") and shutil.which("libvirtd") and shutil.which("virtlogd")):
+        pytest.skip("libvirt (virsh, libvirtd, virtlogd) not installed")
+    started: list[int] = []
+    if _virsh("version", check=False).returncode:
+        if os.geteuid() != 0:
+            pytest.skip("libvirtd is not running and starting it needs root")
+        for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+            if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode:
+                subprocess.run([daemon, "-d"], check=True, timeout=60)
+                for _ in range(100):
+                    if os.path.exists(pidfile):
+                        break
+                    time.sleep(0.1)
+                started.append(int(Path(pidfile).read_text().split()[0]))
+        for _ in range(100):
+            if not _virsh("version", check=False).returncode:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.skip("libvirtd did not come up")
+    yield
+    for pid in reversed(started):
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_virsh_internal_snapshot(libvirt: None, guest: Path) -> None:
+    """libvirt's default snapshot of a running qcow2 domain is internal (disk and memory:
+    QEMU's savevm through libvirt, src/qemu/qemu_snapshot.c); the image then holds it."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kvmfpu-virsh-") as tmp:
+        os.chmod(tmp, 0o755)  # the qemu user must reach the image and kernel
+        image, kernel = Path(tmp) / "disk.qcow2", Path(tmp) / "g.elf"
+        shutil.copy(guest, kernel)
+        qemu_img("create", "-q", "-f", "qcow2", str(image), "1M")
+        name = f"kvmfpu-test-{os.getpid()}"
+        xml = Path(tmp) / "dom.xml"
+        xml.write_text(f"""<domain type='qemu'>
+  <name>{name}</name><memory unit='MiB'>16</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel></os>
+  <cpu mode='maximum' migratable='off'/>
+  <devices><emulator>{QEMU}</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{image}'/><target dev='hda' bus='ide'/></disk></devices>
+</domain>""")
+        created = _virsh("create", str(xml), check=False)
+        if created.returncode:
+            pytest.skip(f"libvirt cannot start a TCG domain here: {created.stderr.strip()[:200]}")
+        try:
+            for _ in range(200):
+                regs = _virsh("qemu-monitor-command", name, "--hmp", "info registers").stdout
+                if "HLT=1" in regs and "EIP=001" in regs:
+                    break
+                time.sleep(0.05)
+            _virsh("snapshot-create-as", name, "lv-snap")
+            assert "lv-snap" in _virsh("snapshot-list", name, "--name").stdout
+            _virsh("snapshot-delete", name, "lv-snap", "--metadata")  # libvirt's record only
+        finally:
+            _virsh("destroy", name, check=False)
+        (snap,) = qcow2.snapshot_list(image)[1]
+        info = json.loads(qemu_img("info", "--output=json", "-U", str(image)))
+        assert (snap.name, snap.vm_state_size) == ("lv-snap", info["snapshots"][0]["vm-state-size"])
+        assert registers(image) == registers(image, "lv-snap") == (XMM1_GUEST, MXCSR_GUEST)
+
+
+def test_fuzzed_images_decode_or_are_refused() -> None:
+    """hostile_qcow2.draw: well-formed images with 8 random bytes overwritten; each decodes or
+    is refused with InputError, quickly (the reader's work is bounded by the vm state)."""
+    import random
+
+    rng = random.Random(12)
+    t0 = time.perf_counter()
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(60):
+        _, image = hq.draw(rng, STATE)
+        try:
+            load(image, max_size=1 << 22)
+            outcomes["decoded"] += 1
+        except InputError as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+    assert time.perf_counter() - t0 < 60 and outcomes["decoded"] and outcomes["refused"]
