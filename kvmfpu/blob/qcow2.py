@@ -376,37 +376,35 @@ class Image:
                 f"{self.name}: the snapshot table at byte {h.snapshots_offset} is past the end of "
                 f"the file ({self.file_size} bytes)"
             )
-        # One read of the table (bounded by the file and QEMU's 64 MiB limit), parsed in memory.
-        size = min(QCOW_MAX_SNAPSHOTS_SIZE, self.file_size - min(h.snapshots_offset, self.file_size))
-        table = self.pread(h.snapshots_offset, size, "the snapshot table")
+        # Entry by entry: what is read is what the table holds (at most QEMU's 64 MiB).
         out: list[Snapshot] = []
         off = 0
         for i in range(h.nb_snapshots):
             off = (off + 7) & ~7
-            if off + 40 > len(table):
+            what = f"snapshot table entry {i + 1} of {h.nb_snapshots}"
+            if off + 40 > QCOW_MAX_SNAPSHOTS_SIZE:
                 raise InputError(
-                    f"{self.name}: snapshot table entry {i + 1} of "
-                    f"{h.nb_snapshots} runs past the end of the file or QEMU's "
-                    f"{QCOW_MAX_SNAPSHOTS_SIZE}-byte table limit"
+                    f"{self.name}: {what} is past QEMU's {QCOW_MAX_SNAPSHOTS_SIZE}-byte table limit"
                 )
-            (l1_off, l1_size, id_len, name_len, dsec, dnsec, clock, vm32, extra_len) = _u(
-                ">QIHHIIQII", table, off
-            )
+            fixed = self.pread(h.snapshots_offset + off, 40, what)
+            (l1_off, l1_size, id_len, name_len, dsec, dnsec, clock, vm32, extra_len) = _u(">QIHHIIQII", fixed)
             if extra_len > QCOW_MAX_SNAPSHOT_EXTRA_DATA:
                 raise InputError(
                     f"{self.name}: snapshot {i + 1} has {extra_len} bytes of extra "
                     f"data (QEMU takes at most {QCOW_MAX_SNAPSHOT_EXTRA_DATA})"
                 )
             end = off + 40 + extra_len + id_len + name_len
-            if end > len(table):
-                raise InputError(f"{self.name}: snapshot table entry {i + 1} runs past the end of the file")
-            extra = table[off + 40 : off + 40 + extra_len]
+            if end > QCOW_MAX_SNAPSHOTS_SIZE:
+                raise InputError(
+                    f"{self.name}: {what} ends past QEMU's {QCOW_MAX_SNAPSHOTS_SIZE}-byte table limit"
+                )
+            rest = self.pread(h.snapshots_offset + off + 40, end - off - 40, what)
+            extra, text = rest[:extra_len], rest[extra_len:]
             vm_size = _u(">Q", extra)[0] if extra_len >= 8 else vm32
             disk = _u(">Q", extra, 8)[0] if extra_len >= 16 else h.size
             icount = _u(">Q", extra, 16)[0] if extra_len >= 24 else None
-            text = off + 40 + extra_len
-            sid = table[text : text + id_len].decode("utf-8", "replace")
-            name = table[text + id_len : end].decode("utf-8", "replace")
+            sid = text[:id_len].decode("utf-8", "replace")
+            name = text[id_len:].decode("utf-8", "replace")
             out.append(
                 Snapshot(
                     i,

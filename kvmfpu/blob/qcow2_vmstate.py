@@ -17,6 +17,7 @@ import io
 import os
 import struct
 import zlib
+from typing import Final
 
 from typing_extensions import Buffer
 
@@ -98,17 +99,22 @@ class VmState(io.RawIOBase):
                 f"({snap.l1_size} entries at {snap.l1_table_offset}) runs past "
                 f"the end of the file ({image.file_size} bytes)"
             )
-        bits = h.cluster_bits
-        self._metadata = {
-            0,
-            *_clusters(snap.l1_table_offset, snap.l1_size * 8, bits),
-            *_clusters(h.l1_table_offset, h.l1_size * 8, bits),
-            *_clusters(h.snapshots_offset, image.snapshot_table_size, bits),
-        }
+        # Host clusters holding metadata, and those the vm state's data came from: a second
+        # use of either is a loop in the tables (QEMU never writes one).
+        self._meta = _Bits()
+        self._data = _Bits()
+        self._seen = _Bits()  # virtual clusters already checked (a re-read is not a loop)
+        self._l2_seen: dict[int, int] = {}  # L1 index -> its L2 table's host cluster
+        for off, size in (
+            (0, h.cluster_size),
+            (snap.l1_table_offset, snap.l1_size * 8),
+            (h.l1_table_offset, h.l1_size * 8),
+            (h.snapshots_offset, image.snapshot_table_size),
+        ):
+            for c in _clusters(off, min(size, max(0, image.file_size - off)), h.cluster_bits):
+                self._meta.add(c)
         self._l2: tuple[int, bytes] | None = None  # (L1 index, table)
         self._cluster: tuple[int, bytes] | None = None  # (virtual cluster, data)
-        self._hosts: dict[int, int] = {}  # host cluster -> virtual cluster
-        self._l2_hosts: set[int] = set()
 
     # -- io.RawIOBase ---------------------------------------------------------------------
 
@@ -174,14 +180,15 @@ class VmState(io.RawIOBase):
                 f"{img.name}: L2 table offset {l2_off:#x} unaligned (L1 index {l1_index}; QEMU: EIO)"
             )
         host = l2_off >> h.cluster_bits
-        if host in self._metadata or host in self._hosts:
+        if self._l2_seen.get(l1_index) != host and (host in self._meta or host in self._data):
             raise InputError(
                 f"{img.name}: the L2 table at {l2_off:#x} (L1 index {l1_index}) "
                 "overlaps the header, an L1 table, the snapshot table or a data "
                 "cluster (a loop in the image's tables)"
             )
         table = img.pread(l2_off, h.cluster_size, f"the L2 table for L1 index {l1_index}")
-        self._l2_hosts.add(host)
+        self._meta.add(host)
+        self._l2_seen[l1_index] = host
         self.stats["l2_reads"] += 1
         self._l2 = (l1_index, table)
         return table
@@ -235,13 +242,14 @@ class VmState(io.RawIOBase):
                 f"{vcluster * h.cluster_size:#x}; QEMU: EIO)"
             )
         hc = host >> h.cluster_bits
-        if hc in self._metadata or hc in self._l2_hosts or self._hosts.get(hc, vcluster) != vcluster:
+        if vcluster not in self._seen and (hc in self._meta or hc in self._data):
             raise InputError(
                 f"{img.name}: the data cluster at {host:#x} is also the header, an "
                 "L1 or L2 table, the snapshot table or another cluster of the vm "
                 "state (a loop in the image's tables)"
             )
-        self._hosts[hc] = vcluster
+        self._data.add(hc)
+        self._seen.add(vcluster)
         self.stats["cluster_reads"] += 1
         # The file may end inside the vm state's last cluster: the rest reads as zeros.
         return img.pread(
@@ -270,14 +278,36 @@ class VmState(io.RawIOBase):
         nb_sectors = ((entry >> shift) & ((1 << (h.cluster_bits - 8)) - 1)) + 1
         csize = nb_sectors * 512 - (coffset & 511)
         where = f"the compressed cluster for virtual offset {vcluster * h.cluster_size:#x}"
-        hc = coffset >> h.cluster_bits
-        if hc in self._metadata or hc in self._l2_hosts:
+        if any(c in self._meta or c in self._data for c in _clusters(coffset, csize, h.cluster_bits)):
             raise InputError(
-                f"{img.name}: {where} lies in the header, an L1 or L2 table or the snapshot table"
+                f"{img.name}: {where} lies in the header, an L1 or L2 table, the snapshot table "
+                "or a data cluster (a loop in the image's tables)"
             )
         raw = img.pread(coffset, csize, where, short_ok=True)
         self.stats["cluster_reads"] += 1
         return _expand(raw, h.cluster_size, h.compression_type, f"{img.name}: {where}")
+
+
+class _Bits:
+    """A set of cluster numbers as a sparse bitmap (4096 clusters a page): memory follows
+    the clusters added, one bit each, however far apart they are."""
+
+    PAGE: Final = 12
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytearray] = {}
+
+    def add(self, n: int) -> None:
+        page = self.pages.setdefault(n >> self.PAGE, bytearray(1 << (self.PAGE - 3)))
+        i = n & ((1 << self.PAGE) - 1)
+        page[i >> 3] |= 1 << (i & 7)
+
+    def __contains__(self, n: object) -> bool:
+        if not isinstance(n, int):
+            return False
+        page = self.pages.get(n >> self.PAGE)
+        i = n & ((1 << self.PAGE) - 1)
+        return page is not None and bool(page[i >> 3] >> (i & 7) & 1)
 
 
 def _clusters(offset: int, size: int, bits: int) -> range:
