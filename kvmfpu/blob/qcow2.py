@@ -1,5 +1,6 @@
 """qcow2 images and their internal snapshots (``savevm``, ``virsh snapshot-create`` internal):
-the header, the snapshot table, and a lazy file-like reader of one snapshot's vm state.
+the header, the snapshot table and the choice of a snapshot; kvmfpu.blob.qcow2_vmstate
+reads a snapshot's vm state.
 
 Format: QEMU docs/interop/qcow2.txt; behaviour where the text is silent follows QEMU 7.2's
 block/qcow2.c (qcow2_do_open, qcow2_read_extensions), block/qcow2-snapshot.c
@@ -11,9 +12,8 @@ deflate with a 4 KiB window; zstd frames), all read on qemu/qemu.
 The vm state is a QEMU migration stream stored in the snapshot's virtual address space right
 after the disk, at the first L1 entry that maps no disk cluster:
 ``ceil(disk_size / (cluster_size * l2_entries)) * cluster_size * l2_entries``.
-Every table offset and size is checked against the file before it is read; an L2 table or
-data cluster is read only when the reader reaches it (the last of each is cached), so a
-multi-GB vm state is never held and no cluster is read twice by a sequential read.
+Every table offset and size is checked against the file (and QEMU's limits) before it is
+read; opening an image reads its header and snapshot table only.
 """
 
 from __future__ import annotations
@@ -445,7 +445,7 @@ class Image:
             snap = self.find(selector)
             if snap is None:
                 raise InputError(
-                    f"{self.name}: no snapshot with ID or name {selector!r} ({listing(self.snapshots)})"
+                    f"{self.name}: no snapshot with name or ID {selector!r} ({listing(self.snapshots)})"
                 )
             if not snap.vm_state_size:
                 raise InputError(f"{self.name}: {snap.label} is disk-only: it has no vm state")
@@ -463,7 +463,7 @@ class Image:
             )
         raise InputError(
             f"{self.name}: {len(with_state)} snapshots have a vm state; give "
-            f"--snapshot ID_OR_NAME ({listing(with_state)})"
+            f"--snapshot NAME_OR_ID ({listing(with_state)})"
         )
 
     def vm_state(self, snap: Snapshot) -> VmState:

@@ -53,7 +53,7 @@ def input_options(p: argparse.ArgumentParser, *, json_doc: str | None = None) ->
 def snapshot_option(p: argparse.ArgumentParser, flag: str = "--snapshot",
                     what: str = "the input") -> None:
     """--snapshot: which internal snapshot of a qcow2 image (S12b)."""
-    p.add_argument(flag, metavar="ID_OR_NAME",
+    p.add_argument(flag, metavar="NAME_OR_ID",
                    help=f"when {what} is a qcow2 image: the internal snapshot whose vm state to "
                         "read: a name (as QEMU's loadvm takes it) or an ID (default: "
                         "the only snapshot with a vm state; with several, they are listed)")

@@ -230,13 +230,38 @@ def test_vm_state_read_lazily_each_cluster_once(real_image: Path) -> None:
             assert vm.read(7) == whole[at : at + 7]
         vm.seek(-10, io.SEEK_END)
         assert vm.read() == whole[-10:]
+        # Everything read from the file: L1 entries, L2 tables and the state's clusters (the
+        # last may end at EOF), each once, plus the re-reads the seeks above asked for.
+        assert img.bytes_read - before <= 8 * (vm.stats["l2_reads"] + 1) + cs * (
+            vm.stats["l2_reads"] + vm.stats["cluster_reads"] + 1
+        )
+
+
+def test_the_disk_is_never_read(guest: Path, tmp_path: Path) -> None:
+    """A 64 MiB disk full of data (qemu-io writes it) and one snapshot: decoding reads the
+    header, the snapshot table and the vm state's tables and clusters, not the disk."""
+    if not shutil.which("qemu-io"):
+        pytest.skip("qemu-io not installed")
+    image = tmp_path / "full.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "64M")
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64M", str(image)], capture_output=True, check=True
+    )
+    savevm_twice(guest, image)
+    with qcow2.open_image(image) as img:
+        snap = img.find("snap2")
+        assert snap is not None and img.file_size > (64 << 20)
+        vm = img.vm_state(snap)
+        state = vm.read()
+        assert img.bytes_read < len(state) + (1 << 20)
+    assert registers(image, "snap2") == (XMM1_GDB, MXCSR_GDB)
 
 
 def test_default_snapshot_and_disk_only_snapshots(real_image: Path, tmp_path: Path) -> None:
     with pytest.raises(
         InputError,
         match=r"2 snapshots have a vm state; give --snapshot "
-        r"ID_OR_NAME \('snap1' \(ID 1\), 'snap2' \(ID 2\)\)",
+        r"NAME_OR_ID \('snap1' \(ID 1\), 'snap2' \(ID 2\)\)",
     ):
         load(real_image)
     copy = tmp_path / "copy.qcow2"
@@ -247,7 +272,7 @@ def test_default_snapshot_and_disk_only_snapshots(real_image: Path, tmp_path: Pa
     assert registers(copy) == (XMM1_GUEST, MXCSR_GUEST)  # the only one with a vm state
     with pytest.raises(InputError, match=r"'disk-only' .* is disk-only: it has no vm state"):
         load(copy, snapshot="disk-only")
-    with pytest.raises(InputError, match="no snapshot with ID or name 'snap2'"):
+    with pytest.raises(InputError, match="no snapshot with name or ID 'snap2'"):
         load(copy, snapshot="snap2")
 
 
