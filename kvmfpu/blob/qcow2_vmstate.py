@@ -17,15 +17,19 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from typing_extensions import Buffer
 
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.qcow2 import (
+    CHECKED,
     INCOMPAT_DATA_FILE,
     L1E_OFFSET_MASK,
     L2E_OFFSET_MASK,
+    NOT_CHECKED,
     OFLAG_COMPRESSED,
     OFLAG_ZERO,
     QCOW_MAX_L1_SIZE,
@@ -350,6 +354,18 @@ def _zstd(raw: bytes, cluster_size: int, where: str) -> bytes:
 # -- what kvmfpu.blob.sources calls ------------------------------------------------------------
 
 
+@contextmanager
+def open_vm_state(
+    source: str | os.PathLike[str] | bytes, snapshot: str | None = None
+) -> Iterator[tuple[Image, Snapshot, VmState]]:
+    """The image, the chosen snapshot (``Image.choose``) and its vm state as an open binary
+    file (hand it to ``io.BufferedReader`` for a streaming parser); closed on the way out."""
+    with open_image(source) as img:
+        snap = img.choose(snapshot)
+        with img.vm_state(snap) as vm:
+            yield img, snap, vm
+
+
 def captures(
     source: str | os.PathLike[str] | bytes, max_size: int, snapshot: str | None = None
 ) -> list[Capture]:
@@ -361,24 +377,23 @@ def captures(
     from kvmfpu.blob.sources import check_max_size, read_stream
 
     check_max_size(max_size)
-    with open_image(source) as img:
-        snap = img.choose(snapshot)
+    with open_vm_state(source, snapshot) as (img, snap, vm):
         where = snap.label
         if snap.vm_state_size > max_size:
             raise InputError(
                 f"{img.name}: {where} has a {snap.vm_state_size}-byte vm state, "
                 f"more than the {max_size}-byte limit (--max-size)"
             )
-        with img.vm_state(snap) as vm:
-            if vm.read(4) != b"QEVM":  # before reading it all: a vm state is a stream
-                raise InputError(
-                    f"{img.name}: the vm state of {where} is not a QEMU migration stream (no QEVM magic)"
-                )
-            vm.seek(0)
-            data = read_stream(vm, max_size, f"the vm state of {where}")
+        if vm.read(4) != b"QEVM":  # before reading it all: a vm state is a stream
+            raise InputError(
+                f"{img.name}: the vm state of {where} is not a QEMU migration stream (no QEVM magic)"
+            )
+        vm.seek(0)
+        data = read_stream(vm, max_size, f"the vm state of {where}")
         notes = [
             f"qcow2 v{img.header.version} {where}: {snap.vm_state_size}-byte vm state at "
-            f"virtual offset {vm.base:#x}" + features_note(img.header)
+            f"virtual offset {vm.base:#x}" + features_note(img.header),
+            "qcow2: checked " + "; ".join(CHECKED) + "; not checked: " + ", ".join(NOT_CHECKED),
         ]
     caps = qemu.captures(data)
     for cap in caps:

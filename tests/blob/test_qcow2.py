@@ -659,3 +659,33 @@ def test_fuzzed_images_decode_or_are_refused() -> None:
             assert "\n" not in str(exc)
             outcomes["refused"] += 1
     assert time.perf_counter() - t0 < 60 and outcomes["decoded"] and outcomes["refused"]
+
+
+def test_vm_state_size_fields() -> None:
+    """qcow2_read_snapshots: the 64-bit extra-data size wins over the 32-bit field (QEMU
+    writes 0 there past 4 GiB); without extra data the 32-bit field is the size."""
+    image = hq.build(hq.Spec(STATE))
+    entry = hq.snapshot_entry(image)
+    (snap,) = qcow2.snapshot_list(hq.set_u(image, entry + 32, "I", 0))[1]
+    assert (snap.vm_state_size, snap.vm_state_size_32, snap.extra_data_size) == (len(STATE), 0, 24)
+    (snap,) = qcow2.snapshot_list(hq.build(hq.Spec(STATE, version=2, extra_data=False)))[1]
+    assert (snap.vm_state_size, snap.extra_data_size, snap.disk_size) == (len(STATE), 0, 1 << 20)
+
+
+def test_format_option_and_streaming_handle(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from kvmfpu.blob.qcow2_vmstate import open_vm_state
+    from kvmfpu.cli import main
+
+    image = hq.build(hq.Spec(STATE, cluster_bits=12, kinds=hq.KINDS[:4]))
+    (cap,) = sources.read(image, "qcow2")
+    assert cap.notes[1].startswith("qcow2: checked the header") and "not checked: refcounts" in cap.notes[1]
+    with pytest.raises(InputError, match=r"not a qcow2 image \(no QFI\\xfb magic\)"):
+        sources.read(STATE, "qcow2")
+    # What a streaming parser will get: a buffered binary file over the lazy reader.
+    with open_vm_state(image) as (_, snap, vm):
+        stream = io.BufferedReader(vm, buffer_size=4096)
+        assert snap.name == "snap1" and stream.read(4) == b"QEVM" and stream.read() == STATE[4:]
+    plain = tmp_path / "stream.mig"
+    plain.write_bytes(STATE)
+    assert main(["decode", str(plain), "--list-snapshots"]) == 2
+    assert "not a qcow2 image" in capsys.readouterr().err
