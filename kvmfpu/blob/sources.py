@@ -1,7 +1,8 @@
 """Read xsave state from what users capture: raw KVM_GET_XSAVE/KVM_GET_XSAVE2 buffers, hex
 dumps, ELF core files (NT_X86_XSTATE, one per thread, NT_X86_XSAVE_LAYOUT when present),
-Linux signal-frame fpstate, QEMU migration streams and qcow2 internal snapshots' vm state; any of them gzip-, xz- or
-bzip2-compressed (``migrate "exec:gzip -c > f"`` is how streams are often kept).
+Linux signal-frame fpstate, QEMU migration streams and qcow2 internal snapshots (their vm
+state, kvmfpu.blob.qcow2); any of them gzip-, xz- or bzip2-compressed (``migrate
+"exec:gzip -c > f"`` is how streams are often kept).
 
 ``read`` detects the format (``--format`` overrides it) and returns one ``Capture`` per
 xsave image found. Work is bounded by the input's size: files larger than ``max_size`` are
@@ -175,7 +176,7 @@ def detect(data: bytes) -> str:
 def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
          max_size: int = MAX_SIZE, *, snapshot: str | None = None) -> list[Capture]:
     """Every xsave image in ``source`` (a path or the bytes themselves); ``snapshot`` picks
-    a qcow2 image's internal snapshot by ID or name."""
+    a qcow2 image's internal snapshot by name or ID."""
     check_max_size(max_size)
     # --- qcow2 internal snapshots (S12b): the image is read lazily, whatever its size ---
     from kvmfpu.blob import qcow2
@@ -184,14 +185,19 @@ def read(source: str | os.PathLike[str] | bytes, fmt: str | None = None,
         return qcow2_vmstate.captures(source, max_size, snapshot)
     if snapshot is not None:          # a compressed image: expanded in memory (--max-size)
         data = source if isinstance(source, bytes) else read_bytes(source, max_size)
+        kinds = []
         for _ in range(MAX_COMPRESSION_LAYERS):
             data, kind = decompress(data, max_size)
             if kind is None:
                 break
+            kinds.append(kind)
         if not qcow2.is_image(data):
             raise InputError("--snapshot picks a snapshot of a qcow2 image; this input is not one")
         from kvmfpu.blob import qcow2_vmstate
-        return qcow2_vmstate.captures(data, max_size, snapshot)
+        caps = qcow2_vmstate.captures(data, max_size, snapshot)
+        for c in caps:
+            c.notes.insert(0, f"{' of '.join(kinds)}-compressed image")
+        return caps
     # --- end qcow2 ---
     data = source if isinstance(source, bytes) else read_bytes(source, max_size)
     if len(data) > max_size:

@@ -115,7 +115,6 @@ def _decoded(path: str, host: str | None, fmt: str | None, max_size: int,
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from kvmfpu.blob.compare import register_diff
-
     from kvmfpu.blob.qcow2 import is_image
     # --snapshot names A's snapshot, and B's too when B is a qcow2 image without --snapshot-b.
     snap_b = args.snapshot_b if args.snapshot_b is not None else \

@@ -558,6 +558,7 @@ def test_shipped_sample() -> None:
         load(data)
     assert registers(data, "snap1") == (XMM1_GUEST, MXCSR_GUEST)
     assert registers(data, "2") == (XMM1_GDB, MXCSR_GDB)
+    assert load(data, snapshot="snap1")[0].capture.notes[0] == "xz-compressed image"
 
 
 # -- libvirt 9.0: virsh snapshot-create-as (internal) -------------------------------------------
