@@ -572,34 +572,36 @@ def _virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def libvirt() -> Iterator[None]:
-    """A running libvirtd (and virtlogd): the one already up, else started here as root and
-    stopped again (only the daemons this fixture started, by their pid files)."""
+    """A running libvirtd (and virtlogd): the one already up, else started here as root in
+    the foreground (Popen, so this fixture knows their pids) and stopped again."""
     import os
-    import signal
 
     if not (shutil.which("virsh") and shutil.which("libvirtd") and shutil.which("virtlogd")):
         pytest.skip("libvirt (virsh, libvirtd, virtlogd) not installed")
-    started: list[int] = []
-    if _virsh("version", check=False).returncode:
-        if os.geteuid() != 0:
-            pytest.skip("libvirtd is not running and starting it needs root")
-        for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
-            if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode:
-                subprocess.run([daemon, "-d"], check=True, timeout=60)
-                for _ in range(100):
-                    if os.path.exists(pidfile):
-                        break
-                    time.sleep(0.1)
-                started.append(int(Path(pidfile).read_text().split()[0]))
-        for _ in range(100):
-            if not _virsh("version", check=False).returncode:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.skip("libvirtd did not come up")
-    yield
-    for pid in reversed(started):
-        os.kill(pid, signal.SIGTERM)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        if _virsh("version", check=False).returncode:
+            if os.geteuid() != 0:
+                pytest.skip("libvirtd is not running and starting it needs root")
+            for daemon in ("virtlogd", "libvirtd"):
+                if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode:
+                    started.append(
+                        subprocess.Popen([daemon], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    )
+            for _ in range(100):
+                if not _virsh("version", check=False).returncode:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.skip("libvirtd did not come up")
+        yield
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_virsh_internal_snapshot(libvirt: None, guest: Path) -> None:
