@@ -230,6 +230,8 @@ class Image:
         raw = self.pread(0, min(self.file_size, 104), "the header", short_ok=True)
         if raw[:4] != MAGIC:
             raise InputError(f"{self.name}: not a qcow2 image (no QFI\\xfb magic)")
+        if self.file_size < 72:
+            raise InputError(f"{self.name}: truncated qcow2 header ({self.file_size} bytes)")
         (version,) = _u(">I", raw, 4)
         if version not in (2, 3):
             raise InputError(f"{self.name}: qcow2 version {version}; versions 2 and 3 exist")
