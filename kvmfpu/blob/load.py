@@ -22,13 +22,13 @@ class Loaded:
 
 def load(source: str | os.PathLike[str] | bytes | Readable, host: str | HostModel | None = None,
          fmt: str | None = None, *, max_size: int = MAX_SIZE,
-         xfd: int | None = None) -> list[Loaded]:
+         xfd: int | None = None, snapshot: str | None = None) -> list[Loaded]:
     """Every xsave image in ``source`` (a path, bytes, or a binary stream), decoded.
     ``host`` names the layout (else it is inferred, and AmbiguousLayout says when it cannot
-    be); ``xfd`` is the vCPU's IA32_XFD (QEMU streams carry their own). Bad input raises
-    InputError, nothing else."""
+    be); ``xfd`` is the vCPU's IA32_XFD (QEMU streams carry their own); ``snapshot`` picks a
+    qcow2 snapshot by name or ID. Bad input raises InputError, nothing else."""
     out = []
-    for cap in sources.read(source, fmt, max_size):
+    for cap in sources.read(source, fmt, max_size, snapshot=snapshot):
         choice = infer.choose(cap, host)
         armed = xfd if xfd is not None else cap.extra.get("xfd", 0)
         decoded = dec.decode(cap.data, choice.layout, host=choice.host, xcr0=cap.xcr0_hint,

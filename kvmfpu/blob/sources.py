@@ -1,8 +1,8 @@
 """Read xsave state from what users capture: raw KVM_GET_XSAVE/KVM_GET_XSAVE2 buffers, hex
 dumps, ELF core files (NT_X86_XSTATE, one per thread, NT_X86_XSAVE_LAYOUT when present),
-Linux signal-frame fpstate, QEMU migration streams and libvirt save images; any of them
-gzip-, xz-, bzip2-, zstd- or lzop-compressed (``migrate "exec:gzip -c > f"`` is how streams
-are often kept).
+Linux signal-frame fpstate, QEMU migration streams, libvirt save images and qcow2 internal
+snapshots (their vm state, kvmfpu.blob.qcow2); any of them gzip-, xz-, bzip2-, zstd- or
+lzop-compressed (``migrate "exec:gzip -c > f"`` is how streams are often kept).
 
 ``read`` opens the input as a stream (kvmfpu.blob.stream), expands compression as a stream
 (kvmfpu.blob.compression), detects the format from the first bytes (``--format`` overrides
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from kvmfpu.arch.layout import XsaveLayout
 
 FORMATS: Final = ("raw", "hex", "xxd", "od", "gdb", "core", "sigframe", "qemu", "libvirt-save",
-                  *vmm_formats.FORMATS)   # VMM and CRIU state files
+                  "qcow2", *vmm_formats.FORMATS)   # VMM and CRIU state files
 MAX_SIZE: Final = 256 << 20
 #: The largest --max-size taken (1 TiB): beyond this a limit is no limit (and 2**62 used to
 #: overflow the reads).
@@ -176,6 +176,8 @@ def detect(data: bytes) -> str:
     head = _detect_head(data[:PEEK])
     if head is not None:
         return head
+    if data[:4] == b"QFI\xfb":        # qcow2 (read lazily by read(); here: a compressed one)
+        return "qcow2"
     vmm = vmm_formats.detect(data)   # before the text check (state.json is text)
     if vmm is not None:
         return vmm
@@ -184,6 +186,31 @@ def detect(data: bytes) -> str:
     if _sigframe_size(data) is not None:
         return "sigframe"
     return "raw"
+
+
+def _qcow2(source: str | os.PathLike[str] | bytes, fmt: str | None, max_size: int,
+           snapshot: str | None) -> list[Capture] | None:
+    """A qcow2 image's snapshot, read lazily whatever the image's size; None when
+    ``source`` is not a qcow2 image (and no --snapshot asks for one)."""
+    from kvmfpu.blob import qcow2, qcow2_vmstate
+    if fmt == "qcow2" or (fmt is None and qcow2.is_image(source)):
+        return qcow2_vmstate.captures(source, max_size, snapshot)
+    if snapshot is None:
+        return None
+    # A compressed image: expanded in memory (within --max-size).
+    data = source if isinstance(source, bytes) else read_bytes(source, max_size)
+    kinds = []
+    for _ in range(MAX_COMPRESSION_LAYERS):
+        data, kind = decompress(data, max_size)
+        if kind is None:
+            break
+        kinds.append(kind)
+    if not qcow2.is_image(data):
+        raise InputError("--snapshot picks a snapshot of a qcow2 image; this input is not one")
+    caps = qcow2_vmstate.captures(data, max_size, snapshot)
+    for c in caps:
+        c.notes.insert(0, f"{' of '.join(kinds)}-compressed image")
+    return caps
 
 
 def _detect_head(head: bytes) -> str | None:
@@ -206,10 +233,17 @@ def _open(source: str | os.PathLike[str] | bytes | Readable) -> Source:
 
 
 def read(source: str | os.PathLike[str] | bytes | Readable, fmt: str | None = None,
-         max_size: int = MAX_SIZE) -> list[Capture]:
+         max_size: int = MAX_SIZE, *, snapshot: str | None = None) -> list[Capture]:
     """Every xsave image in ``source`` (a path, the bytes themselves, or a binary stream
-    such as sys.stdin.buffer)."""
+    such as sys.stdin.buffer); ``snapshot`` picks a qcow2 image's internal snapshot by
+    name or ID."""
     check_max_size(max_size)
+    if isinstance(source, (str, os.PathLike, bytes)):
+        caps = _qcow2(source, fmt, max_size, snapshot)
+        if caps is not None:
+            return caps
+    elif snapshot is not None:
+        raise InputError("--snapshot needs the qcow2 image as a file, not a stream")
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if isinstance(source, bytes) and len(source) > max_size and fmt not in STREAMED \
@@ -286,6 +320,9 @@ def _read_plain(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
         return [_sigframe(data)]
     if kind in vmm_formats.READERS:
         return vmm_formats.read(kind, data, max_size)
+    if kind == "qcow2":               # a compressed image, expanded in memory
+        from kvmfpu.blob import qcow2_vmstate
+        return qcow2_vmstate.captures(data, max_size)
     return _core(data, max_size)
 
 

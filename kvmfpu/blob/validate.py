@@ -46,12 +46,13 @@ class Verdict:
                 "reason": self.reason, "commit": self.commit, "note": note}
 
 
-def first_capture(path: str | os.PathLike[str]) -> Capture:
+def first_capture(path: str | os.PathLike[str], snapshot: str | None = None) -> Capture:
     """The first vCPU's capture in a file (what ``migrate --blob`` moves; read_blob in
-    kvmfpu.migrate.check gives its bytes), with what its container says."""
+    kvmfpu.migrate.check gives its bytes), with what its container says; ``snapshot``
+    picks a qcow2 image's snapshot."""
     from kvmfpu.blob import sources
     from kvmfpu.blob.errors import InputError
-    caps = sources.read(path, None, sources.MAX_SIZE)
+    caps = sources.read(path, None, sources.MAX_SIZE, snapshot=snapshot)
     if not caps:
         raise InputError(f"{os.fspath(path)}: no xsave image found")
     return caps[0]

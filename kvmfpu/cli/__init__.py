@@ -13,7 +13,19 @@ from typing import Any
 
 from kvmfpu import cpus
 from kvmfpu.blob.errors import InputError
-from kvmfpu.cli import audit, check_cpu, decode, demo, hosts, inspect_cmds, kernels, migrate, models, probe, replay
+from kvmfpu.cli import (
+    audit,
+    check_cpu,
+    decode,
+    demo,
+    hosts,
+    inspect_cmds,
+    kernels,
+    migrate,
+    models,
+    probe,
+    replay,
+)
 from kvmfpu.cli.common import Parser, UsageError, one_line
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -47,7 +59,8 @@ def build_parser() -> Parser:
                    help="print the release (and the commit, when known) and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser,
                            metavar="COMMAND")
-    for module in (hosts, demo, decode, inspect_cmds, check_cpu, kernels, replay, probe, migrate, models, audit):
+    for module in (hosts, demo, decode, inspect_cmds, check_cpu, kernels, replay, probe, migrate,
+                   models, audit):
         module.add_parser(sub)
     return p
 

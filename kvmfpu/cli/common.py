@@ -46,8 +46,18 @@ def input_options(p: argparse.ArgumentParser, *, json_doc: str | None = None) ->
     p.add_argument("--max-size", type=max_size, default=MAX_SIZE,
                    help=f"most bytes decoded from an input (a small capture's size; a QEMU "
                         f"stream's device state and description), default {MAX_SIZE}")
+    snapshot_option(p)
     if json_doc:
         p.add_argument("--json", action="store_true", help=f"print the {json_doc} document")
+
+
+def snapshot_option(p: argparse.ArgumentParser, flag: str = "--snapshot",
+                    what: str = "the input") -> None:
+    """--snapshot: which internal snapshot of a qcow2 image."""
+    p.add_argument(flag, metavar="NAME_OR_ID",
+                   help=f"when {what} is a qcow2 image: the internal snapshot whose vm state to "
+                        "read: a name (as QEMU's loadvm takes it) or an ID (default: "
+                        "the only snapshot with a vm state; with several, they are listed)")
 
 
 class Parser(argparse.ArgumentParser):

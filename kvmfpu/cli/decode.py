@@ -36,6 +36,9 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--xfd", type=integer, default=None,
                    help="the vCPU's IA32_XFD, to flag armed components with XSTATE_BV set "
                         "(QEMU streams carry it)")
+    d.add_argument("--list-snapshots", action="store_true",
+                   help="list a qcow2 image's internal snapshots (with --json: the "
+                        "kvmfpu-qcow2-snapshots/1 document) instead of decoding")
     d.set_defaults(func=cmd_decode)
 
 
@@ -50,7 +53,8 @@ def load(args: argparse.Namespace, file: str | None = None) -> list[Any]:
     name = args.file[0] if file is None else file
     try:
         source: Any = sys.stdin.buffer if name == "-" else name
-        return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd)
+        return load_blob(source, args.host, args.format, max_size=args.max_size, xfd=args.xfd,
+                         snapshot=args.snapshot)
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -80,6 +84,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from kvmfpu.cli.common import one_line
     from kvmfpu.cli.document import document
 
+    if args.list_snapshots:                  # qcow2 internal snapshots
+        from kvmfpu.cli.qcow2_list import list_snapshots
+        return list_snapshots(args)
     results = load_all(args)
     several = len(results) > 1
     if not several and results[0][2] is not None:

@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any
 
-from kvmfpu.cli.common import STDOUT, UsageError, input_options, write_output
+from kvmfpu.cli.common import STDOUT, UsageError, input_options, snapshot_option, write_output
 from kvmfpu.cli.document import document
 
 
@@ -47,6 +47,7 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--host", help="layout of both (default: inferred for each)")
     d.add_argument("--host-b", help="layout of B when it differs from A's")
     input_options(d, json_doc="kvmfpu-diff/1")
+    snapshot_option(d, "--snapshot-b", "B")       # --snapshot is A's (and B's without this)
     d.set_defaults(func=cmd_diff)
 
     c = sub.add_parser("convert", help="re-lay a standard-format buffer for another host")
@@ -59,11 +60,12 @@ def add_parser(sub: Any) -> None:
     c.set_defaults(func=cmd_convert)
 
 
-def _captures(path: str, fmt: str | None, max_size: int) -> list[Any]:
+def _captures(path: str, fmt: str | None, max_size: int, snapshot: str | None = None
+              ) -> list[Any]:
     from kvmfpu.blob import sources
     from kvmfpu.blob.errors import InputError
     try:
-        return sources.read(path, fmt, max_size)
+        return sources.read(path, fmt, max_size, snapshot=snapshot)
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -72,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from kvmfpu.blob.validate import Validator
     from kvmfpu.kvm.profiles import UnknownKernel
 
-    caps = _captures(args.file, args.format, args.max_size)
+    caps = _captures(args.file, args.format, args.max_size, args.snapshot)
     try:
         guest = _guest_cpu(args)
         validator = Validator(args.host, args.kernel, guest, args.flavor)
@@ -128,11 +130,13 @@ def _guest_cpu(args: argparse.Namespace) -> Any:
         return args.guest_cpu
 
 
-def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> list[Any]:
+def _decoded(path: str, host: str | None, fmt: str | None, max_size: int,
+             snapshot: str | None = None) -> list[Any]:
     from kvmfpu.blob.errors import InputError
     from kvmfpu.blob.load import load
     try:
-        return [(it.capture, it.decoded) for it in load(path, host, fmt, max_size=max_size)]
+        return [(it.capture, it.decoded)
+                for it in load(path, host, fmt, max_size=max_size, snapshot=snapshot)]
     except InputError as exc:
         raise UsageError(str(exc)) from None
 
@@ -140,9 +144,12 @@ def _decoded(path: str, host: str | None, fmt: str | None, max_size: int) -> lis
 def cmd_diff(args: argparse.Namespace) -> int:
     from kvmfpu.blob import regdiff
     from kvmfpu.blob.compare import register_diff
-
-    a = _decoded(args.a, args.host, args.format, args.max_size)
-    b = _decoded(args.b, args.host_b or args.host, args.format, args.max_size)
+    from kvmfpu.blob.qcow2 import is_image
+    # --snapshot names A's snapshot, and B's too when B is a qcow2 image without --snapshot-b.
+    snap_b = args.snapshot_b if args.snapshot_b is not None else \
+        args.snapshot if is_image(args.b) else None
+    a = _decoded(args.a, args.host, args.format, args.max_size, args.snapshot)
+    b = _decoded(args.b, args.host_b or args.host, args.format, args.max_size, snap_b)
     if len(a) != len(b):
         raise UsageError(f"{args.a} holds {len(a)} xsave images, {args.b} holds {len(b)}")
     def label(path: str, n: int, cap: Any) -> str:
@@ -177,7 +184,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.output != STDOUT and os.path.exists(args.output) and os.path.exists(args.file) \
             and os.path.samefile(args.file, args.output):
         raise UsageError(f"{args.output} is the input: write the converted buffer elsewhere")
-    caps = _captures(args.file, args.format, args.max_size)
+    caps = _captures(args.file, args.format, args.max_size, args.snapshot)
     if len(caps) != 1:
         raise UsageError(f"{args.file} holds {len(caps)} xsave images; convert takes one")
     try:

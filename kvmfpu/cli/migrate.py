@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from kvmfpu.cli.common import UsageError
+from kvmfpu.cli.common import UsageError, snapshot_option
 
 #: What --guest (and validate --guest-cpu) take: kvmfpu.migrate.guest_spec.
 GUEST_HELP = ("QEMU -cpu value (Model[-vN][,+f,-f,f=on...], host, max), libvirt's "
@@ -30,6 +30,7 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--guest", required=True, metavar="CPU", help=GUEST_HELP)
     m.add_argument("--blob", help="the state that left the source (a KVM_GET_XSAVE capture, "
                                   "core file or QEMU stream) instead of the modelled guest's")
+    snapshot_option(m, what="--blob")                 # qcow2 internal snapshots
     m.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
                    help=f"how the state travels (qemu: field by field; raw and the named "
                         f"snapshot VMMs: the buffer verbatim); one of {', '.join(VMMS)}; "
@@ -79,7 +80,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from kvmfpu.migrate.report import Finding
     from kvmfpu.qemu.models import UnknownModel
     try:
-        cap = first_capture(args.blob) if args.blob else None
+        if args.snapshot and not args.blob:
+            raise InputError("--snapshot picks the snapshot of a qcow2 --blob; give --blob")
+        cap = first_capture(args.blob, snapshot=args.snapshot) if args.blob else None
         blob = bytes(cap.data) if cap is not None else None
         report = check(args.src, args.dst, args.guest, vmm=args.vmm, dst_vmm=args.dst_vmm,
                        blob=blob, blob_name=args.blob, advise=not args.no_advice)
