@@ -197,6 +197,7 @@ def run(
         for path in walk(entry.path):
             paths.append((path, src.name, src.host, entry.guest, entry.fmt, max_size))
     blobs: dict[str, bytes] = {}
+    tcg: dict[str, int] = {}
     batches = _batches(paths, FILE_BATCH)
     got: dict[str, list[FileRead]] = {}
     for key, batch in engine.map(read_files, batches, [str(i) for i in range(len(batches))]):
@@ -209,6 +210,7 @@ def run(
             for v in fr.vcpus:
                 if v.blob and v.digest not in blobs:
                     blobs[v.digest] = v.blob
+                tcg[v.digest] = v.restores_init
             items.append(
                 Item(
                     f"file:{fr.path}",
@@ -234,7 +236,14 @@ def run(
             continue
         keys = []
         for digest in item.signatures or (None,):
-            t = Task(item.guest, item.source, dsts, digest, blobs[digest] if digest else None)
+            t = Task(
+                item.guest,
+                item.source,
+                dsts,
+                digest,
+                blobs[digest] if digest else None,
+                tcg.get(digest, 0) if digest else 0,
+            )
             tasks.setdefault(t.key, t)
             keys.append(t.key)
         item.tasks = tuple(keys)

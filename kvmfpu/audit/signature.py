@@ -13,7 +13,9 @@ header, TILECFG), so the signature keeps their exact values. What the signature 
   software-reserved bytes, the header's reserved bytes, PKRU, TILECFG, BNDCFGU/BNDSTATUS,
   U_CET and any field not listed as data);
 - which data fields are non-zero, and which unnamed byte runs (padding) are non-zero;
-- the vCPU's IA32_XFD where the file carries it.
+- the vCPU's IA32_XFD where the file carries it;
+- for a QEMU stream written under TCG, the components whose registers the destination will
+  load in their initial state (XSTATE_BV is never set under TCG: blob.validate).
 
 Two images with one signature get one verdict; tests/audit/test_signature.py checks that
 on generated images whose data values differ, through the real check, for raw and
@@ -47,6 +49,7 @@ class Signature:
     nonzero: tuple[str, ...]
     rest: tuple[int, ...]
     xfd: int = 0
+    restores_init: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,7 @@ class Signature:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0) -> Signature:
+def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0, restores_init: int = 0) -> Signature:
     """``blob`` (a kvm_xsave-shaped image laid out as ``layout``) reduced to its signature.
     InputError for what decode refuses."""
     d = decode(blob, layout, host="")

@@ -29,6 +29,7 @@ class VcpuState:
     digest: str
     signature: dict[str, Any]
     blob: bytes
+    restores_init: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Task:
     destinations: tuple[HostClass, ...]
     digest: str | None = None
     blob: bytes | None = field(default=None, repr=False)
+    restores_init: int = 0  # a TCG stream's components restored to init (signature)
 
     @property
     def key(self) -> str:
@@ -90,6 +92,7 @@ def read_file(
     host's layout; a file kvmfpu cannot read becomes an error, not an exception."""
     from kvmfpu.blob import sources
 
+    notes: list[str] = []
     try:
         layout = _host(source_host).layout
         caps = sources.read(path, fmt, max_size)
@@ -100,12 +103,34 @@ def read_file(
             # A QEMU stream carries registers: the image is the one the source host's
             # kvm_put_xsave would build (what the check restores from).
             blob = cap.rebuild(layout) if cap.rebuild is not None else bytes(cap.data)
-            sig = signature(blob, layout, cap.extra.get("xfd", 0))
-            vcpus.append(VcpuState(sig.digest, sig.to_json(), blob))
-        notes = tuple(dict.fromkeys(n for cap in caps for n in cap.notes))
-        return FileRead(path, source, guest, tuple(vcpus), notes=notes)
+            sig = signature(blob, layout, cap.extra.get("xfd", 0), cap.restores_init)
+            vcpus.append(VcpuState(sig.digest, sig.to_json(), blob, cap.restores_init))
+        if guest is None and caps[0].domain_xml:
+            guest, said = _guest_of_domain(caps[0].domain_xml, source_host, path)
+            notes += said
+        notes += [n for cap in caps for n in cap.notes]
+        return FileRead(path, source, guest, tuple(vcpus), notes=tuple(dict.fromkeys(notes)))
     except (InputError, OSError, ValueError) as exc:
         return FileRead(path, source, guest, error=str(exc) or type(exc).__name__)
+
+
+def _guest_of_domain(xml: str, source_host: str, path: str) -> tuple[str, list[str]]:
+    """The -cpu value libvirt generates from a save image's domain XML (host-model settled
+    on the source host), and what that says."""
+    from kvmfpu.qemu.libvirt_cpu import from_domain_xml
+    from kvmfpu.qemu.models import UnknownModel
+
+    try:
+        g = from_domain_xml(xml, host=lambda: _kvm_of(source_host), what=f"{path}'s domain XML")
+    except UnknownModel as exc:
+        raise InputError(str(exc).strip('"')) from None
+    return g.spec, [f"guest CPU from the image's domain XML: -cpu {g.spec}", *g.notes]
+
+
+def _kvm_of(host: str) -> Any:
+    from kvmfpu.kvm.system import Kvm
+
+    return Kvm(_host(host))
 
 
 def read_files(batch: tuple[tuple[str, str, str, str | None, str | None, int], ...]) -> list[FileRead]:
@@ -115,7 +140,7 @@ def read_files(batch: tuple[tuple[str, str, str, str | None, str | None, int], .
         got = read_file(*args)
         slim = []
         for v in got.vcpus:
-            slim.append(v if v.digest not in seen else VcpuState(v.digest, v.signature, b""))
+            slim.append(v if v.digest not in seen else VcpuState(v.digest, v.signature, b"", v.restores_init))
             seen.add(v.digest)
         out.append(FileRead(got.path, got.source, got.guest, tuple(slim), got.error, got.notes))
     return out
@@ -138,13 +163,16 @@ def _kvm(host: str, kernel: str) -> Any:
 
 def run_task(task: Task) -> list[Outcome]:
     """The source half once, then every destination (the matrix's sharing)."""
+    from kvmfpu.blob.validate import tcg_restore_warning
     from kvmfpu.migrate.check import guest_at, run_destination, run_source
-    from kvmfpu.migrate.report import INCOMPATIBLE
+    from kvmfpu.migrate.report import INCOMPATIBLE, Finding
     from kvmfpu.migrate.vmm import vmm_of
 
     v = vmm_of(task.source.vmm)
     guest = guest_at(task.guest, v)
     run = run_source(_endpoint(task.source.host, task.source.kernel), guest, v, task.blob)
+    # As `kvmfpu migrate --blob` says of a TCG-written stream: its registers do not arrive.
+    tcg = tcg_restore_warning(task.restores_init)
     out = []
     for dst in task.destinations:
         dv = vmm_of(dst.vmm)
@@ -164,6 +192,8 @@ def run_task(task: Task) -> list[Outcome]:
                 )
             )
             continue
+        if tcg:
+            r.findings.insert(0, Finding("error", "source", f"the state given: {tcg}"))
         ranked = [f for lvl in ("error", "condition") for f in r.findings if f.level == lvl]
         reasons = tuple(dict.fromkeys(f.text for f in ranked))[:MAX_REASONS] or (r.reason,)
         out.append(

@@ -64,9 +64,14 @@ def restore_warning(cap: Capture) -> str | None:
     QEMU copies TCG's XSTATE_BV (never updated, 0 from reset) into KVM_SET_XSAVE's buffer
     (target/i386/xsave_helper.c x86_cpu_xsave_all_areas) and XRSTOR initialises every
     component whose bit is clear."""
-    if not cap.restores_init:
+    return tcg_restore_warning(cap.restores_init)
+
+
+def tcg_restore_warning(restores_init: int) -> str | None:
+    """restore_warning for the components a TCG stream leaves out of XSTATE_BV."""
+    if not restores_init:
         return None
-    return (f"written under TCG: XSTATE_BV leaves out {xf.describe_mask(cap.restores_init)}, "
+    return (f"written under TCG: XSTATE_BV leaves out {xf.describe_mask(restores_init)}, "
             "whose registers hold data, so the destination will restore their initial state "
             "(the guest's values are lost)")
 

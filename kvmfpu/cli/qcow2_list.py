@@ -28,16 +28,19 @@ def list_snapshots(args: argparse.Namespace) -> int:
 
     if args.format not in (None, "qcow2"):
         raise UsageError(f"--list-snapshots reads qcow2 images, not --format {args.format}")
+    if len(args.file) != 1:
+        raise UsageError("--list-snapshots lists one image's snapshots: give one file")
+    (file,) = args.file
     try:
-        source: str | bytes = args.file
-        if args.file == "-":
+        source: str | bytes = file
+        if file == "-":
             source = read_stream(sys.stdin.buffer, args.max_size, "standard input")
         header, snaps = qcow2.snapshot_list(source)
     except InputError as exc:
         raise UsageError(str(exc)) from None
     with_state = [s for s in snaps if s.vm_state_size]
     default = with_state[0].id if len(with_state) == 1 else None
-    name = "standard input" if args.file == "-" else args.file
+    name = "standard input" if file == "-" else file
     if args.json:
         body = {
             "image": name,
