@@ -126,7 +126,7 @@ class HostModel:
     @cached_property
     def behaviour(self) -> CoreBehaviour:
         beh = behaviour_for(self.vendor, misalignsse=self.has("misalignsse"),
-                            zero_fcs_fds=self.has("zero_fcs_fds"))
+                            zero_fcs_fds=self.has("zero_fcs_fds"), la57=self.has("la57"))
         if self._mxcsr_override is not None:
             from dataclasses import replace
             beh = replace(beh, mxcsr_mask=self._mxcsr_override)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmfpu.arch import legacy
+from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, bits
 from kvmfpu.core import Cpu, Fault
 from kvmfpu.cpus.model import HostModel
@@ -64,21 +65,46 @@ class Layout:
         return 3 * self.area
 
 
-def comparable_state(image: bytes, size: int) -> bytes:
+def comparable_state(image: bytes, size: int, unheld: Sequence[tuple[int, int]] = ()) -> bytes:
     """The parts of an XSAVE image that hold register contents: the legacy registers
-    (0-415), XSTATE_BV and the extended components (576..size)."""
-    return image[:legacy.RESERVED] + image[legacy.XSTATE_BV:legacy.XSTATE_BV + 8] + \
-        image[legacy.EXTENDED:size]
+    (0-415), XSTATE_BV and the extended components (576..size), with the ``unheld`` ranges
+    (no register behind them: gaps between components, the 4 bytes after PKRU) zeroed. A
+    signal frame's copy of those bytes is whatever the stack held (AMD's XSAVE leaves
+    them as they were)."""
+    ext = bytearray(image[legacy.EXTENDED:size])
+    for start, end in unheld:
+        ext[start - legacy.EXTENDED:end - legacy.EXTENDED] = bytes(end - start)
+    return image[:legacy.RESERVED] + image[legacy.XSTATE_BV:legacy.XSTATE_BV + 8] + bytes(ext)
 
 
-def run_real(real: RealCpu, case: Case, size: int) -> Outcome:
+def unheld_ranges(host: HostModel, xcr0: int) -> tuple[tuple[int, int], ...]:
+    """Byte ranges of the standard form for ``xcr0`` (after the header) that hold no
+    register: the gaps between enabled components and PKRU's last 4 bytes."""
+    size = host.layout.standard_size(xcr0)
+    comps = sorted((c.offset, c.offset + c.size, b) for b, c in host.layout.components.items()
+                   if b >= 2 and xcr0 >> b & 1)
+    out: list[tuple[int, int]] = []
+    pos = legacy.EXTENDED
+    for start, end, bit in comps:
+        if start > pos:
+            out.append((pos, start))
+        if bit == xf.XFeature.PKRU:
+            out.append((start + 4, end))
+        pos = max(pos, end)
+    if pos < size:
+        out.append((pos, size))
+    return tuple(out)
+
+
+def run_real(real: RealCpu, case: Case, size: int,
+             unheld: Sequence[tuple[int, int]] = ()) -> Outcome:
     n = len(case.memory)
     real.memory[:n] = case.memory
     res = real.run(case.ops)
     fault = state = None
     if res.fault is not None:
         fault = (res.fault.index, res.fault.vector)
-        state = comparable_state(res.fault.state, size)
+        state = comparable_state(res.fault.state, size, unheld)
     results = tuple(r if op.kind == "XGETBV" else 0 for r, op in zip(res.results, case.ops, strict=True))
     return Outcome(fault, results, bytes(real.memory[:n]), state)
 
@@ -137,7 +163,8 @@ def run_model(host: HostModel, xcr0: int, case: Case, size: int) -> Outcome:
         cpu.memory[snap:snap + 4096] = bytes(4096)
         cpu.cpl = 0
         cpu.xsave(snap, xcr0)
-        state = comparable_state(bytes(cpu.memory[snap:snap + size]), size)
+        state = comparable_state(bytes(cpu.memory[snap:snap + size]), size,
+                                 unheld_ranges(host, xcr0))
     return Outcome(fault, tuple(results), memory, state, reason)
 
 
@@ -179,6 +206,14 @@ def differences(real: Outcome, model: Outcome, case: Case) -> list[str]:
 
 
 # -- case generation -------------------------------------------------------------------------
+
+def _allow_key0(area: bytearray, offset: int) -> None:
+    """Clear AD0/WD0 (PKRU bits 1:0) of a PKRU image: every page of the probe, its stack
+    included, has protection key 0, so a loaded PKRU that denies key 0 makes the probe's
+    next memory access fault (#PF with PF_PK, SDM Vol. 3A 4.6.2) and the kernel then cannot
+    even write the signal frame; the other keys' bits stay random."""
+    area[offset] &= 0xFC
+
 
 @dataclass
 class Generator:
@@ -234,6 +269,8 @@ class Generator:
         for b in self.ext:
             c = self.host.layout.components[b]
             area[c.offset:c.offset + c.size] = self._blob(c.size)
+            if b == xf.XFeature.PKRU:
+                _allow_key0(area, c.offset)
         return area
 
     def compacted_area(self, bv: int, comp: int, *, mxcsr_ok: bool = True) -> bytearray:
@@ -245,6 +282,8 @@ class Generator:
         for b, off in offsets.items():
             size = self.host.layout.components[b].size
             area[off:off + size] = self._blob(size)
+            if b == xf.XFeature.PKRU:
+                _allow_key0(area, off)
         return area
 
     def _subset(self, mask: int) -> int:
@@ -399,7 +438,7 @@ def run(host: HostModel, xcr0: int, count: int, seed: int,
         rep.cases += 1
         rep.by_kind[case.kind.split(":")[0]] = rep.by_kind.get(case.kind.split(":")[0], 0) + 1
         model = run_model(host, xcr0, case, gen.size)
-        real_out = run_real(real, case, gen.size)
+        real_out = run_real(real, case, gen.size, unheld_ranges(host, xcr0))
         diff = differences(real_out, model, case)
         # An interrupt between two instructions can leave XINUSE bits set or defeat
         # XSAVEOPT's modified optimisation; a real disagreement repeats, that does not.
@@ -407,7 +446,7 @@ def run(host: HostModel, xcr0: int, count: int, seed: int,
             if not diff:
                 break
             rep.retried += 1
-            real_out = run_real(real, case, gen.size)
+            real_out = run_real(real, case, gen.size, unheld_ranges(host, xcr0))
             diff = differences(real_out, model, case)
         if model.fault is not None:
             rep.faulting += 1
