@@ -363,7 +363,7 @@ def vcpu_ioctl(vcpu: Vcpu, request: int, arg: Any = 0) -> int:
         raise closed_fd("vCPU")
     if request == KVM_GET_XSAVE:
         if arg.__class__ is bytearray and len(arg) >= KVM_XSAVE_SIZE:    # the hot path
-            arg[:KVM_XSAVE_SIZE] = vcpu.get_xsave()
+            vcpu.get_xsave_into(arg)
             return 0
         view = _need(arg, KVM_XSAVE_SIZE, "KVM_GET_XSAVE")
         view[:KVM_XSAVE_SIZE] = vcpu.get_xsave()

@@ -36,6 +36,8 @@ ALL: Final = (1 << 64) - 1
 KVM_MAX_XCRS: Final = uapi.KVM_MAX_XCRS
 MAX_IO_MSRS: Final = uapi.MAX_IO_MSRS
 KVM_XSAVE_SIZE: Final = uapi.KVM_XSAVE_SIZE
+KVM_GET_XSAVE: Final = uapi.KVM_GET_XSAVE
+KVM_SET_XSAVE: Final = uapi.KVM_SET_XSAVE
 
 # MP states (include/uapi/linux/kvm.h, through kvmfpu.uapi).
 MP_RUNNABLE: Final = uapi.KVM_MP_STATE_RUNNABLE
@@ -189,8 +191,16 @@ class VcpuBase:
     def ioctl(self, request: int, arg: object = 0, mutate_flag: bool = True) -> object:
         """The vCPU fd's ioctls with the uapi layouts (fills a writable buffer in place)."""
         if arg.__class__ is bytearray and mutate_flag and request.__class__ is int:
-            # dispatch's hot case inline: a buffer filled in place, an int request.
-            return _ioctl.vcpu_ioctl(cast("Vcpu", self), request & 0xFFFF_FFFF, arg)
+            # dispatch's hot case inline: a buffer filled in place, an int request; and
+            # vcpu_ioctl's KVM_SET/GET_XSAVE cases (the methods make its closed-fd check).
+            request &= 0xFFFF_FFFF
+            if request == KVM_SET_XSAVE:
+                cast("Vcpu", self).set_xsave(arg)
+                return 0
+            if request == KVM_GET_XSAVE and len(arg) >= KVM_XSAVE_SIZE:
+                cast("Vcpu", self).get_xsave_into(arg)
+                return 0
+            return _ioctl.vcpu_ioctl(cast("Vcpu", self), request, arg)
         return _ioctl.dispatch(_ioctl.vcpu_ioctl, self, request, arg, mutate_flag)
 
     def _serve(self, request: int, arg: object) -> int:

@@ -87,6 +87,24 @@ class XsaveOps(VcpuBase):
         finally:
             lock.release()
 
+    def get_xsave_into(self, out: bytearray) -> None:
+        """KVM_GET_XSAVE into the caller's buffer (the raw ioctl with a bytearray of at
+        least 4096 bytes): the same path as get_xsave, packed in place."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self.closed or self._running:
+                self._usable("KVM_GET_XSAVE")
+            xp = self._xsave_path
+            gfpu = self.gfpu
+            if not xp.guest_fpu or (xp.xsave2 and gfpu.uabi_size > KVM_XSAVE_SIZE):
+                out[:KVM_XSAVE_SIZE] = self.get_xsave()     # 5.15's fill_xsave, or EINVAL
+                return
+            mask = self.gsx | FPSSE if xp.masks_guest_xcr0 else ALL
+            uabi.copy_guest_fpstate_to_uabi_into(self.kvm.hk, gfpu, mask, self.pkru, out)
+        finally:
+            lock.release()
+
     @serialised
     def get_xsave2(self) -> bytes:
         """KVM_GET_XSAVE2 into a buffer of KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, as

@@ -15,6 +15,7 @@ quotes the older loop). Copies follow precomputed plans (hot path).
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
@@ -22,12 +23,13 @@ from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, describe_mask
 from kvmfpu.core.faults import PageFault
 from kvmfpu.kvm.errors import HostOops, KvmError, einval
 from kvmfpu.kvm.origins import cite
-from kvmfpu.linux.fpstate import FpuGuest
+from kvmfpu.linux.fpstate import FpState, FpuGuest
 from kvmfpu.linux.kernel import HostKernel
-from kvmfpu.linux.uabi_plans import Buffer, in_plan, out_plan, switches
+from kvmfpu.linux.uabi_plans import Buffer, OutPlan, Switches, in_plan, out_plan, switches
 from kvmfpu.linux.uabi_plans import ext_plan as _ext_plan
 
 __all__ = ["Buffer", "check_uabi_to_guest_fpstate", "check_xsave_5_15", "copy_guest_fpstate_to_uabi",
+           "copy_guest_fpstate_to_uabi_into",
            "copy_uabi_to_guest_fpstate", "fill_xsave_5_15", "load_xsave_5_15", "short_buffer"]
 
 _Q = struct.Struct("<Q")
@@ -36,9 +38,15 @@ _I = struct.Struct("<I")
 _II = struct.Struct("<II")
 _RESERVED = struct.Struct("<6Q")      # the header's 48 reserved bytes
 _Z6 = (0,) * 6
+#: What KVM_SET_XSAVE's checks read, in one unpack: MXCSR, XSTATE_BV, XCOMP_BV and the
+#: header's 48 reserved bytes (the first 576 bytes of the buffer).
+_SET_HEAD = struct.Struct("<24xI484xQQ48s")
+_Z48 = bytes(48)
 FPSSE = xf.FPSSE
 LEGACY_MXCSR = xf.FP | xf.SSE | xf.YMM
 PKRU_BIT = 9
+#: sizeof(struct kvm_xsave).
+KVM_XSAVE_SIZE = 4096
 
 
 def _pkru_offset(k: HostKernel) -> int:
@@ -50,13 +58,41 @@ def _pkru_offset(k: HostKernel) -> int:
 def copy_guest_fpstate_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int, xfeatures: int,
                                pkru: int) -> bytes:
     """fpu_copy_guest_fpstate_to_uabi (5.16+)."""
+    if not k.cfg.has_xsave:
+        return _copy_legacy_to_uabi(k, gfpu, size)
+    plan, args = _out_args(k, gfpu, size, xfeatures, pkru)
+    packed: bytes = plan.pack(*args)
+    return packed if plan.whole else packed[:size]     # membuf_write stops at the buffer's end
+
+
+def copy_guest_fpstate_to_uabi_into(k: HostKernel, gfpu: FpuGuest, xfeatures: int, pkru: int,
+                                    out: bytearray) -> None:
+    """fpu_copy_guest_fpstate_to_uabi (5.16+) of a struct kvm_xsave (4096 bytes) into the
+    caller's buffer, packed in place (KVM_GET_XSAVE's raw ioctl: no intermediate bytes)."""
+    if not k.cfg.has_xsave:
+        out[:KVM_XSAVE_SIZE] = _copy_legacy_to_uabi(k, gfpu, KVM_XSAVE_SIZE)
+        return
+    plan, args = _out_args(k, gfpu, KVM_XSAVE_SIZE, xfeatures, pkru)
+    if plan.whole:
+        plan.pack_into(out, 0, *args)  # struct zero-fills the padding it spans
+    else:
+        out[:KVM_XSAVE_SIZE] = plan.pack(*args)[:KVM_XSAVE_SIZE]
+
+
+def _copy_legacy_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int) -> bytes:
+    """A host without XSAVE: the legacy area, XSTATE_BV = FP|SSE."""
+    base = gfpu.fpstate.off
+    out = bytearray(max(size, legacy.EXTENDED))
+    out[:legacy.LEGACY_SIZE] = k.mem[base:base + legacy.LEGACY_SIZE]
+    _Q.pack_into(out, legacy.XSTATE_BV, FPSSE)   # "make it restorable on an XSAVE host"
+    return bytes(out[:size] if size < len(out) else out)
+
+
+def _out_args(k: HostKernel, gfpu: FpuGuest, size: int, xfeatures: int,
+              pkru: int) -> tuple[OutPlan, list[Any]]:
+    """__copy_xstate_to_uabi_buf's plan for the fpstate's header and its pack arguments."""
     fps = gfpu.fpstate
     mem, base = k.mem, fps.off
-    if not k.cfg.has_xsave:
-        out = bytearray(max(size, legacy.EXTENDED))
-        out[:legacy.LEGACY_SIZE] = mem[base:base + legacy.LEGACY_SIZE]
-        _Q.pack_into(out, legacy.XSTATE_BV, FPSSE)   # "make it restorable on an XSAVE host"
-        return bytes(out[:size] if size < len(out) else out)
     sw = k.__dict__.get("_uabi_switches") or switches(k)
     k_bv, xcomp = _QQ.unpack_from(mem, base + legacy.XSTATE_BV)
     user = fps.user_xfeatures
@@ -81,8 +117,7 @@ def copy_guest_fpstate_to_uabi(k: HostKernel, gfpu: FpuGuest, size: int, xfeatur
     args[plan.bv_at] = bv
     if write_pkru:
         args[plan.pkru_at] = pkru
-    packed: bytes = plan.pack(*args)
-    return packed if plan.whole else packed[:size]     # membuf_write stops at the buffer's end
+    return plan, args
 
 
 def fill_xsave_5_15(k: HostKernel, gfpu: FpuGuest, guest_supported_xcr0: int,
@@ -123,8 +158,27 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer, xcr
                                 user_xfeatures_origin: str,
                                 user_xfeatures_commit: str = "uabi_header") -> int:
     """The checks of fpu_copy_uabi_to_guest_fpstate, validate_user_xstate_header and
-    copy_uabi_to_xstate's MXCSR test (5.16+), in the kernel's order; returns XSTATE_BV."""
+    copy_uabi_to_xstate's MXCSR test (5.16+), in the kernel's order; returns XSTATE_BV.
+
+    A buffer that passes all of them at once (their conjunction, in one unpack of what
+    they read) returns at once; any other goes through them one by one, so a refusal
+    names the first check the kernel fails and the Proxmox PKRU strip applies."""
     fps = gfpu.fpstate
+    sw = k.__dict__.get("_uabi_switches") or switches(k)
+    if sw.has_xsave:
+        mxcsr, bv, cb, reserved = _SET_HEAD.unpack_from(ubuf)
+        # Stricter than the kernel where it may be (XFD bits refused even where the kernel
+        # does not look): those buffers take the ordered checks below, never a wrong pass.
+        if not (bv & ~(xcr0 & fps.user_xfeatures) or bv & fps.xfd or cb
+                or reserved != _Z48 or (bv & LEGACY_MXCSR and mxcsr & sw.mxcsr_reserved)):
+            return int(bv)
+    return _ordered_checks(k, sw, fps, ubuf, xcr0, user_xfeatures_origin,
+                           user_xfeatures_commit)
+
+
+def _ordered_checks(k: HostKernel, sw: Switches, fps: FpState, ubuf: Buffer, xcr0: int,
+                    user_xfeatures_origin: str, user_xfeatures_commit: str) -> int:
+    """check_uabi_to_guest_fpstate's checks one at a time, in the kernel's order."""
     if not k.cfg.has_xsave:
         bv = int(_Q.unpack_from(ubuf, legacy.XSTATE_BV)[0])
         if bv & ~FPSSE:
@@ -134,7 +188,6 @@ def check_uabi_to_guest_fpstate(k: HostKernel, gfpu: FpuGuest, ubuf: Buffer, xcr
         _mxcsr_check(k, ubuf, "fpu_copy_uabi_to_guest_fpstate", "", "uabi_copy")
         return bv
     bv, cb = _QQ.unpack_from(ubuf, legacy.XSTATE_BV)
-    sw = k.__dict__.get("_uabi_switches") or switches(k)
     if sw.pve_pkru_mask and bv & xf.PKRU and not fps.user_xfeatures & xf.PKRU:
         # Proxmox's kvm_vcpu_ioctl_x86_set_xsave (pve-kernel 1559d22) clears the PKRU bit a
         # leaky source sent when the vCPU's CPUID lacks PKRU. The model reads that from

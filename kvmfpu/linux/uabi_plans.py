@@ -63,7 +63,9 @@ class Switches:
 
     __slots__ = (
         "amx_oops",
+        "has_xsave",
         "in_plans",
+        "mxcsr_reserved",
         "out_plans",
         "pkru_always",
         "pkru_offset",
@@ -77,6 +79,9 @@ class Switches:
         self.pkru_always = p.has("pkru_always_written_bug")
         self.pve_pkru_mask = p.has("pve_set_xsave_mask_pkru")
         self.xfd_clears = p.has("xfd_clears_xstate_bv")
+        self.has_xsave = k.cfg.has_xsave
+        #: MXCSR bits copy_uabi_to_xstate refuses (outside mxcsr_feature_mask).
+        self.mxcsr_reserved = ~k.cfg.mxcsr_feature_mask & 0xFFFF_FFFF
         comps = k.layout.components
         #: PKRU's standard-format offset (-1: the host has no PKRU component).
         self.pkru_offset = comps[PKRU_BIT].offset if PKRU_BIT in comps else -1
@@ -94,7 +99,7 @@ def switches(k: HostKernel) -> Switches:
 class OutPlan:
     """copy_guest_fpstate_to_uabi for one (XSTATE_BV, XCOMP_BV, PKRU written, size)."""
 
-    __slots__ = ("args", "bv_at", "pack", "pkru_at", "runs", "size", "whole")
+    __slots__ = ("args", "bv_at", "pack", "pack_into", "pkru_at", "runs", "size", "whole")
 
     def __init__(self, k: HostKernel, sw: Switches, bv: int, xcomp_bv: int, pkru: bool, size: int):
         mem: list[tuple[int, int, int]] = []
@@ -146,7 +151,9 @@ class OutPlan:
         total = max(size, legacy.EXTENDED, at)
         if total > at:
             code.append(f"{total - at}x")
-        self.pack = struct.Struct("".join(code)).pack
+        packer = struct.Struct("".join(code))
+        self.pack = packer.pack
+        self.pack_into = packer.pack_into
         self.args = args
         self.runs = tuple(runs)
         self.size = size
