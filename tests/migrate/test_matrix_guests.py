@@ -108,8 +108,12 @@ def test_views_say_the_guest_is_per_source() -> None:
     assert f"  skylake-sp@6.6: {sky}\n" in text and sky.startswith("Skylake-Server")
     guest = doc["guest"]
     assert isinstance(guest, dict) and guest["per_source"] is True and guest["given"] == "host-model"
-    assert {"source": "skylake-sp", "source_kernel": "6.6", "spec": m.per_source[("skylake-sp", "6.6")].spec,  # type: ignore[union-attr]
-            "label": sky} in guest["on_source"]
+    assert {
+        "source": "skylake-sp",
+        "source_kernel": "6.6",
+        "spec": m.per_source[("skylake-sp", "6.6")].spec,  # type: ignore[union-attr]
+        "label": sky,
+    } in guest["on_source"]
     assert "resolved on each source host" in page and sky in page
     # the CSV's guest column is each row's own
     import csv
