@@ -62,10 +62,23 @@ def add_parser(sub: Any) -> None:
                    help="write one row per cell as CSV ('-': standard output)")
     x.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the kvmfpu-matrix/1 document (to standard output without FILE)")
+    x.add_argument("--jobs", type=_jobs, metavar="N",
+                   help="worker processes for the sources (default: the CPU count); the "
+                        "verdicts are the same and in the same order as with --jobs 1")
     x.add_argument("--advice", action="store_true",
                    help="also re-run every cell that is not compatible with one thing changed "
                         "and list what would work (slow: several checks per cell)")
     x.set_defaults(func=cmd_matrix)
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes, 1 or more")
+    return n
 
 
 def _bad_input(exc: Exception) -> UsageError:
@@ -141,15 +154,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmfpu.cli.document import document
     from kvmfpu.kvm.profiles import UnknownKernel
     from kvmfpu.migrate import matrix_views
-    from kvmfpu.migrate.guest_spec import resolve_guest
-    from kvmfpu.migrate.matrix import compute, to_csv
+    from kvmfpu.migrate.matrix import compute, default_jobs, to_csv
     from kvmfpu.migrate.report_html import render
     from kvmfpu.qemu.models import UnknownModel
     outputs = [p for p in (args.html, args.csv, args.json) if p is not None]
     check_output(*outputs)
     try:
-        m = compute(resolve_guest(args.guest), args.hosts, args.kernels, vmm=args.vmm,
-                    advise=args.advice)
+        # the guest as text: resolved on each source when it depends on the host (host-model)
+        m = compute(args.guest, args.hosts, args.kernels, vmm=args.vmm, advise=args.advice,
+                    jobs=args.jobs or default_jobs())
     except (InputError, UnknownKernel, UnknownModel, cpus.UnknownHost) as exc:
         raise _bad_input(exc) from None
     if args.html is not None:

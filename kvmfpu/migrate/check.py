@@ -21,7 +21,7 @@ from kvmfpu import cpus
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import describe_mask
 from kvmfpu.blob import sources
-from kvmfpu.blob.compare import register_diff
+from kvmfpu.blob.compare import Difference, register_diff
 from kvmfpu.blob.decode import Decoded, decode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.core import msrs as msr
@@ -45,7 +45,8 @@ from kvmfpu.migrate.report import (
 )
 
 __all__ = ["COMPATIBLE", "CONDITIONS", "INCOMPATIBLE", "Advice", "Endpoint", "Finding", "Report",
-           "SourceRun", "check", "endpoint", "read_blob", "run_destination", "run_source", "vmm_of"]
+           "SourceRun", "check", "endpoint", "guest_findings", "read_blob", "run_destination",
+           "run_source", "vmm_of"]
 from kvmfpu.migrate.vmm import (
     Saved,
     Vmm,
@@ -105,10 +106,26 @@ class SourceRun:
     #: The source's KVM_GET_MSR_INDEX_LIST (the whole list, for snapshot VMMs' MSRs).
     msr_list: tuple[int, ...] = ()
     sregs: dict[str, bool] = field(default_factory=dict)
+    #: What ``regs`` was decoded from (the buffer and its host): the register comparison's
+    #: cache key (None: not cached).
+    regs_key: tuple[bytes, cpus.HostModel] | None = None
+    #: The source's /dev/kvm (host passthrough compares the vendors with it).
+    kvm: Kvm | None = None
+    #: stream_error for each destination VMM: a function of this run's saved state.
+    stream_errors: dict[Vmm, str | None] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
         return self.saved is None
+
+    def stream_error(self, vmm: Vmm) -> str | None:
+        """What ``vmm`` on the destination prints when it cannot load this run's stream."""
+        if vmm not in self.stream_errors:
+            saved = self.saved
+            assert saved is not None and saved.env is not None
+            state = guest_state(saved.env, self.cpu.features, saved.msrs)
+            self.stream_errors[vmm] = stream_error(self.vmm, vmm, state)
+        return self.stream_errors[vmm]
 
 
 def _kvm(e: Endpoint) -> Kvm:
@@ -130,7 +147,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
     cpu = guest_cpuid.build(kvm, guest, ask_perm=vmm.asks_amx_perm)
     run = SourceRun(src, guest, vmm, cpu, [],
                     supported=host_cpu.supported_features(kvm),
-                    msr_list=tuple(kvm.msr_index_list_all()))
+                    msr_list=tuple(kvm.msr_index_list_all()), kvm=kvm)
     who = "QEMU" if vmm.by_field else "the VMM"
     if cpu.filtered and getattr(guest, "enforce", False) and vmm.by_field:
         run.findings.append(Finding("error", "source", f"QEMU refuses to start the guest on "
@@ -166,6 +183,7 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
         return run
     run.ctx = guest_state.ctx
     run.regs = decode(guest_state.registers, kvm.host.layout, host=src.host.name)
+    run.regs_key = (bytes(guest_state.registers), kvm.host)
     run.truth = _host_msrs(vcpu)
     ids = vmm.msr_list(kvm.msr_index_list(), vcpu.cpuid.has.__getitem__)
     try:
@@ -197,7 +215,29 @@ def run_source(src: Endpoint, guest: GuestModel, vmm: Vmm, blob: bytes | None = 
                                     f"({_names(lost)})"))
     if blob is not None:
         run.regs = out         # the given state is what left the source
+        run.regs_key = (bytes(saved.buf), kvm.host)
     return run
+
+
+#: register_diff of (source buffer, its host, destination buffer, its host): a function of
+#: the two buffers and the two hosts' layouts, the same for every kernel pair that gives
+#: the same bytes (a matrix's cells under each of its kernels).
+_DIFFS: dict[tuple[bytes, cpus.HostModel, bytes, cpus.HostModel], tuple[Difference, ...]] = {}
+_DIFFS_MAX: Final = 2048
+
+
+def _register_diff(run: SourceRun, out: bytes, dst: cpus.HostModel) -> list[Difference]:
+    assert run.regs is not None
+    if run.regs_key is None:
+        return register_diff(run.regs, decode(out, dst.layout, host=dst.name))
+    key = (*run.regs_key, out, dst)
+    diff = _DIFFS.get(key)
+    if diff is None:
+        diff = tuple(register_diff(run.regs, decode(out, dst.layout, host=dst.name)))
+        if len(_DIFFS) >= _DIFFS_MAX:
+            _DIFFS.clear()
+        _DIFFS[key] = diff
+    return list(diff)
 
 
 def _names(diff: Sequence[tuple[str, str, str]]) -> str:
@@ -233,7 +273,7 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
             also.append(f"{vmm.label} has no AMX (ARCH_REQ_XCOMP_GUEST_PERM and KVM_GET_XSAVE2 "
                         "came with QEMU 7.0)")
         if saved.env is not None:
-            err = stream_error(run.vmm, vmm, guest_state(saved.env, run.cpu.features, saved.msrs))
+            err = run.stream_error(vmm)
             if err is not None:
                 also.append("the stream would not load either: " + " / ".join(err.splitlines()))
         findings.append(Finding("error", "destination", f"{vmm.label} cannot start the guest: "
@@ -255,7 +295,7 @@ def _dst_cpuid(run: SourceRun, vmm: Vmm, kvm: Kvm,
         findings.append(Finding("info", "cpu", f"the guest's CPUID gains {', '.join(sorted(gained))} "
                                 "on the destination (a running guest keeps what it read at boot)"))
     if run.guest.passthrough:
-        change = guest_cpu.vendor_change(_kvm(run.endpoint), kvm)
+        change = guest_cpu.vendor_change(run.kvm or _kvm(run.endpoint), kvm)
         if change is not None:
             findings.append(change)
     if dcpu.perm_error is not None:
@@ -318,9 +358,9 @@ def _run_destination(run: SourceRun, dst: Endpoint, kvm: Kvm | None, vmm: Vmm,
     if cpuid is None:
         return report
     if saved.env is not None:
-        state = guest_state(saved.env, run.cpu.features, saved.msrs)
-        err = stream_error(run.vmm, vmm, state)
+        err = run.stream_error(vmm)
         if err is not None:
+            state = guest_state(saved.env, run.cpu.features, saved.msrs)
             unknown = ", ".join(unknown_subsections(run.vmm, vmm, state))
             findings.append(Finding("error", "transport", f"{vmm.label} on the destination cannot "
                                     f"load what {run.vmm.label} sent (the cpu device's {unknown}, "
@@ -375,8 +415,7 @@ def _compare(run: SourceRun, kvm: Kvm, vcpu: Vcpu, report: Report, put_ids: set[
     saved, findings = run.saved, report.findings
     assert saved is not None and run.regs is not None
     out = vcpu.get_xsave2() if kvm.kernel.has("xsave2") else vcpu.get_xsave()
-    dregs = decode(out, kvm.host.layout, host=kvm.host.name)
-    diff = register_diff(run.regs, dregs)
+    diff = _register_diff(run, bytes(out), kvm.host)
     report.lost = [d for d in diff if d[0] != "XSTATE_BV"]
     new = [d for d in report.lost if d[0] not in run.source_lost]
     if new:
@@ -476,6 +515,12 @@ def guest_at(guest: str | GuestModel, vmm: Vmm, host: Any = None) -> GuestModel:
     return replace(again, notes=tuple(dict.fromkeys((*guest.notes, *again.notes))))
 
 
+def guest_findings(g: GuestModel) -> list[Finding]:
+    """What resolving the guest CPU said (libvirt's -cpu line, what is approximated), as
+    notes that lead the verdict's findings."""
+    return [Finding("info", "guest", f"guest CPU: {n}") for n in g.notes]
+
+
 def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
           vmm: str | Vmm = "qemu", dst_vmm: str | Vmm | None = None, blob: bytes | None = None,
           blob_name: str | None = None, advise: bool = True) -> Report:
@@ -486,8 +531,7 @@ def check(src: str | Endpoint, dst: str | Endpoint, guest: str | GuestModel, *,
     dv = vmm_of(dst_vmm) if dst_vmm is not None else v
     g = guest_at(guest, v, host=lambda: _kvm(s))
     report = run_destination(run_source(s, g, v, blob), d, blob_name=blob_name, vmm=dv)
-    # what resolving the guest CPU said (libvirt's -cpu line, what is approximated): in the verdict
-    report.findings[:0] = [Finding("info", "guest", f"guest CPU: {n}") for n in g.notes]
+    report.findings[:0] = guest_findings(g)
     if advise and report.verdict != COMPATIBLE:
         from kvmfpu.migrate.advice import advise as _advise
         report.advice = _advise(report, blob)

@@ -7,6 +7,7 @@ from typing import Any
 
 from kvmfpu.migrate.host_order import generation_key
 from kvmfpu.migrate.matrix import Cell, Matrix, pair_label
+from kvmfpu.qemu.models import GuestModel
 
 SCHEMA = "kvmfpu-matrix/1"
 
@@ -52,7 +53,7 @@ def to_json(m: Matrix) -> dict[str, Any]:
             }
         )
     return {
-        "guest": {"spec": m.guest.spec, "label": m.guest.label},
+        "guest": _guest_json(m),
         "vmm": m.vmm,
         "hosts": hosts,
         "kernel_pairs": [_pair(p) for p in m.pairs],
@@ -63,6 +64,39 @@ def to_json(m: Matrix) -> dict[str, Any]:
         "advice_computed": m.advised,
         "cells": [cell_json(m, c) for c in m.cells.values()],
     }
+
+
+def _guest_json(m: Matrix) -> dict[str, Any]:
+    out: dict[str, Any] = {"spec": m.guest.spec, "label": m.guest.label}
+    if m.guest_arg is not None:
+        out["given"] = m.guest_arg
+    out["per_source"] = bool(m.per_source)
+    if m.per_source:
+        out["on_source"] = [
+            {"source": s, "source_kernel": k, **_on_source(g)} for (s, k), g in m.per_source.items()
+        ]
+    return out
+
+
+def _on_source(g: GuestModel | str) -> dict[str, str]:
+    return {"spec": g.spec, "label": g.label} if isinstance(g, GuestModel) else {"error": g}
+
+
+def guest_lines(m: Matrix) -> list[str]:
+    """What the guest CPU is on each source, when it is not one CPU everywhere."""
+    if m.per_source:
+        head = (
+            "guest CPU per source: libvirt computes host-model (and settles optional features) on "
+            "the host the guest starts on, and migration carries that CPU to the destination "
+            "(libvirt formatdomain: host-model); each row runs the CPU its source gives:"
+        )
+        return [head] + [f"  {s}@{k}: {m.source_guest(s, k)}" for s, k in m.per_source]
+    if m.guest.passthrough:
+        return [
+            f"guest CPU per source: {m.guest.label} is each source host's own CPU (QEMU's -cpu host "
+            "on the source), carried to the destination"
+        ]
+    return []
 
 
 def _printable(text: str) -> str:
@@ -78,8 +112,9 @@ def to_text(m: Matrix) -> str:
     label = max(len(x) for x in names) if names else 0
     legend = ", ".join(f"{g} {v}" for v, g in GLYPHS.items())
     out = [
-        f"guest {_printable(m.guest.label)}, VMM {m.vmm}: {n} x {n} hosts x {len(m.pairs)} "
+        f"guest {_printable(m.guest_label)}, VMM {m.vmm}: {n} x {n} hosts x {len(m.pairs)} "
         f"kernel pair(s) = {m.count} verdicts",
+        *(_printable(line) for line in guest_lines(m)),
         f"{legend}; rows: source host, columns: destination host (numbered as the rows)",
         "each cell is one `kvmfpu migrate` check; --html and --json give what each checked and "
         "did not, its findings and the command that reproduces it",

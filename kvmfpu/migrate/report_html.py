@@ -12,6 +12,7 @@ from html import escape
 from kvmfpu import __version__
 from kvmfpu.migrate.host_order import generation_key
 from kvmfpu.migrate.matrix import Cell, Matrix, Pair, pair_label
+from kvmfpu.migrate.matrix_views import guest_lines
 from kvmfpu.migrate.report import Finding
 
 #: verdict: (CSS class, glyph)
@@ -72,9 +73,9 @@ def render(m: Matrix) -> str:
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>kvmfpu matrix: {_e(m.guest.label)}</title>",
+        f"<title>kvmfpu matrix: {_e(m.guest_label)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>Migration matrix for guest <code>{_e(m.guest.label)}</code></h1>",
+        f"<h1>Migration matrix for guest <code>{_e(m.guest_label)}</code></h1>",
         f'<p class="meta">VMM: {_e(m.vmm)} &middot; {n} hosts &times; {n} hosts &times; '
         f"{len(m.pairs)} kernel pair(s) = {total} verdicts in {m.seconds:.2f} s "
         f"({rate:,.0f}/s) &middot; kvmfpu {_e(__version__)}</p>",
@@ -84,6 +85,7 @@ def render(m: Matrix) -> str:
         "it. Each verdict comes from running the path on the models (guest CPUID, save, "
         "transport, KVM_SET_* in the VMM's order, register and guest-restore checks).</p>",
     ]
+    out.append(_per_source(m))
     for group in m.folds():
         out.append(_table(m, group))
     out.append(_hosts(m))
@@ -204,6 +206,15 @@ def _advice(m: Matrix, c: Cell) -> list[str]:
             "cell.</li>"
         )
     return items
+
+
+def _per_source(m: Matrix) -> str:
+    """The guest CPU each source gives, when it is not one CPU everywhere."""
+    lines = guest_lines(m)
+    if not lines:
+        return ""
+    items = "".join(f"<li><code>{_e(x.strip())}</code></li>" for x in lines[1:])
+    return f'<p class="meta">{_e(lines[0])}</p>' + (f"<ul>{items}</ul>" if items else "")
 
 
 def _hosts(m: Matrix) -> str:

@@ -126,10 +126,31 @@ def request_perm(kvm: Kvm, model: GuestModel) -> tuple[bool, KvmError | None]:
     return bool(wanted & offered), err
 
 
+#: What realize computes after the permission request, by host_cpu.model_key and model.
+_Realized = tuple[tuple[CpuidEntry, ...], frozenset[str], int, int, tuple[str, ...]]
+_BUILT: dict[tuple[object, ...], _Realized] = {}
+
+
 def build(kvm: Kvm, model: GuestModel, *, ask_perm: bool = True) -> QemuCpu:
     """QEMU's realize of ``model`` on ``kvm``'s host (ask_perm=False: a VMM that never asks
-    for AMX permission)."""
+    for AMX permission).
+
+    The permission request runs on every call (it is the VMM process's own action); the
+    rest is a function of the modelled /dev/kvm (host_cpu.model_key, which includes the
+    permission it left) and the model, so the same destination's table is built once for
+    every cell of a matrix and every row of an audit."""
     asked, perm_error = request_perm(kvm, model) if ask_perm else (False, None)
+    key = host_cpu.model_key(kvm)
+    done = None if key is None else _BUILT.get(key := (*key, model))
+    if done is None:
+        done = _realize(kvm, model)
+        if key is not None:
+            host_cpu.remember(_BUILT, key, done)
+    entries, feats, xcr0, xss, filtered = done
+    return QemuCpu(model, list(entries), feats, xcr0, xss, list(filtered), asked, perm_error)
+
+
+def _realize(kvm: Kvm, model: GuestModel) -> _Realized:
     supported = kvm.get_supported_cpuid()
     by_key = {(e.function, e.index): e for e in supported}
     offered_xcr0 = xcomp_guest_supp(kvm, supported)
@@ -170,7 +191,7 @@ def build(kvm: Kvm, model: GuestModel, *, ask_perm: bool = True) -> QemuCpu:
             filtered.append(f"XSAVE components {describe_mask(missing)} (CPUID[eax=dh,ecx="
                             f"{'0' if missing & ~xf.SUPERVISOR_MASK else '1'}h])")
     entries = _entries(kvm, supported, frozenset(feats), xcr0, xss)
-    return QemuCpu(model, entries, frozenset(feats), xcr0, xss, filtered, asked, perm_error)
+    return tuple(entries), frozenset(feats), xcr0, xss, tuple(filtered)
 
 
 def _entries(kvm: Kvm, supported: list[CpuidEntry], feats: frozenset[str], xcr0: int,

@@ -41,6 +41,9 @@ from typing import Any, Final, Protocol
 
 from kvmfpu.qemu.features import FEATURES, WORDS, FeatureWord, apply_dependencies
 
+#: Most answers kept per cache below (one per host x kernel x permission in use).
+CACHE_SIZE: Final = 4096
+
 KVM_CAP_TSC_DEADLINE_TIMER: Final = 72
 KVM_CAP_SYS_ATTRIBUTES: Final = 209
 KVM_X86_XCOMP_GUEST_SUPP: Final = 0
@@ -236,6 +239,30 @@ def _cpuid_words() -> tuple[FeatureWord, ...]:
     return tuple(w for w in WORDS if w.leaf is not None)
 
 
+def model_key(kvm: Any) -> tuple[Any, ...] | None:
+    """Everything a modelled /dev/kvm's answers here are a function of: the host model
+    (immutable, shared by identity), the kernel profile, the vendor module, KVM's caps and
+    FPU configuration, and the process's guest permission (KVM_GET_SUPPORTED_CPUID's leaf
+    0xD follows it since 5.17). None for anything else (the real device, test doubles):
+    those are always asked."""
+    from kvmfpu.kvm.system import Kvm
+
+    if type(kvm) is not Kvm:
+        return None
+    return (kvm.host, kvm.kernel, kvm.flavor, kvm.caps, kvm.hk.cfg, kvm.process.guest_perm.state_perm)
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()  # a bound on memory; the answers are recomputed exactly
+    cache[key] = value
+
+
+_WORDS_CACHE: dict[tuple[Any, ...], dict[str, int]] = {}
+_FEATURES_CACHE: dict[tuple[Any, ...], frozenset[str]] = {}
+_EXPANSION_CACHE: dict[tuple[Any, ...], dict[str, bool]] = {}
+
+
 def supported_words(kvm: KvmLike, *, migratable: bool = False, irqchip: str = "on") -> dict[str, int]:
     """FeatureWord.word -> x86_cpu_get_supported_feature_word(cpu, w) for the CPUID words.
 
@@ -248,6 +275,18 @@ def supported_words(kvm: KvmLike, *, migratable: bool = False, irqchip: str = "o
     SUCCOR in unconditionally; every libvirt capture of an Intel host from a QEMU that names
     them (up to the 10.2 names) has both off, the AMD ones on, as a fix-up masked by the
     host's CPUID gives (a posted change to host_cpuid() & bits). This follows the captures."""
+    key = model_key(kvm)
+    if key is not None:
+        key = (*key, migratable, irqchip)
+        hit = _WORDS_CACHE.get(key)
+        if hit is None:
+            hit = _supported_words(kvm, migratable, irqchip)
+            remember(_WORDS_CACHE, key, hit)
+        return dict(hit)  # callers change their copy (expanded_words)
+    return _supported_words(kvm, migratable, irqchip)
+
+
+def _supported_words(kvm: KvmLike, migratable: bool, irqchip: str) -> dict[str, int]:
     sup = _Supported(kvm, irqchip)
     out: dict[str, int] = {}
     for w in _cpuid_words():
@@ -275,7 +314,13 @@ def _props(words: Mapping[str, int]) -> dict[str, bool]:
 
 def supported_features(kvm: KvmLike, *, irqchip: str = "on") -> frozenset[str]:
     """Canonical QEMU names of the CPUID-word features KVM (with QEMU's fix-ups) supports."""
-    return frozenset(n for n, on in _props(supported_words(kvm, irqchip=irqchip)).items() if on)
+    key = model_key(kvm)
+    hit = None if key is None else _FEATURES_CACHE.get(key := (*key, irqchip))
+    if hit is None:
+        hit = frozenset(n for n, on in _props(supported_words(kvm, irqchip=irqchip)).items() if on)
+        if key is not None:
+            remember(_FEATURES_CACHE, key, hit)
+    return hit
 
 
 def expanded_words(kvm: KvmLike, migratable: bool = True, *, irqchip: str = "on") -> dict[str, int]:
@@ -295,4 +340,10 @@ def host_expansion(kvm: KvmLike, migratable: bool = True, *, irqchip: str = "on"
 
     MSR-word properties (``vmx-*``, ARCH_CAPABILITIES bits, ...) are not included: see the
     module docstring."""
-    return _props(expanded_words(kvm, migratable, irqchip=irqchip))
+    key = model_key(kvm)
+    hit = None if key is None else _EXPANSION_CACHE.get(key := (*key, migratable, irqchip))
+    if hit is None:
+        hit = _props(expanded_words(kvm, migratable, irqchip=irqchip))
+        if key is not None:
+            remember(_EXPANSION_CACHE, key, hit)
+    return dict(hit)

@@ -408,8 +408,8 @@ def qemu_cpu_arg(
         if host is None:
             raise UnknownModel(
                 "host-model: libvirt computes it on the host the guest starts on; kvmfpu needs that "
-                "host (migrate --src, validate --host, models --host); matrix runs one guest CPU on "
-                "every source: give a -cpu model or a domain XML with a custom model"
+                "host (migrate --src, validate --host, models --host; matrix resolves it on each "
+                "source)"
             )
         # virCPUUpdate: the domain becomes mode='custom' with the host CPU model; its own
         # features update the model's policies

@@ -240,3 +240,23 @@ def test_the_guest_resolves_as_migrate_resolves_it(capsys: pytest.CaptureFixture
     assert (
         (rc, err) == (rc2, err2) == (2, "kvmfpu: error: QEMU 6.2 has no EPYC-Genoa-v1 (first in QEMU 8.2)\n")
     )
+
+
+def test_jobs_and_host_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """--jobs 2 prints the document --jobs 1 prints (but the run time); host-model, once
+    refused ("matrix runs one guest CPU on every source"), runs per source (libvirt
+    formatdomain: host-model is computed where the guest starts) and the document says so."""
+    args = ["matrix", "--guest", "host-model", "--hosts", "zen4", "zen3", "--kernels", "6.6", "--json"]
+    docs = []
+    for jobs in ("1", "2"):
+        rc, out, err = run(capsys, *args, "--jobs", jobs)
+        assert rc == 0 and "4 verdicts in" in err
+        doc = json.loads(out)
+        validate(doc)
+        doc["seconds"] = 0
+        docs.append(json.dumps(doc))
+    assert docs[0] == docs[1]
+    guest = json.loads(docs[0])["guest"]
+    assert guest["per_source"] is True and {g["source"] for g in guest["on_source"]} == {"zen4", "zen3"}
+    rc, _, err = run(capsys, *args, "--jobs", "0")
+    assert rc == 2 and "1 or more" in err and err.count("\n") == 1
