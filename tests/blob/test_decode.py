@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from kvmfpu import cpus
 from kvmfpu.blob import decode as dec
+from kvmfpu.blob import describe
 from kvmfpu.blob.errors import InputError
 
 HOSTS = ("skylake-sp", "sapphirerapids", "zen4", "haswell", "zen2")
@@ -69,18 +70,18 @@ def test_compacted_buffers_decode_at_compacted_offsets() -> None:
     ((0x4000 << 64) | 1, "unnormal", "special"),
 ])
 def test_float80(raw: int, text: str, kind: str) -> None:
-    assert dec.float80(raw) == (text, kind)
+    assert describe.float80(raw) == (text, kind)
 
 
 def test_flag_texts() -> None:
-    assert dec.fcw_text(0x037F) == "IM DM ZM OM UM PM PC=extended RC=nearest"
-    assert dec.fsw_text(0x7881) == "IE ES C3 TOP=7"
-    assert dec.mxcsr_text(0x9FC0) == "DAZ IM DM ZM OM UM PM FZ RC=nearest"
-    assert dec.pkru_text(0x5555_5554) .startswith("key1:AD key2:AD")
-    assert dec.pkru_text(0) == "all keys read/write"
+    assert describe.fcw_text(0x037F) == "IM DM ZM OM UM PM PC=extended RC=nearest"
+    assert describe.fsw_text(0x7881) == "IE ES C3 TOP=7"
+    assert describe.mxcsr_text(0x9FC0) == "DAZ IM DM ZM OM UM PM FZ RC=nearest"
+    assert describe.pkru_text(0x5555_5554) .startswith("key1:AD key2:AD")
+    assert describe.pkru_text(0) == "all keys read/write"
     from kvmfpu.testing.areas import component_data
     cfg = int.from_bytes(component_data(17, 64), "little")
-    assert dec.tilecfg_text(cfg).startswith("palette 1, start_row 0: tmm0=16x64B")
+    assert describe.tilecfg_text(cfg).startswith("palette 1, start_row 0: tmm0=16x64B")
 
 
 def _anomalies(guest_blob: Any, mutate: Any, host: str = "skylake-sp") -> list[str]:
@@ -126,4 +127,4 @@ def test_x87_values_are_correctly_rounded(significand: int, exp2: int) -> None:
     exact = (decimal.Decimal(significand << exp2) if exp2 >= 0 else
              decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, wide))
     d21 = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
-    assert dec._exact(significand, exp2) == f"{d21.plus(exact).normalize(d21):g}"
+    assert describe._exact(significand, exp2) == f"{d21.plus(exact).normalize(d21):g}"
