@@ -94,9 +94,7 @@ def check(
             a.append(f"{n} bytes is none of the lengths {host or 'this host'}'s images come in: {known}")
     reserved = data[legacy.HEADER_RESERVED : legacy.EXTENDED]
     if reserved != _ZERO_48:
-        a.append(
-            f"header reserved bytes 528-575 are not zero ({48 - reserved.count(0)} non-zero bytes)"
-        )
+        a.append(f"header reserved bytes 528-575 are not zero ({48 - reserved.count(0)} non-zero bytes)")
     if cb and not compacted:
         a.append(f"XCOMP_BV is {cb:#x} without bit 63: neither format accepts it")
     user = layout.user_mask
@@ -147,9 +145,7 @@ def check(
     return a, notes
 
 
-def gdb_notes(
-    data: bytes, plan: DecodePlan, layout: XsaveLayout, host: str, xcr0: int | None
-) -> list[str]:
+def gdb_notes(data: bytes, plan: DecodePlan, layout: XsaveLayout, host: str, xcr0: int | None) -> list[str]:
     """What a length that is gdb <= 13's NT_X86_XSTATE size says (kvmfpu.blob.producers):
     the producer, and the registers its Intel offsets did not copy on this layout."""
     if xcr0 is None:

@@ -23,8 +23,18 @@ from kvmfpu.arch import legacy
 from kvmfpu.arch.layout import XsaveLayout
 from kvmfpu.arch.xfeatures import XCOMP_COMPACTED, name_of
 from kvmfpu.blob import anomalies as rules
-from kvmfpu.blob.decode_plan import LEGACY, LEGACY_GROUP, ST, ST_FIELDS, XMM, XMM_FIELDS
-from kvmfpu.blob.decode_plan import DecodePlan, FieldSpec, HexSpan, plan_for
+from kvmfpu.blob.decode_plan import (
+    LEGACY,
+    LEGACY_GROUP,
+    ST,
+    ST_FIELDS,
+    XMM,
+    XMM_FIELDS,
+    DecodePlan,
+    FieldSpec,
+    HexSpan,
+    plan_for,
+)
 from kvmfpu.blob.errors import InputError
 
 _Q = struct.Struct("<Q")
@@ -59,7 +69,7 @@ def _hex_of(fields: list[Field] | None, spans: tuple[HexSpan, ...], rhex: str) -
 class _Image:
     """The bytes of one image and, once asked for, their reversed hex string."""
 
-    __slots__ = ("data", "_rhex")
+    __slots__ = ("_rhex", "data")
 
     def __init__(self, data: bytes):
         self.data = data
@@ -74,7 +84,7 @@ class _Image:
 class Component:
     """One component as the image holds it: where, whether XSTATE_BV sets it, its fields."""
 
-    __slots__ = ("bit", "offset", "size", "in_bv", "_specs", "_spans", "_covered", "_image", "_fields")
+    __slots__ = ("_covered", "_fields", "_image", "_spans", "_specs", "bit", "in_bv", "offset", "size")
 
     def __init__(
         self,
@@ -135,21 +145,22 @@ class Decoded:
     """An XSAVE image: header, legacy region, components, unnamed runs, anomalies."""
 
     __slots__ = (
-        "length",
-        "host",
-        "compacted",
-        "xstate_bv",
-        "xcomp_bv",
-        "anomalies",
-        "xcr0_hint",
-        "notes",
-        "_plan",
+        "_components",
+        "_decoded_bv",
         "_image",
         "_legacy",
+        "_plan",
+        "_rest",
         "_st",
         "_xmm",
-        "_rest",
-        "_components",
+        "anomalies",
+        "compacted",
+        "host",
+        "length",
+        "notes",
+        "xcomp_bv",
+        "xcr0_hint",
+        "xstate_bv",
     )
 
     def __init__(
@@ -178,17 +189,24 @@ class Decoded:
         self._xmm: list[Field] | None = None
         self._rest: list[tuple[int, bytes]] | None = None
         self._components: list[Component] | None = None
+        self._decoded_bv = xstate_bv  # what in_bv says, whatever xstate_bv becomes
 
     @property
     def components(self) -> list[Component]:
         """The components the layout places in the image (those a short buffer cuts off
         aside), by offset."""
         if self._components is None:
-            bv, image = self.xstate_bv, self._image
+            bv, image = self._decoded_bv, self._image
             self._components = [
                 Component(
-                    c.bit, c.offset, c.size, bool(bv >> c.bit & 1),
-                    specs=c.fields, spans=c.hex_spans, covered=c.covered, image=image,
+                    c.bit,
+                    c.offset,
+                    c.size,
+                    bool(bv >> c.bit & 1),
+                    specs=c.fields,
+                    spans=c.hex_spans,
+                    covered=c.covered,
+                    image=image,
                 )
                 for c in self._plan.components
             ]
@@ -302,8 +320,7 @@ def decode(
     n = len(data)
     if n < legacy.EXTENDED:
         raise InputError(
-            f"{n} bytes is too short for an XSAVE area (the legacy region and "
-            f"header take {legacy.EXTENDED})"
+            f"{n} bytes is too short for an XSAVE area (the legacy region and header take {legacy.EXTENDED})"
         )
     bv, cb = _HEADER.unpack_from(data, legacy.XSTATE_BV)
     try:

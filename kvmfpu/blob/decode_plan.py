@@ -55,7 +55,11 @@ COMPONENT_REGISTERS: Final[dict[int, tuple[RegisterRow, ...]]] = {
     XFeature.XTILEDATA: (RegisterRow("tmm{}", 0, 1024, None, 1024),),
     XFeature.APX: (RegisterRow("r{}", 0, 8, 16, 8, 16),),
     XFeature.CET_U: (RegisterRow("u_cet", 0, 8), RegisterRow("pl3_ssp", 8, 8)),
-    XFeature.CET_S: (RegisterRow("pl0_ssp", 0, 8), RegisterRow("pl1_ssp", 8, 8), RegisterRow("pl2_ssp", 16, 8)),
+    XFeature.CET_S: (
+        RegisterRow("pl0_ssp", 0, 8),
+        RegisterRow("pl1_ssp", 8, 8),
+        RegisterRow("pl2_ssp", 16, 8),
+    ),
     XFeature.PASID: (RegisterRow("pasid", 0, 8),),
 }
 

@@ -8,6 +8,7 @@ unless something is shown.
 from __future__ import annotations
 
 import decimal
+import functools
 import struct
 from typing import TYPE_CHECKING, Final
 
@@ -17,11 +18,39 @@ if TYPE_CHECKING:
     from kvmfpu.blob.decode import Decoded
 
 FCW_FLAGS: Final = ((0, "IM"), (1, "DM"), (2, "ZM"), (3, "OM"), (4, "UM"), (5, "PM"), (12, "X"))
-FSW_FLAGS: Final = ((0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"), (6, "SF"),
-                    (7, "ES"), (8, "C0"), (9, "C1"), (10, "C2"), (14, "C3"), (15, "B"))
-MXCSR_FLAGS: Final = ((0, "IE"), (1, "DE"), (2, "ZE"), (3, "OE"), (4, "UE"), (5, "PE"),
-                      (6, "DAZ"), (7, "IM"), (8, "DM"), (9, "ZM"), (10, "OM"), (11, "UM"),
-                      (12, "PM"), (15, "FZ"), (17, "MM"))
+FSW_FLAGS: Final = (
+    (0, "IE"),
+    (1, "DE"),
+    (2, "ZE"),
+    (3, "OE"),
+    (4, "UE"),
+    (5, "PE"),
+    (6, "SF"),
+    (7, "ES"),
+    (8, "C0"),
+    (9, "C1"),
+    (10, "C2"),
+    (14, "C3"),
+    (15, "B"),
+)
+MXCSR_FLAGS: Final = (
+    (0, "IE"),
+    (1, "DE"),
+    (2, "ZE"),
+    (3, "OE"),
+    (4, "UE"),
+    (5, "PE"),
+    (6, "DAZ"),
+    (7, "IM"),
+    (8, "DM"),
+    (9, "ZM"),
+    (10, "OM"),
+    (11, "UM"),
+    (12, "PM"),
+    (15, "FZ"),
+    (17, "MM"),
+)
+_describe_mask = functools.lru_cache(maxsize=256)(xf.describe_mask)  # a few XCR0s recur
 ROUNDING: Final = ("nearest", "down", "up", "toward zero")
 PRECISION: Final = ("single", "reserved", "double", "extended")
 
@@ -32,7 +61,7 @@ def flags(value: int, table: tuple[tuple[int, str], ...]) -> list[str]:
 
 def fcw_text(v: int) -> str:
     masks = flags(v, FCW_FLAGS)
-    return (f"{' '.join(masks) or '-'} PC={PRECISION[v >> 8 & 3]} RC={ROUNDING[v >> 10 & 3]}")
+    return f"{' '.join(masks) or '-'} PC={PRECISION[v >> 8 & 3]} RC={ROUNDING[v >> 10 & 3]}"
 
 
 def fsw_text(v: int) -> str:
@@ -59,11 +88,11 @@ def _exact(significand: int, exp2: int) -> str:
     value = ctx.multiply(decimal.Decimal(significand), ctx.power(_TWO, exp2))
     if ctx.flags[decimal.Inexact]:
         beyond = value.as_tuple().digits[21:31]
-        if beyond in ((4,) + (9,) * 9, (5,) + (0,) * 9):    # near a tie: decide exactly
+        if beyond in ((4,) + (9,) * 9, (5,) + (0,) * 9):  # near a tie: decide exactly
             if exp2 >= 0:
                 value = decimal.Decimal(significand << exp2)
             else:
-                value = decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, _WIDE)
+                value = decimal.Decimal(significand * 5**-exp2).scaleb(exp2, _WIDE)
     return f"{_DEC.plus(value).normalize(_DEC):g}"
 
 
@@ -115,7 +144,7 @@ def tilecfg_text(v: int) -> str:
     palette, start_row = cfg[0], cfg[1]
     tiles = []
     for t in range(16):
-        colsb = int.from_bytes(cfg[16 + 2 * t:18 + 2 * t], "little")
+        colsb = int.from_bytes(cfg[16 + 2 * t : 18 + 2 * t], "little")
         rows = cfg[48 + t]
         if colsb or rows:
             tiles.append(f"tmm{t}={rows}x{colsb}B")
@@ -128,8 +157,9 @@ def tile_rows(d: Decoded) -> dict[str, tuple[int, int]]:
     if c is None or not c.fields:
         return {}
     cfg = c.fields[0].value.to_bytes(64, "little")
-    return {f"tmm{t}": (cfg[48 + t], int.from_bytes(cfg[16 + 2 * t:18 + 2 * t], "little"))
-            for t in range(8)}
+    return {
+        f"tmm{t}": (cfg[48 + t], int.from_bytes(cfg[16 + 2 * t : 18 + 2 * t], "little")) for t in range(8)
+    }
 
 
 def sw_reserved_text(v: int) -> str:
@@ -141,7 +171,7 @@ def sw_reserved_text(v: int) -> str:
         ext, feat, size = struct.unpack_from("<IQI", raw, 4)
         return f"_fpx_sw_bytes: extended_size {ext}, xfeatures {feat:#x}, xstate_size {size}"
     if word & 3 == 3 and not any(raw[8:]):
-        return f"user xfeatures {xf.describe_mask(word)}"
+        return f"user xfeatures {_describe_mask(word)}"
     return "no known use" if any(raw) else "zero"
 
 

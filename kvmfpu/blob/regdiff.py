@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kvmfpu.blob import describe
+from kvmfpu.blob import describe as field_texts
 from kvmfpu.blob.compare import Difference, describe_xstate_bv
 
 #: Parts shown per register in text (a zmm has 16 lanes, a tile 16 rows).
@@ -155,10 +155,10 @@ def _ftw(d: Difference) -> list[Part]:
 
 
 _TEXTS = {
-    "fcw": describe.fcw_text,
-    "fsw": describe.fsw_text,
-    "mxcsr": describe.mxcsr_text,
-    "pkru": describe.pkru_text,
+    "fcw": field_texts.fcw_text,
+    "fsw": field_texts.fsw_text,
+    "mxcsr": field_texts.mxcsr_text,
+    "pkru": field_texts.pkru_text,
 }
 
 
@@ -188,7 +188,7 @@ def _whole(d: Difference) -> str:
     if _ST.match(name):
 
         def x87(v: int | None, tag: str) -> str:
-            return ABSENT if v is None else f"{describe.float80(v)[0]} [{tag or '?'}]"
+            return ABSENT if v is None else f"{field_texts.float80(v)[0]} [{tag or '?'}]"
 
         return f"{x87(d.value_a, d.tags[0])} -> {x87(d.value_b, d.tags[1])} (raw {d.a} -> {d.b})"
     text = _TEXTS.get(name)

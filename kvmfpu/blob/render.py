@@ -98,25 +98,27 @@ _TEXT_BITS: Final = frozenset((xf.XFeature.PKRU, xf.XFeature.XTILECFG, xf.XFeatu
                                xf.XFeature.BNDCSR, xf.XFeature.BNDREGS))
 
 
-def _vectors_hex(d: Decoded, registers: dict[int, dict[str, str]]) -> dict[str, str]:
+_YMM_NAMES: Final = tuple(f"ymm{i}_hi" for i in range(16))
+_ZMM_NAMES: Final = tuple(f"zmm{i}_hi256" for i in range(16))
+
+
+def _vectors_hex(d: Decoded, xmm: dict[str, str], registers: dict[int, dict[str, str]]) -> dict[str, str]:
     """``vectors(d)`` as full-width hex, spelled by joining the parts' hex digits (each
     part's value fits its width: decode and encode keep it so)."""
-    xmm = d.xmm_hex()
-    def parts(bit: int, pattern: str) -> list[str] | None:
+    def parts(bit: int, names: tuple[str, ...]) -> list[str] | None:
         regs = registers.get(bit)
-        names = [pattern.format(i) for i in range(16)]
-        return None if regs is None or any(n not in regs for n in names) else \
-            [regs[n][2:] for n in names]
-    ymm = parts(xf.XFeature.YMM, "ymm{}_hi")
-    zmm = parts(xf.XFeature.ZMM_HI256, "zmm{}_hi256") if ymm is not None else None
-    out: dict[str, str] = {}
-    for i, x in enumerate(xmm.values()):
-        if zmm is not None and ymm is not None:
-            out[f"zmm{i}"] = "0x" + zmm[i] + ymm[i] + x[2:]
-        elif ymm is not None:
-            out[f"ymm{i}"] = "0x" + ymm[i] + x[2:]
-        else:
-            out[f"xmm{i}"] = x
+        if regs is None or any(n not in regs for n in names):
+            return None
+        return [regs[n][2:] for n in names]
+    ymm = parts(xf.XFeature.YMM, _YMM_NAMES)
+    zmm = parts(xf.XFeature.ZMM_HI256, _ZMM_NAMES) if ymm is not None else None
+    if zmm is not None and ymm is not None:
+        joined = zip(zmm, ymm, xmm.values(), strict=True)
+        out = {f"zmm{i}": "0x" + z + y + x[2:] for i, (z, y, x) in enumerate(joined)}
+    elif ymm is not None:
+        out = {f"ymm{i}": "0x" + y + x[2:] for i, (y, x) in enumerate(zip(ymm, xmm.values(), strict=True))}
+    else:
+        out = dict(xmm)
     out.update(registers.get(xf.XFeature.HI16_ZMM, {}))
     return out
 
@@ -132,6 +134,7 @@ def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
         return out
     fcw, fsw, mxcsr, sw = (d.value(n) for n in ("fcw", "fsw", "mxcsr", "sw_reserved"))
     registers = {c.bit: c.registers_hex() for c in d.components}
+    xmm = d.xmm_hex()
     return {
         "origin": origin, "format": fmt, "length": d.length,
         "layout": {"host": host, "how": how, "shape": shape, "hosts": list(hosts)},
@@ -145,8 +148,8 @@ def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
                 "st": [{"reg": r, "value": v, "tag": t, "raw": f"{raw:#022x}"}
                        for r, v, t, raw in describe.st_rows(d)]},
         "sse": {"in_use": bool(d.xstate_bv & xf.SSE), "mxcsr": fld("mxcsr", describe.mxcsr_text(mxcsr)),
-                "mxcsr_mask": fld("mxcsr_mask"), "xmm": d.xmm_hex()},
-        "vectors": _vectors_hex(d, registers),
+                "mxcsr_mask": fld("mxcsr_mask"), "xmm": xmm},
+        "vectors": _vectors_hex(d, xmm, registers),
         "components": [{"name": c.name, "bit": c.bit, "offset": c.offset, "size": c.size,
                         "in_use": c.in_bv, "registers": registers[c.bit],
                         "text": _texts(c, d)} for c in d.components],
