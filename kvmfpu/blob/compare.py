@@ -18,7 +18,8 @@ from __future__ import annotations
 from kvmfpu.arch import legacy
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import describe_mask
-from kvmfpu.blob.decode import Decoded, st_rows
+from kvmfpu.blob.decode import Decoded
+from kvmfpu.blob.describe import st_rows
 
 _X87 = ("fcw", "fsw", "ftw", "fop", "fip", "fdp")
 _VECTOR_PARTS = {xf.XFeature.YMM: (128, "ymm{}_hi"), xf.XFeature.ZMM_HI256: (256, "zmm{}_hi256")}

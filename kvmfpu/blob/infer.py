@@ -25,7 +25,9 @@ Layouts are named by their shape, not by whichever packaged host comes first
 
 from __future__ import annotations
 
+import functools
 import struct
+import weakref
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -75,10 +77,25 @@ class Choice:
     hosts: tuple[str, ...] = field(default=())  # the packaged hosts with that placement
 
 
+_SIGNATURES: weakref.WeakKeyDictionary[XsaveLayout, dict[tuple[int, bool], Signature]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def signature(layout: XsaveLayout, mask: int, compacted: bool = False) -> Signature:
     """Where ``layout`` puts the components of ``mask`` (beyond x87/SSE): standard offsets,
     or compacted ones for an XCOMP_BV of ``mask``."""
     mask &= ~XCOMP_COMPACTED
+    known = _SIGNATURES.setdefault(layout, {})
+    sig = known.get((mask, compacted))
+    if sig is None:
+        sig = _signature_of(layout, mask, compacted)
+        if len(known) < 1024:  # masks seen per layout: few, but input picks them
+            known[(mask, compacted)] = sig
+    return sig
+
+
+def _signature_of(layout: XsaveLayout, mask: int, compacted: bool) -> Signature:
     offsets = layout.compacted(mask)[0] if compacted else {b: c.offset for b, c in layout.components.items()}
     return tuple(
         (b, offsets[b], layout.components[b].size)
@@ -101,6 +118,7 @@ def _features(sig: Signature) -> str:
     return "+".join(names) or "sse"
 
 
+@functools.lru_cache(maxsize=4096)
 def shape_name(sig: Signature, compacted: bool = False) -> str:
     """The name of a placement (the rule is in the module docstring)."""
 

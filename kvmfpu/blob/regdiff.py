@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kvmfpu.blob import decode as dec
+from kvmfpu.blob import describe as field_texts
 from kvmfpu.blob.compare import Difference, describe_xstate_bv
 
 #: Parts shown per register in text (a zmm has 16 lanes, a tile 16 rows).
@@ -154,7 +154,12 @@ def _ftw(d: Difference) -> list[Part]:
     return out
 
 
-_TEXTS = {"fcw": dec.fcw_text, "fsw": dec.fsw_text, "mxcsr": dec.mxcsr_text, "pkru": dec.pkru_text}
+_TEXTS = {
+    "fcw": field_texts.fcw_text,
+    "fsw": field_texts.fsw_text,
+    "mxcsr": field_texts.mxcsr_text,
+    "pkru": field_texts.pkru_text,
+}
 
 
 def parts(d: Difference) -> list[Part]:
@@ -183,7 +188,7 @@ def _whole(d: Difference) -> str:
     if _ST.match(name):
 
         def x87(v: int | None, tag: str) -> str:
-            return ABSENT if v is None else f"{dec.float80(v)[0]} [{tag or '?'}]"
+            return ABSENT if v is None else f"{field_texts.float80(v)[0]} [{tag or '?'}]"
 
         return f"{x87(d.value_a, d.tags[0])} -> {x87(d.value_b, d.tags[1])} (raw {d.a} -> {d.b})"
     text = _TEXTS.get(name)

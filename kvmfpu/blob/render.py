@@ -23,14 +23,16 @@ JSON schema (``kvmfpu-decode/1``), one object per capture under ``captures``:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Final
 
 from kvmfpu.arch import xfeatures as xf
 from kvmfpu.arch.xfeatures import bits, name_of
-from kvmfpu.blob import decode as dec
-from kvmfpu.blob.decode import Decoded
+from kvmfpu.blob import describe
+from kvmfpu.blob.decode import Component, Decoded
 
 SCHEMA = "kvmfpu-decode/1"
+_name_of = functools.cache(name_of)
 
 
 def _hexv(value: int, size: int) -> str:
@@ -67,22 +69,22 @@ def vectors(d: Decoded) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
+def _texts(c: Component, d: Decoded) -> dict[str, str]:
     out: dict[str, str] = {}
-    if not c.fields:                  # a layout note gave the component too few bytes
+    if c.bit not in _TEXT_BITS or not c.fields:  # a layout note may give too few bytes
         return out
     if c.bit == xf.XFeature.PKRU:
-        out["pkru"] = dec.pkru_text(c.fields[0].value)
+        out["pkru"] = describe.pkru_text(c.fields[0].value)
     elif c.bit == xf.XFeature.XTILECFG:
-        out["tilecfg"] = dec.tilecfg_text(c.fields[0].value)
+        out["tilecfg"] = describe.tilecfg_text(c.fields[0].value)
     elif c.bit == xf.XFeature.XTILEDATA:
-        shape = dec.tile_rows(d)
+        shape = describe.tile_rows(d)
         for f in c.fields:
-            nz = sum(1 for b in f.value.to_bytes(f.size, "little") if b)
+            nz = f.size - f.value.to_bytes(f.size, "little").count(0)
             rows, colsb = shape.get(f.name, (0, 0))
             out[f.name] = f"{rows} rows x {colsb} bytes configured, {nz} non-zero bytes"
     elif c.bit == xf.XFeature.BNDCSR:
-        out["bndcfgu"] = dec.bndcfgu_text(c.fields[0].value)
+        out["bndcfgu"] = describe.bndcfgu_text(c.fields[0].value)
     elif c.bit == xf.XFeature.BNDREGS:
         for i in range(4):
             lo_f, up_f = d.get(f"bnd{i}_lower"), d.get(f"bnd{i}_upper")
@@ -92,39 +94,67 @@ def _texts(c: dec.Component, d: Decoded) -> dict[str, str]:
     return out
 
 
+_TEXT_BITS: Final = frozenset((xf.XFeature.PKRU, xf.XFeature.XTILECFG, xf.XFeature.XTILEDATA,
+                               xf.XFeature.BNDCSR, xf.XFeature.BNDREGS))
+
+
+_YMM_NAMES: Final = tuple(f"ymm{i}_hi" for i in range(16))
+_ZMM_NAMES: Final = tuple(f"zmm{i}_hi256" for i in range(16))
+
+
+def _vectors_hex(d: Decoded, xmm: dict[str, str], registers: dict[int, dict[str, str]]) -> dict[str, str]:
+    """``vectors(d)`` as full-width hex, spelled by joining the parts' hex digits (each
+    part's value fits its width: decode and encode keep it so)."""
+    def parts(bit: int, names: tuple[str, ...]) -> list[str] | None:
+        regs = registers.get(bit)
+        if regs is None or any(n not in regs for n in names):
+            return None
+        return [regs[n][2:] for n in names]
+    ymm = parts(xf.XFeature.YMM, _YMM_NAMES)
+    zmm = parts(xf.XFeature.ZMM_HI256, _ZMM_NAMES) if ymm is not None else None
+    if zmm is not None and ymm is not None:
+        joined = zip(zmm, ymm, xmm.values(), strict=True)
+        out = {f"zmm{i}": "0x" + z + y + x[2:] for i, (z, y, x) in enumerate(joined)}
+    elif ymm is not None:
+        out = {f"ymm{i}": "0x" + y + x[2:] for i, (y, x) in enumerate(zip(ymm, xmm.values(), strict=True))}
+    else:
+        out = dict(xmm)
+    out.update(registers.get(xf.XFeature.HI16_ZMM, {}))
+    return out
+
+
 def to_json(d: Decoded, *, origin: str, fmt: str, host: str, how: str,
             notes: list[str] | None = None, shape: str = "",
             hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+    legacy_hex = d.legacy_hex()
     def fld(name: str, text: str | None = None) -> dict[str, str]:
-        f = d.field(name)
-        out = {"value": _hexv(f.value, f.size)}
+        out = {"value": legacy_hex[name]}
         if text is not None:
             out["text"] = text
         return out
-    fcw, fsw, mxcsr = (d.field(n).value for n in ("fcw", "fsw", "mxcsr"))
+    fcw, fsw, mxcsr, sw = (d.value(n) for n in ("fcw", "fsw", "mxcsr", "sw_reserved"))
+    registers = {c.bit: c.registers_hex() for c in d.components}
+    xmm = d.xmm_hex()
     return {
         "origin": origin, "format": fmt, "length": d.length,
         "layout": {"host": host, "how": how, "shape": shape, "hosts": list(hosts)},
-        "sw_reserved": {"value": _hexv(d.field("sw_reserved").value, 48),
-                        "text": dec.sw_reserved_text(d.field("sw_reserved").value)},
+        "sw_reserved": {"value": legacy_hex["sw_reserved"], "text": describe.sw_reserved_text(sw)},
         "header": {"xstate_bv": f"{d.xstate_bv:#x}",
-                   "xstate_bv_names": [name_of(b) for b in bits(d.xstate_bv)],
+                   "xstate_bv_names": [_name_of(b) for b in bits(d.xstate_bv)],
                    "xcomp_bv": f"{d.xcomp_bv:#x}", "compacted": d.compacted},
         "x87": {"in_use": bool(d.xstate_bv & xf.FP),
-                "fcw": fld("fcw", dec.fcw_text(fcw)), "fsw": fld("fsw", dec.fsw_text(fsw)),
+                "fcw": fld("fcw", describe.fcw_text(fcw)), "fsw": fld("fsw", describe.fsw_text(fsw)),
                 "ftw": fld("ftw"), "fop": fld("fop"), "fip": fld("fip"), "fdp": fld("fdp"),
                 "st": [{"reg": r, "value": v, "tag": t, "raw": f"{raw:#022x}"}
-                       for r, v, t, raw in dec.st_rows(d)]},
-        "sse": {"in_use": bool(d.xstate_bv & xf.SSE), "mxcsr": fld("mxcsr", dec.mxcsr_text(mxcsr)),
-                "mxcsr_mask": fld("mxcsr_mask"),
-                "xmm": {f.name: _hexv(f.value, 16) for f in d.xmm}},
-        "vectors": {k: _hexv(v, size) for k, (v, size) in vectors(d).items()},
+                       for r, v, t, raw in describe.st_rows(d)]},
+        "sse": {"in_use": bool(d.xstate_bv & xf.SSE), "mxcsr": fld("mxcsr", describe.mxcsr_text(mxcsr)),
+                "mxcsr_mask": fld("mxcsr_mask"), "xmm": xmm},
+        "vectors": _vectors_hex(d, xmm, registers),
         "components": [{"name": c.name, "bit": c.bit, "offset": c.offset, "size": c.size,
-                        "in_use": c.in_bv,
-                        "registers": {f.name: _hexv(f.value, f.size) for f in c.fields},
+                        "in_use": c.in_bv, "registers": registers[c.bit],
                         "text": _texts(c, d)} for c in d.components],
-        "unnamed": [{"offset": off, "length": len(chunk), "nonzero": any(chunk)}
-                    for off, chunk in d.rest],
+        "unnamed": [{"offset": off, "length": length, "nonzero": bool(nz)}
+                    for off, length, nz in d.rest_nonzero()],
         "notes": [*(notes or ()), *d.notes],
         "anomalies": list(d.anomalies),
     }
@@ -140,20 +170,20 @@ def text(d: Decoded, *, origin: str, host: str, how: str, all_registers: bool = 
            f"  XSTATE_BV {xf.describe_mask(d.xstate_bv)}   XCOMP_BV {d.xcomp_bv:#x}"]
     fcw, fsw, ftw = (d.field(n).value for n in ("fcw", "fsw", "ftw"))
     state = "in use" if d.xstate_bv & xf.FP else "init"
-    out.append(f"  x87 ({state}): FCW {fcw:#06x} [{dec.fcw_text(fcw)}]  FSW {fsw:#06x} "
-               f"[{dec.fsw_text(fsw)}]  FTW {ftw:#04x}")
+    out.append(f"  x87 ({state}): FCW {fcw:#06x} [{describe.fcw_text(fcw)}]  FSW {fsw:#06x} "
+               f"[{describe.fsw_text(fsw)}]  FTW {ftw:#04x}")
     out.append(f"    FOP {d.field('fop').value:#x}  FIP {d.field('fip').value:#x}  "
                f"FDP {d.field('fdp').value:#x}")
     sw = d.field("sw_reserved").value
-    out.append(f"  bytes 464-511 (software): {dec.sw_reserved_text(sw)}")
+    out.append(f"  bytes 464-511 (software): {describe.sw_reserved_text(sw)}")
     if d.field("legacy_reserved").value:
         out.append("  bytes 416-463 (reserved): not zero")
-    for reg, value, tag, raw in dec.st_rows(d):
+    for reg, value, tag, raw in describe.st_rows(d):
         if tag != "empty" or raw or all_registers:
             out.append(f"    {reg} {value:>26} {tag:8} {raw:#022x}")
     mxcsr = d.field("mxcsr").value
     state = "in use" if d.xstate_bv & xf.SSE else "init"
-    out.append(f"  SSE ({state}): MXCSR {mxcsr:#x} [{dec.mxcsr_text(mxcsr)}]  "
+    out.append(f"  SSE ({state}): MXCSR {mxcsr:#x} [{describe.mxcsr_text(mxcsr)}]  "
                f"MXCSR_MASK {d.field('mxcsr_mask').value:#x}")
     shown = [(name, v, size) for name, (v, size) in vectors(d).items() if v or all_registers]
     if shown:

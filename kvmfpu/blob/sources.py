@@ -251,6 +251,9 @@ def read(source: str | os.PathLike[str] | bytes | Readable, fmt: str | None = No
             and compression.sniff(source[:compression.PEEK]) is None:
         raise InputError(f"{len(source)} bytes is more than the {max_size}-byte limit "
                          "(--max-size)")
+    if isinstance(source, bytes) and len(source) <= max_size \
+            and compression.sniff(source[:compression.PEEK]) is None:
+        return _within_limit(_read_bytes(source, fmt, max_size), max_size)
     opened: list[Source] = []
     try:
         src = _open(source)
@@ -270,15 +273,28 @@ def read(source: str | os.PathLike[str] | bytes | Readable, fmt: str | None = No
     finally:
         for s in reversed(opened):
             s.close()
-    if sum(len(c.data) for c in caps) > max_size:
-        raise InputError(f"the xsave images in the input add up to more than the "
-                         f"{max_size}-byte limit (--max-size)")
+    _within_limit(caps, max_size)
     if layers:
         note = f"{layers[0]}-compressed input" + (
             f" ({' of '.join(layers)} of the capture)" if len(layers) > 1 else "")
         for c in caps:
             c.notes.insert(0, note)
     return caps
+
+
+def _within_limit(caps: list[Capture], max_size: int) -> list[Capture]:
+    if sum(len(c.data) for c in caps) > max_size:
+        raise InputError(f"the xsave images in the input add up to more than the "
+                         f"{max_size}-byte limit (--max-size)")
+    return caps
+
+
+def _read_bytes(data: bytes, fmt: str | None, max_size: int) -> list[Capture]:
+    """The captures in uncompressed bytes within the limit: what _read_source does with
+    them, without opening a stream."""
+    if not data:
+        raise InputError("the input is empty")
+    return _read_plain(data, fmt, max_size)
 
 
 def _read_source(src: Source, fmt: str | None, max_size: int, layers: list[str]) -> list[Capture]:

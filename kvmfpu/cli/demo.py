@@ -128,7 +128,7 @@ def _kvm_sample(say: Say) -> dict[str, Any]:
 
 def _qemu_sample(say: Say) -> dict[str, Any]:
     from kvmfpu.blob import decode as dec
-    from kvmfpu.blob import infer, sample_data, sources
+    from kvmfpu.blob import describe, infer, sample_data, sources
     from kvmfpu.blob.validate import Validator
 
     path = sample_data.path(sample_data.QEMU_TCG)
@@ -138,7 +138,7 @@ def _qemu_sample(say: Say) -> dict[str, Any]:
     ch = infer.choose(cap, "skylake-sp")
     d = dec.decode(cap.data, ch.layout, host=ch.host, xcr0=cap.xcr0_hint,
                    mxcsr_mask=ch.mxcsr_mask, xfd=cap.extra.get("xfd", 0))
-    st = [r for r in dec.st_rows(d) if r[3]]
+    st = [r for r in describe.st_rows(d) if r[3]]
     regs = ", ".join(f"{r}={v}" for r, v, _, raw in st)
     say(f"   the guest left: {regs}; xmm1={d.field('xmm1').value:#x}; "
         f"MXCSR {d.field('mxcsr').value:#x}")

@@ -60,29 +60,6 @@ def test_compacted_buffers_decode_at_compacted_offsets() -> None:
     assert dec.encode(d) == bytes(area)
 
 
-@pytest.mark.parametrize("raw, text, kind", [
-    ((0x4000 << 64) | 1 << 63, "2", "valid"),
-    ((0xBFFF << 64) | 3 << 62, "-1.5", "valid"),
-    ((0x7FFF << 64) | 1 << 63, "inf", "special"),
-    ((0x7FFF << 64) | 3 << 62, "qNaN", "special"),
-    (0, "0", "zero"),
-    ((0x4000 << 64) | 1, "unnormal", "special"),
-])
-def test_float80(raw: int, text: str, kind: str) -> None:
-    assert dec.float80(raw) == (text, kind)
-
-
-def test_flag_texts() -> None:
-    assert dec.fcw_text(0x037F) == "IM DM ZM OM UM PM PC=extended RC=nearest"
-    assert dec.fsw_text(0x7881) == "IE ES C3 TOP=7"
-    assert dec.mxcsr_text(0x9FC0) == "DAZ IM DM ZM OM UM PM FZ RC=nearest"
-    assert dec.pkru_text(0x5555_5554) .startswith("key1:AD key2:AD")
-    assert dec.pkru_text(0) == "all keys read/write"
-    from kvmfpu.testing.areas import component_data
-    cfg = int.from_bytes(component_data(17, 64), "little")
-    assert dec.tilecfg_text(cfg).startswith("palette 1, start_row 0: tmm0=16x64B")
-
-
 def _anomalies(guest_blob: Any, mutate: Any, host: str = "skylake-sp") -> list[str]:
     buf = bytearray(guest_blob(host))
     mutate(buf)
@@ -116,14 +93,19 @@ def test_too_short() -> None:
         dec.decode(bytes(100), cpus.load("zen4").layout)
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.integers(1, (1 << 64) - 1),
-       st.one_of(st.integers(-200, 200), st.integers(-16445, 16320)))
-def test_x87_values_are_correctly_rounded(significand: int, exp2: int) -> None:
-    """The shown value is the exact value rounded once to 21 digits (half even)."""
-    import decimal
-    wide = decimal.Context(prec=999_999, Emax=999_999, Emin=-999_999)
-    exact = (decimal.Decimal(significand << exp2) if exp2 >= 0 else
-             decimal.Decimal(significand * 5 ** -exp2).scaleb(exp2, wide))
-    d21 = decimal.Context(prec=21, Emax=999_999, Emin=-999_999)
-    assert dec._exact(significand, exp2) == f"{d21.plus(exact).normalize(d21):g}"
+def test_fields_built_on_demand_are_the_image(guest_blob: Any) -> None:
+    """A field changed is what encode writes, whichever access built it first; in_bv is
+    what XSTATE_BV said at decode time (as when components were built eagerly)."""
+    blob = guest_blob("skylake-sp")
+    d = dec.decode(blob, cpus.load("skylake-sp").layout)
+    d.xstate_bv &= ~(1 << 5)
+    opmask = d.component(5)
+    assert opmask is not None and opmask.in_bv
+    d.field("k1").value = 0x55
+    assert d.value("k1") == 0x55 and opmask.registers_hex()["k1"] == f"{0x55:#018x}"
+    out = dec.encode(d)
+    off = d.field("k1").offset
+    assert out[off:off + 8] == (0x55).to_bytes(8, "little")
+    assert struct.unpack_from("<Q", out, 512)[0] == d.xstate_bv
+    untouched = dec.decode(blob, cpus.load("skylake-sp").layout)
+    assert dec.encode(untouched) == blob and untouched.value("k1") == 0xFF

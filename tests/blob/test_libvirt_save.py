@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from kvmfpu.blob import decode as dec
-from kvmfpu.blob import infer, libvirt_save, sources
+from kvmfpu.blob import describe, infer, libvirt_save, sources
 from kvmfpu.blob.errors import InputError
 from kvmfpu.cli import main
 
@@ -81,7 +81,7 @@ def assert_guest_registers(cap: sources.Capture) -> None:
     same), and what QEMU under TCG does to XSTATE_BV (0: x86_cpu_reset, never updated)."""
     d = dec.decode(cap.data, infer.choose(cap).layout)
     assert cap.extra["xcr0"] == 0x207 and d.xstate_bv == 0
-    rows = {r: v for r, v, _, _ in dec.st_rows(d)}
+    rows = {r: v for r, v, _, _ in describe.st_rows(d)}
     assert rows["st6"] == "3.14159265358979323851" and rows["st7"] == "1"
     assert d.field("mxcsr").value == 0x9FC0
     assert d.field("xmm1").value == 0x3333333344444444_1111111122222222

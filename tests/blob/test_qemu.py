@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kvmfpu.blob import decode as dec
-from kvmfpu.blob import infer, sources
+from kvmfpu.blob import describe, infer, sources
 from kvmfpu.blob.errors import InputError
 
 # -- QEMU streams, made by QEMU --------------------------------------------------------------
@@ -86,9 +86,9 @@ def test_shipped_tcg_sample() -> None:
     d, cap = item.decoded, item.capture
     assert item.choice.host == "sierraforest"        # fewest components holding XCR0 0x207
     assert cap.extra["xcr0"] == 0x207 and d.xstate_bv == 0
-    rows = {r: (v, raw) for r, v, _, raw in dec.st_rows(d)}
+    rows = {r: (v, raw) for r, v, _, raw in describe.st_rows(d)}
     assert rows["st6"][0] == "3.14159265358979323851" and rows["st7"][0] == "1"
-    assert dec.st_rows(d)[0][2] == "zero"           # ST0's tag is R6's; slot 0 is empty
+    assert describe.st_rows(d)[0][2] == "zero"           # ST0's tag is R6's; slot 0 is empty
     assert d.field("mxcsr").value == 0x9FC0 and d.field("xmm1").value == \
         0x3333333344444444_1111111122222222
     assert d.field("ymm3_hi").value == 0x4010000000000000_4008000000000000

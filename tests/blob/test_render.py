@@ -9,7 +9,7 @@ from typing import Any
 from kvmfpu import cpus
 from kvmfpu.arch import legacy
 from kvmfpu.blob import decode as dec
-from kvmfpu.blob import infer, render
+from kvmfpu.blob import describe, infer, render
 from kvmfpu.testing import compacted_area
 from kvmfpu.testing.areas import component_data
 
@@ -26,7 +26,7 @@ def test_x87_stack_with_tags_and_top() -> None:
     struct.pack_into("<QH", buf, legacy.ST_SPACE + 32, 3 << 62, 0xC000)  # ST2 = -3 (R7, empty)
     struct.pack_into("<Q", buf, legacy.XSTATE_BV, 1)
     d = dec.decode(bytes(buf), cpus.load("haswell").layout)
-    rows = {r: (v, tag) for r, v, tag, _ in dec.st_rows(d)}
+    rows = {r: (v, tag) for r, v, tag, _ in describe.st_rows(d)}
     assert rows["st0"] == ("1", "valid") and rows["st1"] == ("0", "zero")
     assert rows["st2"] == ("-3", "empty")
     text = show(d)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from kvmfpu import cpus
 from kvmfpu.blob import decode as dec
-from kvmfpu.blob import infer, sources
+from kvmfpu.blob import describe, infer, sources
 from kvmfpu.blob.errors import InputError
 
 
@@ -47,7 +47,7 @@ def test_signal_frame() -> None:
     (cap,) = sources.read(bytes(area))
     assert cap.fmt == "sigframe" and len(cap.data) == 2696 and cap.xcr0_hint == 0x2E7
     d = dec.decode(cap.data, cpus.load("zen4").layout)
-    assert "_fpx_sw_bytes" in dec.sw_reserved_text(d.field("sw_reserved").value)
+    assert "_fpx_sw_bytes" in describe.sw_reserved_text(d.field("sw_reserved").value)
 
 
 def test_elf_core_threads_and_layout_note(guest_blob: Any, containers: Any) -> None:
