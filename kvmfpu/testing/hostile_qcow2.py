@@ -302,7 +302,13 @@ def hostile(vm_state: bytes) -> dict[str, tuple[bytes, str]]:
         "cluster bits": (set_u(good, 20, "I", 40), "cluster_bits 40"),
         "vm state of 1 TiB of zeros": (
             set_u(set_u(good, snap + 40, "Q", 1 << 40), l1_off + 8 * vm_l1_index, "Q", 0),
-            "more than the .*-byte limit",
+            "not a QEMU migration stream",
+        ),
+        # The stream's start, then a terabyte of unallocated clusters: the description is
+        # looked for in the last --max-size bytes only.
+        "1 TiB vm state, no description": (
+            set_u(good, snap + 40, "Q", 1 << 40),
+            "without a JSON VM description in its last .* bytes",
         ),
         "unaligned cluster": (set_u(good, l2_first, "Q", (l2_off + 512) | 1 << 63), "unaligned"),
         "garbage compressed cluster": (
