@@ -42,7 +42,6 @@ from kvmfpu.blob.qcow2 import (
 from kvmfpu.blob.sources import Capture
 from kvmfpu.blob.stream import CHUNK, Source
 
-
 #: What a hole reads as, CHUNK bytes at a time.
 _ZEROS: Final = bytes(CHUNK)
 
