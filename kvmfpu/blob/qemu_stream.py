@@ -250,8 +250,7 @@ def find_description(src: Source, max_size: int) -> dict[str, Any]:
             f"{max_size}-byte limit (--max-size)"
         )
     raise InputError(
-        "QEMU stream without its JSON VM description (was it written by "
-        "QEMU with the description enabled?)"
+        "QEMU stream without its JSON VM description (was it written by QEMU with the description enabled?)"
     )
 
 
