@@ -66,11 +66,19 @@ def make_corpus(out: pathlib.Path) -> None:
     and compressed; each behind the 3 bytes the target reads for host and format."""
     out.mkdir(parents=True, exist_ok=True)
     kvm = sample_data.path(sample_data.KVM_ZEN5).read_bytes()
+    from kvmfpu.testing import hostile, hostile_qcow2
+
+    small_stream = hostile.ram_stream([bytes(range(256)) * 16])
     seeds = {
         "kvm": kvm, "kvm-head": kvm[:1024],
         "hex": "\n".join(kvm[i:i + 32].hex() for i in range(0, 1024, 32)).encode(),
         "gzip": gzip.compress(kvm),
         "qemu": lzma.decompress(sample_data.path(sample_data.QEMU_TCG).read_bytes()),
+        "libvirt-save": hostile.libvirt_image(small_stream),
+        # A qcow2 snapshot whose vm state sits in normal, zero, unallocated and compressed
+        # clusters (tests/blob/test_fuzz.py's corpus has every other kind).
+        "qcow2": hostile_qcow2.build(hostile_qcow2.Spec(small_stream, cluster_bits=12,
+                                                        kinds=hostile_qcow2.KINDS[:4])),
     }
     for name, data in seeds.items():
         (out / name).write_bytes(b"\x00\x00\x00" + data)

@@ -192,6 +192,24 @@ def _for_host(model: HostModel, capture: Capture, how: str) -> Choice:
     return Choice(model.layout, model.name, model.behaviour.mxcsr_mask, how, shape, (model.name,))
 
 
+#: Who lays out a capture that keeps registers, not a buffer (Capture.rebuild), by format:
+#: QEMU's x86_cpu_xsave_all_areas for its streams (bare, in a libvirt save image or a qcow2
+#: snapshot), CRIU's restore_fpu for its core images.
+BUILDERS: Final = {"qemu": "QEMU", "libvirt-save": "QEMU", "qcow2": "QEMU", "criu": "CRIU restore_fpu"}
+#: Where a capture's layout note comes from, by format: an ELF core's NT_X86_XSAVE_LAYOUT,
+#: or the CPUID leaf 0xD subleaves a VMM saved with the vCPU (kvmfpu.blob.vmm_state).
+LAYOUT_SOURCES: Final = {
+    "core": "NT_X86_XSAVE_LAYOUT",
+    "cloud-hypervisor": "CPUID leaf 0xD in the Cloud Hypervisor state.json",
+    "firecracker": "CPUID leaf 0xD in the Firecracker vmstate",
+    "firecracker-info": "CPUID leaf 0xD in snapshot-editor info-vmstate text",
+}
+
+
+def _builder(capture: Capture) -> str:
+    return BUILDERS.get(capture.fmt, capture.fmt)
+
+
 def choose(capture: Capture, host: str | HostModel | None = None) -> Choice:
     data = capture.data
     if len(data) < legacy.EXTENDED:
@@ -205,12 +223,14 @@ def choose(capture: Capture, host: str | HostModel | None = None) -> Choice:
             )
         if capture.rebuild is not None:
             capture.data = capture.rebuild(model.layout)
-            return _for_host(model, capture, "--host; QEMU's buffer for this destination")
+            return _for_host(model, capture, f"--host; {_builder(capture)}'s buffer for this destination")
         return _for_host(model, capture, "--host")
     if capture.rebuild is not None and capture.reference_host is not None:
         model = cpus.load(capture.reference_host)
         return _for_host(
-            model, capture, "QEMU's buffer for this host; --host re-lays it for another destination"
+            model,
+            capture,
+            f"{_builder(capture)}'s buffer for this host; --host re-lays it for another destination",
         )
     mask, xcomp = _mask(capture)
     compacted = xcomp is not None
@@ -220,7 +240,7 @@ def choose(capture: Capture, host: str | HostModel | None = None) -> Choice:
             layout,
             f"{capture.origin} layout note",
             None,
-            "NT_X86_XSAVE_LAYOUT",
+            LAYOUT_SOURCES.get(capture.fmt, "NT_X86_XSAVE_LAYOUT"),
             shape_name(signature(layout, mask)),
         )
     fits: dict[Signature, list[HostModel]] = {}

@@ -40,6 +40,10 @@ from kvmfpu.blob.qcow2 import (
     open_image,
 )
 from kvmfpu.blob.sources import Capture
+from kvmfpu.blob.stream import CHUNK, Source
+
+#: What a hole reads as, CHUNK bytes at a time.
+_ZEROS: Final = bytes(CHUNK)
 
 
 def _u(fmt: str, data: bytes, off: int = 0) -> tuple[int, ...]:
@@ -141,18 +145,38 @@ class VmState(io.RawIOBase):
     def readinto(self, buffer: Buffer) -> int:
         out = memoryview(buffer).cast("B")
         n = max(0, min(len(out), self.size - self.pos))
+        cs = self.h.cluster_size
         done = 0
         while done < n:
-            voff = self.base + self.pos
-            vcluster, within = divmod(voff, self.h.cluster_size)
-            data = self._cluster_data(vcluster)
-            take = min(n - done, self.h.cluster_size - within)
-            out[done : done + take] = data[within : within + take]
+            vcluster, within = divmod(self.base + self.pos, cs)
+            hole = self._hole(vcluster)
+            if hole:  # a run of clusters no L2 table maps: zeros, filled at once
+                take = min(n - done, hole * cs - within)
+                for at in range(done, done + take, CHUNK):  # no fresh pages to zero
+                    out[at : min(at + CHUNK, done + take)] = _ZEROS[: min(CHUNK, done + take - at)]
+                self.stats["unallocated"] += -(-(within + take) // cs)
+            else:
+                take = min(n - done, cs - within)
+                out[done : done + take] = memoryview(self._cluster_data(vcluster))[within : within + take]
             done += take
             self.pos += take
         return done
 
     # -- mapping --------------------------------------------------------------------------
+
+    def _hole(self, vcluster: int) -> int:
+        """How many clusters from ``vcluster`` on read as zeros because no L2 table maps them
+        (past the snapshot's L1 table, or an empty L1 entry), 0 when a table must be read
+        or a backing file would supply them (refused when read): a terabyte of unallocated
+        vm state costs no Python loop per cluster."""
+        if self.h.backing_file:
+            return 0
+        l1_index, l2_index = divmod(vcluster, self.l2_entries)
+        if l1_index >= self.snap.l1_size:
+            return -(-(self.base + self.size) // self.h.cluster_size) - vcluster
+        if self._l2_table(l1_index) is None:
+            return self.l2_entries - l2_index
+        return 0
 
     def _cluster_data(self, vcluster: int) -> bytes:
         if self._cluster is not None and self._cluster[0] == vcluster:
@@ -371,33 +395,35 @@ def captures(
 ) -> list[Capture]:
     """The xsave images in the vm state of one snapshot of a qcow2 image (``snapshot``: its name,
     as ``loadvm`` takes it, or its ID; default: the only one with a vm state). The vm state is
-    a QEMU migration stream; up to ``max_size`` bytes of it are read (the image itself may be
-    any size)."""
+    a QEMU migration stream, handed to the streaming parser (kvmfpu.blob.qemu_stream) as a
+    seekable stream: its RAM pages are skipped, never held, so a multi-GB vm state is read in
+    bounded memory, and ``max_size`` limits what is decoded (the VM description and the
+    device state), not the vm state or the image."""
     from kvmfpu.blob import qemu
-    from kvmfpu.blob.sources import check_max_size, read_stream
+    from kvmfpu.blob.sources import check_max_size
 
     check_max_size(max_size)
     with open_vm_state(source, snapshot) as (img, snap, vm):
         where = snap.label
-        if snap.vm_state_size > max_size:
-            raise InputError(
-                f"{img.name}: {where} has a {snap.vm_state_size}-byte vm state, "
-                f"more than the {max_size}-byte limit (--max-size)"
-            )
-        if vm.read(4) != b"QEVM":  # before reading it all: a vm state is a stream
+        if vm.read(4) != b"QEVM":  # one cluster read: a vm state is a stream
             raise InputError(
                 f"{img.name}: the vm state of {where} is not a QEMU migration stream (no QEVM magic)"
             )
         vm.seek(0)
-        data = read_stream(vm, max_size, f"the vm state of {where}")
         notes = [
             f"qcow2 v{img.header.version} {where}: {snap.vm_state_size}-byte vm state at "
             f"virtual offset {vm.base:#x}" + features_note(img.header),
             "qcow2: checked " + "; ".join(CHECKED) + "; not checked: " + ", ".join(NOT_CHECKED),
         ]
-    caps = qemu.captures(data)
+        # Buffered: the parser's many small reads (section headers, fields) stay in C, and
+        # a seek within the buffer (a RAM page skipped) moves a pointer.
+        reader = io.BufferedReader(vm, buffer_size=CHUNK)
+        stream = Source(reader, f"{img.name} ({where} vm state)", size=snap.vm_state_size, seekable=True)
+        caps = qemu.captures(stream, max_size)
+        container = {"snapshot": snap.to_json(), "reads": dict(vm.stats)}
     for cap in caps:
         cap.origin = f"{cap.origin} in {where}"
         cap.fmt = "qcow2"
         cap.notes[:0] = notes
+        cap.container["qcow2"] = container
     return caps

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kvmfpu.blob.errors import InputError
-from kvmfpu.blob.stream import Source, of_bytes
+from kvmfpu.blob.stream import CHUNK, Source, of_bytes
 
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIGURATION, COMMAND, FOOTER = (
     0x00,
@@ -220,33 +220,38 @@ def description_in(data: bytes) -> dict[str, Any]:
 
 def find_description(src: Source, max_size: int) -> dict[str, Any]:
     """The VM description at the end of a seekable stream: the last ``{"page_size"`` whose
-    section header's length reaches exactly to the end, looked for in a window that grows
-    from 1 MiB to ``max_size``."""
+    section header's length reaches exactly to the end, looked for backwards from the end,
+    a CHUNK at a time, in the last ``max_size`` bytes (and 5 for its header). Only the
+    description itself is held: a stream ending in gigabytes of zeros costs reads, not
+    memory."""
     size = src.size
     assert size is not None
     here = src.pos
-    window = min(size - here, 1 << 20, max_size + 5)
-    while True:
-        tail = src.pread(size - window, window)
-        at = len(tail)
-        while True:
-            at = tail.rfind(DESC_START, 0, at)
-            if at < 5:
-                break
-            if tail[at - 5] == VMDESC and int.from_bytes(tail[at - 4 : at], "big") == window - at:
-                return _json(tail[at:])
-        if window >= min(size - here, max_size + 5):
-            if size - here > max_size + 5:
-                raise InputError(
-                    "QEMU stream without a JSON VM description in its last "
-                    f"{max_size} bytes: missing, or larger than the "
-                    f"{max_size}-byte limit (--max-size)"
-                )
-            raise InputError(
-                "QEMU stream without its JSON VM description (was it written by "
-                "QEMU with the description enabled?)"
-            )
-        window = min(window * 4, size - here, max_size + 5)
+    limit = min(size - here, max_size + 5)
+    overlap = len(DESC_START) - 1  # a match may straddle two chunks
+    scanned = 0
+    while scanned < limit:
+        step = min(CHUNK, limit - scanned)
+        start = size - scanned - step
+        block = src.pread(start, step + min(overlap, scanned))
+        end = step + overlap  # matches starting in this step's bytes only
+        while (at := block.rfind(DESC_START, 0, end)) >= 0:
+            where = start + at
+            if where - 5 >= size - limit:
+                head = src.pread(where - 5, 5)
+                if head[0] == VMDESC and int.from_bytes(head[1:], "big") == size - where:
+                    return _json(src.pread(where, size - where))
+            end = at + overlap
+        scanned += step
+    if size - here > max_size + 5:
+        raise InputError(
+            "QEMU stream without a JSON VM description in its last "
+            f"{max_size} bytes: missing, or larger than the "
+            f"{max_size}-byte limit (--max-size)"
+        )
+    raise InputError(
+        "QEMU stream without its JSON VM description (was it written by QEMU with the description enabled?)"
+    )
 
 
 def _json(text: bytes) -> dict[str, Any]:

@@ -50,13 +50,14 @@ class Verdict:
 ACCEPTED = Verdict(True)
 
 
-def first_capture(path: str | os.PathLike[str], snapshot: str | None = None) -> Capture:
+def first_capture(path: str | os.PathLike[str], snapshot: str | None = None,
+                  fmt: str | None = None) -> Capture:
     """The first vCPU's capture in a file (what ``migrate --blob`` moves; read_blob in
     kvmfpu.migrate.check gives its bytes), with what its container says; ``snapshot``
-    picks a qcow2 image's snapshot."""
+    picks a qcow2 image's snapshot, ``fmt`` the format (--format; default: detected)."""
     from kvmfpu.blob import sources
     from kvmfpu.blob.errors import InputError
-    caps = sources.read(path, None, sources.MAX_SIZE, snapshot=snapshot)
+    caps = sources.read(path, fmt, sources.MAX_SIZE, snapshot=snapshot)
     if not caps:
         raise InputError(f"{os.fspath(path)}: no xsave image found")
     return caps[0]

@@ -16,6 +16,7 @@ GUEST_HELP = ("QEMU -cpu value (Model[-vN][,+f,-f,f=on...], host, max), libvirt'
 
 
 def add_parser(sub: Any) -> None:
+    from kvmfpu.blob.sources import FORMATS
     from kvmfpu.migrate.vmm import VMMS
     m = sub.add_parser(
         "migrate", help="can guest state from SRC be restored on DST?",
@@ -31,6 +32,7 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--blob", help="the state that left the source (a KVM_GET_XSAVE capture, "
                                   "core file or QEMU stream) instead of the modelled guest's")
     snapshot_option(m, what="--blob")                 # qcow2 internal snapshots
+    m.add_argument("--format", choices=FORMATS, help="--blob's format (default: detected)")
     m.add_argument("--vmm", default="qemu", metavar="NAME[@VERSION]",
                    help=f"how the state travels (qemu: field by field; raw and the named "
                         f"snapshot VMMs: the buffer verbatim); one of {', '.join(VMMS)}; "
@@ -95,7 +97,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         if args.snapshot and not args.blob:
             raise InputError("--snapshot picks the snapshot of a qcow2 --blob; give --blob")
-        cap = first_capture(args.blob, snapshot=args.snapshot) if args.blob else None
+        if args.format and not args.blob:
+            raise InputError("--format is --blob's format; give --blob")
+        cap = first_capture(args.blob, args.snapshot, args.format) if args.blob else None
         blob = bytes(cap.data) if cap is not None else None
         report = check(args.src, args.dst, args.guest, vmm=args.vmm, dst_vmm=args.dst_vmm,
                        blob=blob, blob_name=args.blob, advise=not args.no_advice)

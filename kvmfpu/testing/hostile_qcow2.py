@@ -37,12 +37,17 @@ class Spec:
     disk_size: int = 1 << 20
     extended_l2: bool = False
     compression: str = "zlib"  # "zlib" or "zstd"
+    zlib_level: int = 6  # QEMU's Z_DEFAULT_COMPRESSION; 1 inflates several times faster
     kinds: Sequence[str] = ("normal",)
     snapshots: Sequence[tuple[str, str]] = (("1", "snap1"),)  # (id, name); all share the state
     backing_file: str | None = None
     extra_data: bool = True  # v3 requires it; v2 entries may have none
     date_sec: int = 1_700_000_000
     disk_only: Sequence[tuple[str, str]] = ()  # snapshots with no vm state
+    #: A vm state too large to hold: (its size, cluster number -> that cluster's bytes);
+    #: ``vm_state`` is then ignored. A cluster returned again as the same object is
+    #: compressed once (see ``resent_ram_image``).
+    lazy: tuple[int, Callable[[int], bytes]] | None = None
     _l2_offsets: list[int] = field(default_factory=list)
 
 
@@ -50,12 +55,12 @@ def _round(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def _compress(data: bytes, kind: str) -> bytes:
+def _compress(data: bytes, kind: str, level: int = 6) -> bytes:
     if kind == "zstd":
         import zstandard
 
         return bytes(zstandard.ZstdCompressor().compress(data))
-    c = zlib.compressobj(6, zlib.DEFLATED, -12)  # qcow2_zlib_compress: raw, 4 KiB window
+    c = zlib.compressobj(level, zlib.DEFLATED, -12)  # qcow2_zlib_compress: raw, 4 KiB window
     return c.compress(data) + c.flush()
 
 
@@ -66,7 +71,8 @@ def build(spec: Spec) -> bytes:
     l2_entries = cs // es
     span = cs * l2_entries
     vm_off = _round(spec.disk_size, span)  # qcow2_vm_state_offset
-    nclusters = -(-len(spec.vm_state) // cs)
+    state_size = len(spec.vm_state) if spec.lazy is None else spec.lazy[0]
+    nclusters = -(-state_size // cs)
     l1_first = vm_off // span
     l1_size = l1_first + -(-max(nclusters, 1) // l2_entries)
     l1_bytes = _round(l1_size * 8, cs)
@@ -85,9 +91,13 @@ def build(spec: Spec) -> bytes:
     l1 = [0] * l1_size
     l2_tables: dict[int, bytearray] = {}
     compressed: list[tuple[int, bytes]] = []  # (virtual cluster, compressed bytes)
+    packed: dict[bytes, bytes] = {}  # cluster data -> its compressed bytes
     entries: dict[int, tuple[int, int]] = {}  # virtual cluster -> (entry, bitmap)
     for i in range(nclusters):
-        data = spec.vm_state[i * cs : (i + 1) * cs].ljust(cs, b"\0")
+        if spec.lazy is None:
+            data = spec.vm_state[i * cs : (i + 1) * cs].ljust(cs, b"\0")
+        else:
+            data = spec.lazy[1](i)
         kind = spec.kinds[i % len(spec.kinds)]
         if kind in ("zero", "unallocated") and any(data):
             kind = "normal"
@@ -96,7 +106,9 @@ def build(spec: Spec) -> bytes:
         elif kind == "unallocated":
             entries[i] = (0, 0)
         elif kind == "compressed":
-            compressed.append((i, _compress(data, spec.compression)))
+            if data not in packed:
+                packed[data] = _compress(data, spec.compression, spec.zlib_level)
+            compressed.append((i, packed[data]))
         else:
             host = alloc(cs)
             out[host : host + cs] = data
@@ -137,7 +149,7 @@ def build(spec: Spec) -> bytes:
     out[snap_l1 : snap_l1 + 8 * l1_size] = b"".join(struct.pack(">Q", e) for e in l1)
     table = bytearray()
     for sid, name in list(spec.snapshots) + list(spec.disk_only):
-        size = len(spec.vm_state) if (sid, name) in spec.snapshots else 0
+        size = state_size if (sid, name) in spec.snapshots else 0
         extra = struct.pack(">QQQ", size, spec.disk_size, (1 << 64) - 1) if spec.extra_data else b""
         table.extend(
             struct.pack(
@@ -245,6 +257,68 @@ def _header(
     out[0 : len(head)] = head
 
 
+# -- a multi-GB vm state in a small file ---------------------------------------------------------
+
+#: What resent_ram_image's vCPU holds (its cpu section's fields).
+RESENT_XCR0: Final = 7
+RESENT_MXCSR: Final = 0x9FC0
+
+
+def resent_ram_image(ram_bytes: int, block_pages: int = 64, cluster_bits: int = 16) -> bytes:
+    """An image whose snapshot's vm state is a QEMU stream with ``ram_bytes`` of RAM pages
+    (RAM_SAVE_FLAG_PAGE records, migration/ram.c) and then one ``cpu`` section (XCR0 7,
+    MXCSR 9FC0h): a ``block_pages``-page pc.ram block whose pages are sent over and over, as
+    precopy re-sends dirty pages. Every cluster is stored compressed (deflate), and the
+    records repeat, so a vm state of gigabytes is a file of megabytes built in a second
+    (QEMU's savevm stores vm state clusters uncompressed; the reader takes both). Reading
+    it inflates every cluster: each holds page headers the parser reads."""
+    from kvmfpu.testing import hostile
+
+    cs = 1 << cluster_bits
+    page = 4096
+    mark = b"@RECORDS@"
+    fields = [
+        {"name": "xcr0", "type": "uint64", "size": 8},
+        {"name": "mxcsr", "type": "uint32", "size": 4},
+    ]
+    whole = hostile.qemu_stream(
+        fields,
+        struct.pack(">QI", RESENT_XCR0, RESENT_MXCSR),
+        config=hostile.configuration(),
+        ram=hostile.ram_section(mark),
+    )
+    prefix, suffix = whole.split(mark)
+    prefix += hostile.ram_blocks([(b"pc.ram", block_pages * page)])
+    prefix += hostile.ram_page(0, bytes([0xA5]) * page)  # the first page names its block
+    cycle = b"".join(hostile.ram_page(page * i, bytes([i]) * page, None) for i in range(block_pages))
+    rounds = max(1, -(-(ram_bytes - page) // (block_pages * page)))  # pages of at least ram_bytes
+    body = len(prefix) + rounds * len(cycle)
+    size = body + len(suffix)
+    twice = cycle * (-(-cs // len(cycle)) + 1)  # any cluster-long run of records
+    phases: dict[int, bytes] = {}  # offset within the cycle -> that cluster (one object each)
+
+    def records(start: int, end: int) -> bytes:
+        phase = (start - len(prefix)) % len(cycle)
+        return twice[phase : phase + end - start]
+
+    def cluster(i: int) -> bytes:
+        start, end = i * cs, (i + 1) * cs
+        if start >= len(prefix) and end <= body:
+            phase = (start - len(prefix)) % len(cycle)
+            if phase not in phases:
+                phases[phase] = records(start, end)
+            return phases[phase]
+        out = prefix[start:end]
+        if end > len(prefix) and start < body:
+            out += records(max(start, len(prefix)), min(end, body))
+        if end > body:
+            out += suffix[max(start, body) - body : end - body]
+        return out.ljust(cs, b"\0")
+
+    spec = Spec(b"", cluster_bits=cluster_bits, kinds=("compressed",), zlib_level=1, lazy=(size, cluster))
+    return build(spec)
+
+
 # -- hostile variants ---------------------------------------------------------------------------
 
 
@@ -302,7 +376,13 @@ def hostile(vm_state: bytes) -> dict[str, tuple[bytes, str]]:
         "cluster bits": (set_u(good, 20, "I", 40), "cluster_bits 40"),
         "vm state of 1 TiB of zeros": (
             set_u(set_u(good, snap + 40, "Q", 1 << 40), l1_off + 8 * vm_l1_index, "Q", 0),
-            "more than the .*-byte limit",
+            "not a QEMU migration stream",
+        ),
+        # The stream's start, then a terabyte of unallocated clusters: the description is
+        # looked for in the last --max-size bytes only.
+        "1 TiB vm state, no description": (
+            set_u(good, snap + 40, "Q", 1 << 40),
+            "without a JSON VM description in its last .* bytes",
         ),
         "unaligned cluster": (set_u(good, l2_first, "Q", (l2_off + 512) | 1 << 63), "unaligned"),
         "garbage compressed cluster": (

@@ -30,7 +30,7 @@ def test_committed_sample_each_vcpu_an_item() -> None:
         assert d.field("fcw").value == 0x027F and d.field("k1").value == 0xFF
         assert d.field("zmm3_hi256").value == 7 << (500 - 256) and d.field("pkru").value == 0xC
         # The layout is the saved CPUID's leaf 0xD: zen4's offsets (PKRU at 0x980 on AMD).
-        assert it.choice.how == "NT_X86_XSAVE_LAYOUT"
+        assert it.choice.how == "CPUID leaf 0xD in the Cloud Hypervisor state.json"
         assert it.choice.layout.standard_offset(9) == cpus.load("zen4").layout.standard_offset(9) == 0x980
         assert it.capture.extra["xcr0"] == 0x2E7 and it.capture.extra["xss"] == 0
 

@@ -13,6 +13,7 @@ the same target under atheris (coverage-guided) for longer campaigns.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import lzma
@@ -30,12 +31,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmfpu import cpus
-from kvmfpu.blob import render, sample_data
+from kvmfpu.blob import compression, render, sample_data, sources
 from kvmfpu.blob.decode import encode
 from kvmfpu.blob.errors import InputError
 from kvmfpu.blob.load import load
 from kvmfpu.blob.sources import FORMATS
-from kvmfpu.testing import hostile, hostile_vmm
+from kvmfpu.testing import hostile, hostile_qcow2, hostile_vmm, vmm_samples
 
 INPUTS = 100_000
 #: One input in HOSTILE_EVERY is a hostile one (2,000 of the 100,000).
@@ -92,11 +93,45 @@ def corpus(guest_blob: Any, containers: Any) -> list[tuple[str, bytes]]:
         ("libvirt-save", hostile.libvirt_image(qemu_sample)),
         ("libvirt-save xz", hostile.libvirt_image(lzma.compress(small_stream), 3)),
         *programs,
+        ("bzip2", bz2.compress(small)),
+        # qcow2 internal snapshots (kvmfpu.testing.hostile_qcow2): the vm state in normal,
+        # zero, unallocated and deflate-compressed clusters, and in extended-L2 subclusters.
+        ("qcow2", hostile_qcow2.build(hostile_qcow2.Spec(small_stream, cluster_bits=12,
+                                                         kinds=hostile_qcow2.KINDS[:4]))),
+        ("qcow2 extended-l2", hostile_qcow2.build(hostile_qcow2.Spec(
+            small_stream, cluster_bits=14, extended_l2=True, kinds=("subclusters", "compressed")))),
+        # Firecracker v1.15+: snapshot-editor info-vmstate text (no file is published).
+        ("firecracker-info", vmm_samples.firecracker_info_text([vmm_samples.model_vcpu("zen4")])),
         # VMM and CRIU state files (tests/blob/data/*/PROVENANCE.md).
         *((f"vmm {p.parent.name}", p.read_bytes()) for vmm in ("cloud_hypervisor", "crosvm", "criu",
           "firecracker") for p in sorted((Path(__file__).parent / "data" / vmm).iterdir())
           if p.suffix in (".json", ".cbor", ".img", ".bin")),
     ]
+
+
+def test_corpus_has_every_kind(guest_blob: Any, containers: Any) -> None:
+    """Every format kvmfpu reads (sources.FORMATS: what detection and --format know) and
+    every compression it expands (compression.MAGICS) is in the corpus, found by detection:
+    a reader added without a seed fails here. Each seed read decodes and re-encodes to its
+    bytes."""
+    formats: set[str] = set()
+    codecs: set[str] = set()
+    for name, data in corpus(guest_blob, containers):
+        try:
+            caps = sources.read(data, max_size=1 << 20)
+        except InputError:  # crit's JSON of the CRIU image (its oracle) is no capture
+            assert name == "vmm criu" and data.lstrip()[:1] == b"{", name
+            continue
+        # A libvirt image's vCPUs report the QEMU stream they come from; its header is theirs.
+        formats |= {"libvirt-save" if "libvirt_save" in c.container else c.fmt for c in caps}
+        kind = compression.sniff(data[:compression.PEEK])
+        if kind is not None:
+            codecs.add(kind)
+        # Decoded (one_input checks encode(decode(x)) == x), with a host where the layout
+        # is ambiguous without one.
+        assert "decoded" in (one_input(data, None, None), one_input(data, "zen4", None)), name
+    assert formats == set(FORMATS), set(FORMATS) - formats
+    assert codecs == {n for n, _ in compression.MAGICS}, {n for n, _ in compression.MAGICS} - codecs
 
 
 def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:

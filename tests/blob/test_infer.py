@@ -111,3 +111,51 @@ def test_no_packaged_host_fits() -> None:
 def test_host_without_xsave_is_refused(guest_blob: Any) -> None:
     with pytest.raises(InputError, match="no XSAVE"):
         infer.choose(sources.read(guest_blob("haswell"))[0], "nehalem")
+
+
+# How each format's layout is named (Capture.fmt): the program that builds the buffer from
+# kept registers (QEMU's x86_cpu_xsave_all_areas; CRIU's restore_fpu, criu/arch/x86/crtools.c),
+# or where a layout note came from (an ELF core's NT_X86_XSAVE_LAYOUT; the CPUID leaf 0xD a VMM
+# saved, kvmfpu.blob.vmm_state.layout_note).
+HOW = {
+    "criu/core-zen4.img": "CRIU restore_fpu's buffer for this host",
+    "cloud_hypervisor/state-v39-zen4.json": "CPUID leaf 0xD in the Cloud Hypervisor state.json",
+    "firecracker/vmstate-1.0.0-zen4.bin": "CPUID leaf 0xD in the Firecracker vmstate",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOW))
+def test_layout_named_by_the_format_it_came_from(data_dir: Path, name: str) -> None:
+    for cap in sources.read(data_dir / name):
+        how = infer.choose(cap).how
+        assert how.startswith(HOW[name]) and "QEMU" not in how, how
+        if cap.rebuild is not None:
+            assert infer.choose(cap, "zen4").how == "--host; CRIU restore_fpu's buffer for this destination"
+
+
+def test_qemu_containers_name_qemu() -> None:
+    """A QEMU stream, bare or in a qcow2 snapshot, is laid out by QEMU."""
+    from kvmfpu.testing import hostile_qcow2 as hq
+
+    for data in (hq.resent_ram_image(1 << 16, cluster_bits=12),):
+        (cap,) = sources.read(data)
+        assert cap.fmt == "qcow2"
+        assert infer.choose(cap).how.startswith("QEMU's buffer for this host")
+
+
+def test_crosvm_without_cpuid_is_inferred(data_dir: Path) -> None:
+    """crosvm saves no CPUID (spec: "no CPUID saved"): its layout is inferred, and an AMD
+    AVX-512 buffer is ambiguous without --host, never named as another format's."""
+    (cap,) = sources.read(data_dir / "crosvm" / "vcpu0-zen4.cbor")
+    with pytest.raises(AmbiguousLayout, match="give --host"):
+        infer.choose(cap)
+    assert infer.choose(cap, "zen4").how == "--host"
+
+
+def test_snapshot_editor_text_layout_named() -> None:
+    """Firecracker v1.15+ text (snapshot-editor info-vmstate) carries the vCPU's CPUID: its
+    leaf 0xD places the components (the core's NT_X86_XSAVE_LAYOUT case: test_sources.py)."""
+    from kvmfpu.testing import vmm_samples as vs
+
+    (cap,) = sources.read(vs.firecracker_info_text([vs.model_vcpu("zen4")]))
+    assert infer.choose(cap).how == "CPUID leaf 0xD in snapshot-editor info-vmstate text"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import os
 import re
 import shutil
 import subprocess
@@ -561,6 +562,59 @@ def test_snapshot_names_cannot_forge_output(capsys: pytest.CaptureFixture[str], 
     assert "\x1b" not in out and "\\x1b[2J\\nb" in out
 
 
+# -- a multi-GB vm state ----------------------------------------------------------------------
+
+#: The vm state of the bounded-memory test, in GiB (KVMFPU_BIG_QCOW2_GIB; about 8 s a GiB
+#: here, most of it the parser reading page headers).
+BIG_GIB = float(os.environ.get("KVMFPU_BIG_QCOW2_GIB", "2"))
+#: Issue 12's bound on the decoder's peak resident memory.
+RSS_LIMIT = 200 << 20
+
+
+def test_max_size_limits_what_is_decoded_not_the_vm_state() -> None:
+    """Issue 12: "The size limit applies to what is decoded, not to the file": a 4 MiB vm state
+    of RAM pages decodes with --max-size 1 MiB (its device state and description are small),
+    the pages skipped by seeking; a limit smaller than the description is refused."""
+    image = hq.resent_ram_image(4 << 20, cluster_bits=12)
+    (cap,) = sources.read(image, max_size=1 << 20)
+    facts = cap.container["qemu_stream"]
+    assert (
+        facts["ram_bytes_skipped"] >= 4 << 20
+        and cap.container["qcow2"]["snapshot"]["vm_state_size"] > 4 << 20
+    )
+    with pytest.raises(InputError, match="without a JSON VM description in its last 64 bytes"):
+        sources.read(image, max_size=64)
+
+
+def test_multi_gb_vm_state_decoded_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue 12: "bounded memory regardless of size; the size limit applies to what is decoded,
+    not to the file". A snapshot whose vm state holds BIG_GIB GiB of RAM pages (more than
+    --max-size's 256 MiB default) is decoded by ``kvmfpu decode --json`` in a child whose peak
+    RSS (getrusage RUSAGE_CHILDREN, kvmfpu.testing.big_stream.peak_rss, as
+    test_stream_big.py measures) stays under 200 MB; every cluster is read about once (the
+    description's search reads the last ones again). Before the vm state went to the
+    streaming parser it was refused as larger than the limit."""
+    from kvmfpu.testing import big_stream as big
+
+    ram = int(BIG_GIB * 2**30)
+    image = tmp_path / "big.qcow2"
+    image.write_bytes(hq.resent_ram_image(ram))
+    assert image.stat().st_size < ram // 100  # compressed clusters: a small file
+    rss, doc = big.peak_rss(image)
+    print(f"qcow2 vm state of {BIG_GIB} GiB: peak RSS {rss / 2**20:.1f} MiB")
+    assert rss < RSS_LIMIT, f"peak RSS {rss >> 20} MiB"
+    (entry,) = doc["files"]
+    stream, snap = entry["container"]["qemu_stream"], entry["container"]["qcow2"]
+    assert stream["read_as"] == "file" and stream["ram_bytes_skipped"] >= ram
+    size = snap["snapshot"]["vm_state_size"]
+    assert size > ram > sources.MAX_SIZE
+    clusters = -(-size // 65536)
+    assert clusters <= snap["reads"]["compressed"] <= clusters + 40
+    (cap,) = doc["captures"]
+    # hq.resent_ram_image's cpu section: MXCSR 9FC0h.
+    assert int(cap["sse"]["mxcsr"]["value"], 16) == hq.RESENT_MXCSR and cap["format"] == "qcow2"
+
+
 # -- the shipped sample -----------------------------------------------------------------------
 
 
@@ -592,8 +646,6 @@ def _virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def libvirt() -> Iterator[None]:
     """A running libvirtd (and virtlogd): the one already up, else started here as root in
     the foreground (Popen, so this fixture knows their pids) and stopped again."""
-    import os
-
     if not (shutil.which("virsh") and shutil.which("libvirtd") and shutil.which("virtlogd")):
         pytest.skip("libvirt (virsh, libvirtd, virtlogd) not installed")
     started: list[subprocess.Popen[bytes]] = []
@@ -625,7 +677,6 @@ def libvirt() -> Iterator[None]:
 def test_virsh_internal_snapshot(libvirt: None, guest: Path) -> None:
     """libvirt's default snapshot of a running qcow2 domain is internal (disk and memory:
     QEMU's savevm through libvirt, src/qemu/qemu_snapshot.c); the image then holds it."""
-    import os
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="kvmfpu-virsh-") as tmp:
