@@ -37,7 +37,8 @@ def test_committed_samples(name: str) -> None:
     for it in items:
         d = it.decoded
         assert d.field("fcw").value == 0x027F and d.field("k1").value == 0xFF and d.field("pkru").value == 0xC
-        assert it.choice.how == "CPUID leaf 0xD in the Firecracker vmstate" and it.choice.layout.standard_offset(9) == 0x980
+        assert it.choice.how == "CPUID leaf 0xD in the Firecracker vmstate"
+        assert it.choice.layout.standard_offset(9) == 0x980
         assert it.capture.extra["xcr0"] == 0x2E7
 
 
