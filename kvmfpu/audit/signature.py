@@ -83,7 +83,9 @@ def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0, restores_init: int
         else:
             exact.append((f.name, f.value))
     rest = tuple(off for off, chunk in d.rest if chunk.count(0) != len(chunk))
-    return Signature(d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest, xfd, restores_init)
+    return Signature(
+        d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest, xfd, restores_init
+    )
 
 
 def digest_of(doc: dict[str, Any]) -> str:
