@@ -181,3 +181,14 @@ def test_jsonl_to_stdout(capsys: pytest.CaptureFixture[str], fleet: Path) -> Non
 def test_quick_form_needs_a_source(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
     rc = main(["audit", "--fleet", str(fleet / "fleet.toml"), "--guest", "qemu64"])
     assert rc == 2 and "--source" in capsys.readouterr().err
+
+
+def test_progress_only_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15: progress on stderr when it is a terminal, quiet otherwise (--progress auto).
+    _, _, err = audit(capsys, fleet)
+    assert "kvmfpu audit:" not in err
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    _, _, err = audit(capsys, fleet)
+    assert "kvmfpu audit:" in err and "verdicts" in err and "signatures" in err
