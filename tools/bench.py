@@ -42,6 +42,14 @@
   verdicts per second, wall and CPU seconds (issue 14). Target: < 60 s. Skipped with
   --quick or --no-catalog.
 
+* audit: ``kvmfpu audit``'s engine on generated snapshot signatures (tools/bench_audit.py:
+  ``--audit-snapshots N`` snapshots, N/500 distinct states, x 50 host classes; default
+  100,000, 20,000 with --quick, 0 to skip) on the local process pool and on Dask
+  LocalClusters of 1, 2 and 4 workers (when distributed is installed): verdicts per second
+  each, wall and CPU time, and the time of one verdict against the real KVM_SET_XSAVE +
+  KVM_GET_XSAVE round trip. Issue 15's target is 1,000,000 x 50 in < 5 min
+  (``tools/bench_audit.py --snapshots 1000000``); here the throughput and its scaling.
+
 Other timings are the best of several repeats of a timed loop (time.perf_counter); the
 ratio is what matters, since both sides run on this machine in the same process.
 """
@@ -59,6 +67,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # This checkout's kvmfpu, not an installed copy (tools run from the source tree).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -425,6 +434,35 @@ def stream_rss(gib: int) -> dict[str, float] | None:
         return out
 
 
+def audit_throughput(snapshots: int) -> dict[str, Any] | None:
+    """tools/bench_audit.py's signature benchmark at ``snapshots`` x 50 classes, on the local
+    pool and Dask 1, 2, 4 workers (None when ``snapshots`` is 0)."""
+    import importlib.util
+    import subprocess
+    if snapshots <= 0:
+        return None
+    dask = "1,2,4" if importlib.util.find_spec("distributed") else ""
+    tool = Path(__file__).resolve().parent / "bench_audit.py"
+    out = subprocess.run([sys.executable, str(tool), "--snapshots", str(snapshots), "--distinct",
+                          str(max(snapshots // 500, 1)), "--classes", "50", "--dask", dask,
+                          "--json"], capture_output=True, text=True, check=True)
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def print_audit(audit: dict[str, Any] | None, real: float | None) -> None:
+    if audit is None:
+        print("audit: skipped (--audit-snapshots 0)")
+        return
+    for r in audit["runs"]:
+        per = r["seconds"] / r["verdicts"]
+        vs = "" if real is None else f", {per / real:.0f}x one real KVM_SET+GET_XSAVE round trip"
+        print(f"audit: {r['snapshots']:,} snapshots x {r['destinations']} classes "
+              f"({r['distinct_source_runs']:,} source runs), {r['engine']}: {r['verdicts']:,} "
+              f"verdicts in {r['seconds']} s ({r['verdicts_per_s']:,}/s; {per * 1e3:.1f} ms "
+              f"each{vs}; {r['cpu_s']} s CPU)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer loops (noisier)")
@@ -436,6 +474,8 @@ def main() -> int:
                     help="the catalog's worker processes (default: the CPU count)")
     ap.add_argument("--stream-gib", type=int, default=None,
                     help="size of the stream-rss measurement's QEMU stream (0: skip)")
+    ap.add_argument("--audit-snapshots", type=int, default=None,
+                    help="snapshots in the audit measurement (0: skip)")
     args = ap.parse_args()
     if args.amx_child:
         print(json.dumps(amx_child(args.amx_child)))
@@ -464,8 +504,10 @@ def main() -> int:
     catalog = None if args.no_catalog or args.quick else catalog_rate(args.jobs)
     stream = stream_rss(args.stream_gib if args.stream_gib is not None else
                         1 if args.quick else 3)
+    audit = audit_throughput(args.audit_snapshots if args.audit_snapshots is not None else
+                             20_000 if args.quick else 100_000)
     if args.json:
-        json.dump({"timings": [dict(asdict(r), ratio=r.ratio) for r in results],
+        json.dump({"audit": audit, "timings": [dict(asdict(r), ratio=r.ratio) for r in results],
                    "decode_blobs_per_s": 1 / decode_s,
                    "decode_json_blobs_per_s": 1 / decode_json_s,
                    "startup_s": {k: {"kvmfpu": v[0], "bare_python": v[1]}
@@ -524,6 +566,7 @@ def main() -> int:
               f"{catalog['jobs']:.0f} jobs ({catalog['verdicts_per_s']:,.0f}/s; "
               f"{catalog['cpu_seconds']:.1f} CPU s) "
               f"({'ok' if catalog['seconds'] < 60 else 'SLOW'}) [target: < 60 s]")
+    print_audit(audit, real)
     return 0
 
 

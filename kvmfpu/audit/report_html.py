@@ -10,7 +10,7 @@ from html import escape
 from typing import Any, Final
 
 from kvmfpu.audit.engine import Audit
-from kvmfpu.audit.results import ERROR, ORDER
+from kvmfpu.audit.results import ERROR, ORDER, counts
 
 #: Files listed per reason group (the JSONL has them all).
 MAX_LISTED: Final = 200
@@ -31,16 +31,18 @@ def render(audit: Audit, rows: list[dict[str, Any]]) -> str:
     by_dst: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_dst[r["destination"]].append(r)
+    # The summary's own figures (guest entries weigh their count), not a second tally.
+    weights = {c["destination"]: c["verdicts"] for c in counts(audit)}
     out = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kvmfpu audit</title>",
         f"<style>{_CSS}</style></head><body><h1>kvmfpu audit</h1>",
         f"<p>{len(audit.items)} guests and files, {len(audit.destinations)} destination "
         f"classes, {audit.distinct_tasks} distinct source runs; kvmfpu "
         f"{escape(__version__)}.</p>",
-        _overview(audit, by_dst),
+        _overview(audit, weights),
     ]
     for dst in audit.destinations:
-        out.append(_section(dst.name, dst.count, dst.endpoint, dst.vmm, by_dst[dst.name]))
+        out.append(_section(dst.name, dst.count, dst.endpoint, dst.vmm, weights[dst.name], by_dst[dst.name]))
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -50,18 +52,11 @@ def _anchor(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def _weights(rows: list[dict[str, Any]]) -> dict[str, int]:
-    n = dict.fromkeys(ORDER, 0)
-    for r in rows:
-        n[r["verdict"]] += r["count"]
-    return n
-
-
-def _overview(audit: Audit, by_dst: dict[str, list[dict[str, Any]]]) -> str:
+def _overview(audit: Audit, weights: dict[str, dict[str, int]]) -> str:
     head = "".join(f"<th>{escape(v)}</th>" for v in ORDER)
     body = []
     for dst in audit.destinations:
-        n = _weights(by_dst[dst.name])
+        n = weights[dst.name]
         cells = "".join(f"<td>{n[v]}</td>" for v in ORDER)
         body.append(
             f"<tr><td><a href='#d-{_anchor(dst.name)}'>{escape(dst.name)}</a></td>"
@@ -70,8 +65,9 @@ def _overview(audit: Audit, by_dst: dict[str, list[dict[str, Any]]]) -> str:
     return f"<table><tr><th>destination class</th><th>hosts</th>{head}</tr>" + "".join(body) + "</table>"
 
 
-def _section(name: str, hosts: int, endpoint: str, vmm: str, rows: list[dict[str, Any]]) -> str:
-    n = _weights(rows)
+def _section(
+    name: str, hosts: int, endpoint: str, vmm: str, n: dict[str, int], rows: list[dict[str, Any]]
+) -> str:
     broken = n["incompatible"] + n[ERROR]
     out = [
         f"<h2 id='d-{_anchor(name)}'>{escape(name)}</h2>",

@@ -60,13 +60,13 @@ class Signature:
             "nonzero": list(self.nonzero),
             "nonzero_runs": list(self.rest),
             "xfd": f"{self.xfd:#x}",
+            "restores_init": f"{self.restores_init:#x}",
         }
 
     @property
     def digest(self) -> str:
         """A stable name for the signature (the same on every machine and run)."""
-        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return digest_of(self.to_json())
 
 
 def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0, restores_init: int = 0) -> Signature:
@@ -83,4 +83,12 @@ def signature(blob: bytes, layout: XsaveLayout, xfd: int = 0, restores_init: int
         else:
             exact.append((f.name, f.value))
     rest = tuple(off for off, chunk in d.rest if chunk.count(0) != len(chunk))
-    return Signature(d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest, xfd)
+    return Signature(
+        d.length, d.xstate_bv, d.xcomp_bv, tuple(exact), tuple(nonzero), rest, xfd, restores_init
+    )
+
+
+def digest_of(doc: dict[str, Any]) -> str:
+    """Signature.digest of the signature whose to_json is ``doc``."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kvmfpu.audit.inventory import HostClass
-from kvmfpu.audit.signature import signature
+from kvmfpu.audit.signature import digest_of, signature
 from kvmfpu.blob.errors import InputError
 
 #: Reasons kept per verdict (the first error or condition comes first).
@@ -104,7 +104,8 @@ def read_file(
             # kvm_put_xsave would build (what the check restores from).
             blob = cap.rebuild(layout) if cap.rebuild is not None else bytes(cap.data)
             sig = signature(blob, layout, cap.extra.get("xfd", 0), cap.restores_init)
-            vcpus.append(VcpuState(sig.digest, sig.to_json(), blob, cap.restores_init))
+            doc = sig.to_json()
+            vcpus.append(VcpuState(digest_of(doc), doc, blob, cap.restores_init))
         if guest is None and caps[0].domain_xml:
             guest, said = _guest_of_domain(caps[0].domain_xml, source_host, path)
             notes += said

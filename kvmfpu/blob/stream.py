@@ -46,7 +46,10 @@ class Source:
         self.seekable = seekable
         self.base = base
         self.pos = 0
+        #: Bytes read from ``raw`` but not yet consumed: ``_head[_at:]`` (peeked, or read
+        #: ahead on a stream that cannot seek, so small reads are not one call each).
         self._head = b""
+        self._at = 0
         self._close = close
         self._marks: list[bytearray] = []
         self._mark_limit = 0
@@ -61,12 +64,12 @@ class Source:
         """Up to ``n`` bytes (fewer only at the end of the stream)."""
         if n <= 0:
             return b""
-        if self._head:
-            out, self._head = self._head[:n], self._head[n:]
-            if len(out) < n:
-                out += self._fill(n - len(out))
-        else:
+        if self._at == len(self._head) and (self.seekable or n >= CHUNK):
             out = self._fill(n)
+        else:
+            self._buffer(n)
+            out = self._head[self._at : self._at + n]
+            self._at += len(out)
         self.pos += len(out)
         for mark in self._marks:
             mark += out
@@ -76,6 +79,17 @@ class Source:
                     f"{self._mark_limit}-byte limit (--max-size)"
                 )
         return out
+
+    def _buffer(self, n: int) -> None:
+        """At least ``n`` unconsumed bytes in ``_head`` (fewer at the end of the stream);
+        a stream that cannot seek reads ahead CHUNK bytes at once (a migration stream's
+        RAM is read a record at a time: one decompressor call per record was the cost)."""
+        have = len(self._head) - self._at
+        if have >= n:
+            return
+        more = self._fill(n - have if self.seekable else max(n - have, CHUNK))
+        self._head = self._head[self._at :] + more
+        self._at = 0
 
     def _fill(self, n: int) -> bytes:
         parts = []
@@ -102,9 +116,8 @@ class Source:
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes (fewer at the end), left unread."""
-        if len(self._head) < n:
-            self._head += self._fill(n - len(self._head))
-        return self._head[:n]
+        self._buffer(n)
+        return self._head[self._at : self._at + n]
 
     def at_end(self) -> bool:
         return not self.peek(1)
@@ -151,7 +164,7 @@ class Source:
         raw: Any = self.raw  # a seekable file object
         raw.seek(self.base + pos)
         self.pos = pos
-        self._head = b""
+        self._head, self._at = b"", 0
 
     def pread(self, pos: int, n: int) -> bytes:
         """``n`` bytes at ``pos``, the position kept (seekable streams only)."""

@@ -1,71 +1,13 @@
-"""A small fleet and population on disk: real captures (the packaged KVM_GET_XSAVE of a
-Zen 5 host and the QEMU 7.2 TCG stream) and guest CPUs, on packaged host classes."""
+"""The audit tests' fleet (tests/audit/fleet.py, shared with tests/cli/test_audit.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-
-from kvmfpu.blob import sample_data
-
-FLEET = """
-[[class]]
-name = "zen5-6.18"
-host = "devhost-zen5"
-kernel = "6.18"
-count = 40
-
-[[class]]
-name = "zen4-6.1"
-host = "zen4"
-kernel = "6.1"
-count = 25
-
-[[class]]
-name = "spr-6.8"
-host = "sapphirerapids"
-kernel = "6.8"
-vmm = "qemu@8.2"
-count = 100
-
-[[class]]
-name = "skx-ubuntu"
-host = "skylake-sp"
-kernel = "5.15.0-91-generic"
-count = 12
-"""
-
-POPULATION = """
-[[guests]]
-name = "web"
-cpu = "EPYC-Genoa"
-source = "zen4-6.1"
-count = 30
-
-[[guests]]
-name = "db"
-cpu = "Skylake-Server-IBRS"
-source = "skx-ubuntu"
-count = 5
-
-[[files]]
-path = "snaps"
-source = "zen5-6.18"
-guest = "host"
-"""
+from audit.fleet import write_fleet
 
 
 @pytest.fixture
 def fleet_dir(tmp_path: Path) -> Path:
-    (tmp_path / "fleet.toml").write_text(FLEET)
-    (tmp_path / "population.toml").write_text(POPULATION)
-    snaps = tmp_path / "snaps" / "rack1"
-    snaps.mkdir(parents=True)
-    kvm = sample_data.path(sample_data.KVM_ZEN5)
-    shutil.copy(kvm, snaps / "vm1.xsave")
-    shutil.copy(kvm, snaps / "vm2.xsave")  # the same state: one signature
-    shutil.copy(sample_data.path(sample_data.QEMU_TCG), tmp_path / "snaps" / "tcg.qemu")
-    (tmp_path / "snaps" / "notes.txt").write_text("not a capture\n")
-    return tmp_path
+    return write_fleet(tmp_path)

@@ -115,3 +115,15 @@ def test_control_values_are_exact() -> None:
 @pytest.mark.parametrize("name", ["fcw", "mxcsr", "pkru", "tilecfg", "header_reserved"])
 def test_control_fields_are_not_data(name: str) -> None:
     assert not DATA_FIELD.match(name)
+
+
+def test_tcg_stream_registers_are_in_the_signature() -> None:
+    # The same image read from a QEMU stream written under TCG arrives with those
+    # components in their initial state (blob.validate.tcg_restore_warning, what
+    # `kvmfpu migrate --blob` says of such a stream), from a KVM capture it arrives whole:
+    # two verdicts, so two signatures (and two digests, the audit's dedupe key).
+    layout = cpus.load("zen4").layout
+    blob = _zmm_blob(0xDEAD)
+    kvm, tcg = signature(blob, layout), signature(blob, layout, restores_init=xf.AVX512)
+    assert kvm != tcg and kvm.digest != tcg.digest
+    assert tcg.to_json()["restores_init"] == hex(xf.AVX512)

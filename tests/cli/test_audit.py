@@ -7,65 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from audit.fleet import write_fleet
 
-from kvmfpu.blob import sample_data
 from kvmfpu.cli import main
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test dependency")
 SCHEMAS = Path(__file__).resolve().parents[2] / "kvmfpu" / "schemas"
 
-FLEET = """
-[[class]]
-name = "zen5-6.18"
-host = "devhost-zen5"
-kernel = "6.18"
-count = 40
-
-[[class]]
-name = "zen4-6.1"
-host = "zen4"
-kernel = "6.1"
-count = 25
-
-[[class]]
-name = "skx-ubuntu"
-host = "skylake-sp"
-kernel = "5.15.0-91-generic"
-count = 12
-"""
-
-POPULATION = """
-[[guests]]
-name = "web"
-cpu = "EPYC-Genoa"
-source = "zen4-6.1"
-count = 30
-
-[[guests]]
-name = "old"
-cpu = "Skylake-Server-IBRS"
-source = "skx-ubuntu"
-
-[[files]]
-path = "snaps"
-source = "zen5-6.18"
-guest = "host"
-"""
-
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
-    (tmp_path / "fleet.toml").write_text(FLEET)
-    (tmp_path / "pop.toml").write_text(POPULATION)
-    (tmp_path / "snaps").mkdir()
-    shutil.copy(sample_data.path(sample_data.KVM_ZEN5), tmp_path / "snaps" / "vm1.xsave")
-    shutil.copy(sample_data.path(sample_data.QEMU_TCG), tmp_path / "snaps" / "vm2.qemu")
-    return tmp_path
+    return write_fleet(tmp_path)  # the fleet tests/audit uses
 
 
 def audit(capsys: pytest.CaptureFixture[str], d: Path, *extra: str) -> tuple[int, str, str]:
@@ -75,7 +31,7 @@ def audit(capsys: pytest.CaptureFixture[str], d: Path, *extra: str) -> tuple[int
             "--fleet",
             str(d / "fleet.toml"),
             "--population",
-            str(d / "pop.toml"),
+            str(d / "population.toml"),
             "--jobs",
             "1",
             *extra,
@@ -99,11 +55,11 @@ def test_rows_validate_and_exit_1(capsys: pytest.CaptureFixture[str], fleet: Pat
     for doc in lines:
         jsonschema.validate(doc, _schema(doc["schema"]))
     rows = [x for x in lines if x["schema"] == "kvmfpu-audit-row/1"]
-    assert len(rows) == 4 * 3  # 2 guests + 2 files, 3 destinations
+    assert len(rows) == 6 * 4  # 2 guests + 4 files (one not a capture), 4 destinations
     assert not (fleet / "rows.jsonl.partial").exists()
     assert "destination class" in out and "zen4-6.1" in out
     html = (fleet / "r.html").read_text()
-    assert html.count("<h2") == 3 and "<script" not in html
+    assert html.count("<h2") == 4 and "<script" not in html
 
 
 def test_summary_json(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
@@ -113,10 +69,11 @@ def test_summary_json(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
     assert rc == 1 and {d["destination"] for d in doc["destinations"]} == {
         "zen5-6.18",
         "zen4-6.1",
+        "spr-6.8",
         "skx-ubuntu",
     }
     weight = sum(doc["destinations"][0]["verdicts"].values())
-    assert weight == 30 + 1 + 2  # guest entries weigh their count
+    assert weight == 30 + 5 + 4  # guest entries weigh their count; 4 files
 
 
 def test_a_schema_rejects_a_mistyped_row(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
@@ -224,3 +181,14 @@ def test_jsonl_to_stdout(capsys: pytest.CaptureFixture[str], fleet: Path) -> Non
 def test_quick_form_needs_a_source(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
     rc = main(["audit", "--fleet", str(fleet / "fleet.toml"), "--guest", "qemu64"])
     assert rc == 2 and "--source" in capsys.readouterr().err
+
+
+def test_progress_only_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15: progress on stderr when it is a terminal, quiet otherwise (--progress auto).
+    _, _, err = audit(capsys, fleet)
+    assert "kvmfpu audit:" not in err
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    _, _, err = audit(capsys, fleet)
+    assert "kvmfpu audit:" in err and "verdicts" in err and "signatures" in err
