@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from work_budget import within
 
 from kvmfpu.blob import qcow2, sample_data, sources
 from kvmfpu.blob.errors import InputError
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data" / "qcow2"
 QEMU = shutil.which("qemu-system-x86_64")
 QEMU_IMG = shutil.which("qemu-img")
-FAST = 5.0
+#: Calls a hostile image may cost (tests/work_budget.py; counted, not timed).
+BUDGET = 5_000_000
 
 #: tools/samples/tcg_guest.S: what the guest leaves (as test_qemu.test_shipped_tcg_sample).
 XMM1_GUEST = 0x3333333344444444_1111111122222222
@@ -495,10 +497,8 @@ def test_hostile_images_refused_in_one_line(
     from kvmfpu.cli import main
 
     data, pattern = HOSTILE[case]
-    t0 = time.perf_counter()
     with pytest.raises(InputError, match=pattern) as info:
-        load(data)
-    assert time.perf_counter() - t0 < FAST
+        within(BUDGET, lambda: load(data))
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
     path = tmp_path / "hostile.qcow2"
     path.write_bytes(data)
@@ -526,10 +526,8 @@ def test_tiny_file_claiming_a_huge_zero_vm_state(tmp_path: Path) -> None:
     """1 TiB of unallocated vm state: within --max-size it is refused at its first 4 bytes
     (no QEVM), not after reading a terabyte of zeros."""
     data, _ = HOSTILE["vm state of 1 TiB of zeros"]
-    t0 = time.perf_counter()
     with pytest.raises(InputError, match="not a QEMU migration stream"):
-        load(data, max_size=sources.MAX_SIZE_LIMIT)
-    assert time.perf_counter() - t0 < FAST
+        within(BUDGET, lambda: load(data, max_size=sources.MAX_SIZE_LIMIT))
 
 
 def test_snapshot_option_needs_a_qcow2_image() -> None:
@@ -720,17 +718,16 @@ def test_fuzzed_images_decode_or_are_refused() -> None:
     import random
 
     rng = random.Random(12)
-    t0 = time.perf_counter()
     outcomes = {"decoded": 0, "refused": 0}
     for _ in range(60):
         _, image = hq.draw(rng, STATE)
         try:
-            load(image, max_size=1 << 22)
+            within(BUDGET, lambda i=image: load(i, max_size=1 << 22))
             outcomes["decoded"] += 1
         except InputError as exc:
             assert "\n" not in str(exc)
             outcomes["refused"] += 1
-    assert time.perf_counter() - t0 < 60 and outcomes["decoded"] and outcomes["refused"]
+    assert outcomes["decoded"] and outcomes["refused"]
 
 
 def test_vm_state_size_fields() -> None:
