@@ -54,7 +54,11 @@ def kernel_has(host: HostModel, name: str) -> bool:
       patches, not in a file read here).
     - NO_SSB_BUG: the raw AMD_SSB_NO bit (Intel's ARCH_CAPABILITIES SSB_NO MSR is not in a
       CPUID dump: Intel hosts are taken to have the bug).
-    - LS_CFG_SSBD: AMD family 0x15-0x17 / Hygon 0x18 without AMD_SSBD (bsp_init_amd).
+    - LS_CFG_SSBD: AMD family 0x15-0x17 / Hygon 0x18 without AMD_SSBD or VIRT_SSBD
+      (bsp_init_amd).
+    - VIRT_SSBD: the raw bit unless AMD_SSBD is there (init_speculation_control clears it,
+      common.c as in v6.11.5 and the older trees read); kvm_cpu_cap_init's F(VIRT_SSBD)
+      then drops it and only svm_set_cpu_caps sets it back (kvm_amd; not kvm_pvm).
     Anything else: the raw bit."""
     amd = host.vendor in AMD_VENDORS
     family = host.signature[0]
@@ -78,7 +82,10 @@ def kernel_has(host: HostModel, name: str) -> bool:
     if name == "NO_SSB_BUG":
         return _raw(host, "AMD_SSB_NO")
     if name == "LS_CFG_SSBD":
-        return amd and family in (0x15, 0x16, 0x17, 0x18) and not _raw(host, "AMD_SSBD")
+        return (amd and family in (0x15, 0x16, 0x17, 0x18) and not _raw(host, "AMD_SSBD")
+                and not _raw(host, "VIRT_SSBD"))
+    if name == "VIRT_SSBD":
+        return _raw(host, "VIRT_SSBD") and not _raw(host, "AMD_SSBD")
     return _raw(host, name)
 
 
@@ -87,18 +94,18 @@ def _known(kernel: KernelProfile, c: cl.Cap) -> bool:
 
 
 def _common(host: HostModel, kernel: KernelProfile, caps: KvmCaps) -> dict[cl.Word, int]:
-    """kvm_set_cpu_caps: per word, (F & kernel | PASS) & (raw | SYNTH) | EMUL."""
+    """kvm_set_cpu_caps: per word, (F & kernel | PASS) & (raw | SYNTH) | EMUL (kvm_cpu_caps
+    starts as boot_cpu_data's words, so an F bit needs the kernel's own bit too)."""
     words = dict.fromkeys(cl.ALL_WORDS, 0)
     for c in cl.CAPS:
         if not _known(kernel, c) or c.kind == "VENDOR":
             continue
         if c.kind == "EMUL":
             on = True
-        elif c.kind == "SYNTH":
+        elif c.kind == "PASS":
+            on = _raw(host, c.name)
+        else:  # F and SYNTH: the kernel's bit (kernel_has: the raw one unless a rule says)
             on = kernel_has(host, c.name)
-        else:
-            leaf, sub, reg = c.word
-            on = bool(host.cpuid(leaf, sub)[reg] >> c.bit & 1)
         if on:
             words[c.word] |= 1 << c.bit
 
@@ -212,14 +219,21 @@ def _svm(host: HostModel, kernel: KernelProfile, words: dict[cl.Word, int]) -> N
 
 
 def _pvm(words: dict[cl.Word, int]) -> None:
-    """kvm_pvm, as measured on the 6.18 machine (kvmfpu.kvm.caps.PVM_FILTER): the measured
-    bits the host had are kept only where this host has them; bits it forced stay forced."""
-    for (leaf, sub, reg), measured in PVM_FILTER.items():
-        w = (leaf, sub, reg)
+    """kvm_pvm, as measured on the 6.18 machines (kvmfpu.kvm.caps.PVM_FILTER): a bit the
+    measurement decided (the measuring host had it, or KVM reported it) is kept where the
+    measurement kept it (and this host's mainline word has it), dropped where it was
+    dropped, forced where it was forced. A bit the measuring host lacked and KVM did not
+    report was never tested: it follows mainline kvm_set_cpu_caps. The Zen 3 machine (AMD
+    EPYC, family 19h model 01h, 6.18.44 kvm_pvm) confirms that: its raw 7.0 EDX has
+    INTEL_STIBP and SPEC_CTRL_SSBD (bits 27, 31; the Zen 5 host had neither), and real
+    KVM_GET_SUPPORTED_CPUID keeps both while dropping FSRM (bit 4) as on Zen 5."""
+    for w, measured in PVM_FILTER.items():
         if w == cl.W_D_1_EAX:
             continue  # already in KvmCaps.d1_eax
         host_val = PVM_FILTER_HOST[w]
-        words[w] = (words.get(w, 0) & measured) | (measured & ~host_val)
+        untested = ~(host_val | measured)
+        mainline = words.get(w, 0)
+        words[w] = (mainline & (measured | untested)) | (measured & ~host_val)
 
 
 @lru_cache(maxsize=512)

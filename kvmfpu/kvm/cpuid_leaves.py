@@ -150,7 +150,8 @@ CAPS: Final[tuple[Cap, ...]] = (
     *_caps(
         W_E8_EBX,
         "CLZERO:0 XSAVEERPTR:2 WBNOINVD:9 AMD_IBPB:12 AMD_IBRS:14 AMD_STIBP:15 "
-        "AMD_STIBP_ALWAYS_ON:17 AMD_SSBD:24 VIRT_SSBD:25 AMD_SSB_NO:26 AMD_PSFD:28 "
+        "AMD_STIBP_ALWAYS_ON:17 AMD_IBRS_SAME_MODE:19::cpuid_amd_ibrs_same_mode "
+        "AMD_SSBD:24 VIRT_SSBD:25 AMD_SSB_NO:26 AMD_PSFD:28 "
         "AMD_IBPB_RET:30::cpuid_amd_ibpb_ret",
     ),
     *_caps(W_E1F_EAX, "SME:0:VENDOR SEV:1:VENDOR SEV_ES:3:VENDOR SME_COHERENT:10"),

@@ -365,6 +365,10 @@ SWITCHES: Final[tuple[Switch, ...]] = (
     S("cpuid_prefetchi", "unconfirmed", "KVM: x86: Advertise AMD PREFETCHI", (6, 16),
       description="0x8000_0021 EAX bit 20",
       note="absent in 6.12.117, present in linux-next 1c60d04aac53; first release UNVERIFIED"),
+    S("cpuid_amd_ibrs_same_mode", "65ca2872015c", "KVM: x86: Propagate AMD's IbrsSameMode to the guest",
+      (6, 16), description="0x8000_0008 EBX bit 19 (F(AMD_IBRS_SAME_MODE): passes with the host's bit)",
+      note="in the 6.16 merge-window push after v6.15-rc6 (kernel.org post-receive mail of "
+           "3 June 2025); present on the 6.18 Zen 3 machine"),
     S("cpuid_msr_imm", "unconfirmed", "KVM: x86: Advertise MSR_IMM", (6, 17),
       description="7.1 ECX bit 5 (a new KVM word)",
       note="absent in 6.12.117, present in linux-next 1c60d04aac53; first release UNVERIFIED"),

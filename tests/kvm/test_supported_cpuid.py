@@ -14,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from kvmfpu.cpus import load
 from kvmfpu.cpus import names as host_names_fn
+from kvmfpu.cpus.model import HostModel
 from kvmfpu.kvm import cpuid_leaves as cl
 from kvmfpu.kvm.cpuid import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, CpuidEntry
 from kvmfpu.kvm.profiles import BY_NAME, NAMED
@@ -216,6 +218,58 @@ def test_pvm_flavour_on_zen4() -> None:
     assert r[(0x8000_0008, 0)].eax >> 16 == 0
     assert r[(0x8000_000A, 0)].values()[3:] == (0, 0, 0, 0)
     assert r[(7, 1)].eax == 0 and r[(1, 0)].ecx & ~0x8120_2000 == 0
+
+
+def _with_bits(name: str, leaf: int, reg: int, bits: int) -> HostModel:
+    """Packaged host ``name`` with ``bits`` added to CPUID ``leaf``.0 register ``reg`` (the
+    view a guest gets when its hypervisor passes them, as on the 6.18 Zen 3 machine)."""
+    base = load(name)
+    table = dict(base.table)
+    regs = list(table[(leaf, 0)])
+    regs[reg] |= bits
+    table[(leaf, 0)] = (regs[0], regs[1], regs[2], regs[3])
+    return HostModel(table, name=f"{name}+{leaf:#x}.{reg}:{bits:#x}")
+
+
+def test_virt_ssbd_is_svm_only_with_amd_ssbd() -> None:
+    """0x8000_0008 EBX VIRT_SSBD (bit 25) on a host whose raw leaf has AMD_SSBD (24) and
+    VIRT_SSBD: init_speculation_control (arch/x86/kernel/cpu/common.c) clears the kernel's
+    VIRT_SSBD when AMD_SSBD is there, so kvm_set_cpu_caps' F(VIRT_SSBD) drops it; only
+    svm_set_cpu_caps (svm.c: LS_CFG_SSBD or AMD_SSBD) sets it back. kvm_pvm runs no
+    svm_set_cpu_caps: the 6.18 Zen 3 machine's raw 0x130ad205 comes back as 0x110ad205."""
+    guest = _with_bits("zen3", 0x8000_0008, 1, 1 << 25)
+    assert bit(guest.cpuid(0x8000_0008)[1], 24)
+    assert not bit(rows(Kvm(guest, "6.18", "pvm"))[(0x8000_0008, 0)].ebx, 25)
+    assert bit(rows(Kvm(guest, "6.18", "svm"))[(0x8000_0008, 0)].ebx, 25)
+    # Family 0x17 without AMD_SSBD: a raw VIRT_SSBD stays in the kernel's caps (and rules
+    # out LS_CFG_SSBD, bsp_init_amd), so F(VIRT_SSBD) passes it without svm too.
+    zen1_guest = _with_bits("zen1", 0x8000_0008, 1, 1 << 25)
+    assert bit(rows(Kvm(zen1_guest, "6.18", "pvm"))[(0x8000_0008, 0)].ebx, 25)
+    # Bare-metal Zen 1 (no AMD_SSBD, no VIRT_SSBD): LS_CFG_SSBD, and kvm_set_cpu_caps itself
+    # sets VIRT_SSBD ("the preference is to use SPEC CTRL MSR": only without AMD_SSBD).
+    assert not bit(load("zen1").cpuid(0x8000_0008)[1], 25)
+    for flavour in ("pvm", "svm"):
+        assert bit(rows(Kvm("zen1", "6.18", flavour))[(0x8000_0008, 0)].ebx, 25)
+
+
+def test_amd_ibrs_same_mode_since_6_16() -> None:
+    """0x8000_0008 EBX AMD_IBRS_SAME_MODE (bit 19): F() in kvm_set_cpu_caps since
+    65ca2872015c (cpuid_amd_ibrs_same_mode, 6.16); Zen 3 has it, 6.12.117's mask lacks it."""
+    assert bit(load("zen3").cpuid(0x8000_0008)[1], 19)
+    assert bit(rows(Kvm("zen3", "6.18"))[(0x8000_0008, 0)].ebx, 19)
+    assert not bit(rows(Kvm("zen3", "6.12"))[(0x8000_0008, 0)].ebx, 19)
+
+
+def test_pvm_filter_leaves_untested_bits_to_mainline() -> None:
+    """kvm_pvm's leaf 7.0 EDX: the Zen 5 measurement (PVM_FILTER) dropped FSRM (bit 4, which
+    that host had) and forced ARCH_CAPABILITIES (29); INTEL_STIBP (27) and SPEC_CTRL_SSBD
+    (31) were absent there. The 6.18 Zen 3 machine (raw 7.0 EDX 0x88000010) returns
+    0xa8000000: both pass as in mainline (F() in the CPUID_7_EDX mask), FSRM stays dropped."""
+    guest = _with_bits("zen3", 7, 3, 1 << 27 | 1 << 31)
+    assert guest.cpuid(7)[3] == 0x8800_0010
+    assert rows(Kvm(guest, "6.18", "pvm"))[(7, 0)].edx == 0xA800_0000
+    # Leaf 1 ECX: the measured bits only, whatever this host has beyond them.
+    assert rows(Kvm(guest, "6.18", "pvm"))[(1, 0)].ecx & ~0x8120_2000 == 0
 
 
 def test_supported_cpuid_is_cached_and_fast() -> None:
