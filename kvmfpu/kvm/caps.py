@@ -29,8 +29,10 @@ D1_XSAVEOPT, D1_XSAVEC, D1_XGETBV1, D1_XSAVES, D1_XFD = 1, 2, 4, 8, 16
 
 #: kvm_pvm's KVM_GET_SUPPORTED_CPUID, measured on Linux 6.18.44 kvm_pvm (the development
 #: machine, AMD Zen 5): per (leaf, subleaf, register) the bits it reported. Bits the host
-#: lacks were forced by KVM. Applied by kvmfpu.kvm.cpu_caps after kvm_set_cpu_caps as a fixed
-#: filter on other hosts too (an assumption: the kvm_pvm source of this build is not public).
+#: lacks were forced by KVM. Applied by kvmfpu.kvm.cpu_caps after kvm_set_cpu_caps on other
+#: hosts too, but only to the bits the measurement tested (the measuring host had them, or
+#: KVM reported them); untested bits follow mainline (a Zen 3 kvm_pvm host confirmed 7.0 EDX
+#: INTEL_STIBP/SPEC_CTRL_SSBD pass). The kvm_pvm source of this build is not public.
 #: The leaves kvm_pvm does not filter here follow mainline __do_cpuid_func (shadow paging:
 #: no GuestPhysBits, GBPAGES set, PKU/SHSTK off), which the machine confirms row for row.
 PVM_FILTER: Final[dict[tuple[int, int, int], int]] = {
