@@ -18,7 +18,9 @@ def test_short_campaign(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     subprocess.run([sys.executable, str(TOOL), "--make-corpus", str(corpus)], check=True,
                    timeout=120)
-    assert {p.name for p in corpus.iterdir()} == {"kvm", "kvm-head", "hex", "gzip", "qemu"}
+    # the seeds tools/fuzz_decode.py writes: raw, hex, gzip, QEMU stream, libvirt save, qcow2
+    assert {p.name for p in corpus.iterdir()} == {
+        "kvm", "kvm-head", "hex", "gzip", "qemu", "libvirt-save", "qcow2"}
     r = subprocess.run([sys.executable, str(TOOL), str(corpus), "-runs=5000", "-max_len=4200",
                         f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True,
                        timeout=600, cwd=tmp_path)
